@@ -1,0 +1,249 @@
+"""The public API: ``train``, ``load``, ``embed``, ``evaluate_run``. The CLI only calls these."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import RunConfig, build, load_yaml, save_yaml
+from .data import ImageSet, load_source, stratified_split
+from .errors import fail
+from .methods import METHODS, DataInfo, Method
+from .nets import create_backbone
+from .nets.encoder import Encoder
+
+CONFIG_FILE = "config.yaml"
+RUN_FIELDS = {f.name for f in dataclasses.fields(RunConfig)} - {"options"}
+
+
+def methods() -> list[str]:
+    """Names of the registered methods."""
+    return METHODS.names()
+
+
+# ---------------------------------------------------------------- configs
+
+
+def resolve_config(method: str, overrides: dict[str, Any], config_file: str | None = None,
+                   base: dict | None = None) -> tuple[RunConfig, Any]:
+    """Merge base (a saved run) <- config file <- overrides; validate both config levels.
+
+    Keys that are not run options are the method's options (e.g. ``temperature``).
+    """
+    merged: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+    for layer in (base or {}, load_yaml(config_file) if config_file else {}, overrides):
+        layer = dict(layer)
+        options.update(layer.pop("options", None) or {})
+        for key, value in layer.items():
+            (merged if key.replace("-", "_") in RUN_FIELDS else options)[key] = value
+    merged["method"] = method or merged.get("method") or "simclr"
+    method_cls = METHODS.get(merged["method"])
+    cfg = build(RunConfig, merged)
+    method_cfg = build(method_cls.Config, options, where=f" for method {cfg.method} (or the run)")
+    cfg.options = dataclasses.asdict(method_cfg)
+    return cfg, method_cfg
+
+
+# ---------------------------------------------------------------- data
+
+
+def default_eval_spec(data: str) -> str | None:
+    name, _, split = data.partition(":")
+    if name in ("digits", "cifar10") and split in ("", "train"):
+        return f"{name}:test"
+    return None
+
+
+def load_data(cfg: RunConfig) -> tuple[ImageSet, ImageSet | None]:
+    """(training set, evaluation set); a 10% stratified hold-out when there is no test split."""
+    train = load_source(cfg.data, cfg.image_size, cfg.skip_bad)
+    eval_spec = cfg.eval_data or default_eval_spec(cfg.data)
+    if eval_spec:
+        test = load_source(eval_spec, cfg.image_size or train.image_size, cfg.skip_bad)
+        if test.images.shape[1:] != train.images.shape[1:]:
+            raise fail(f"evaluation images are {test.images.shape[1:]} but training images are "
+                       f"{train.images.shape[1:]}; pass --image-size N")
+        return train, test
+    if len(train) < 20:
+        return train, None
+    keep, held = stratified_split(train.labels, len(train), 0.1, seed=0)
+    return train.subset(keep), train.subset(held, train.name + "[held-out 10%]")
+
+
+def data_info(train: ImageSet) -> DataInfo:
+    x = train.images.reshape(-1, train.channels).astype(np.float64) / 255
+    std = np.maximum(x.std(axis=0), 1e-3)
+    return DataInfo(channels=train.channels, image_size=train.image_size, num_classes=train.num_classes,
+                    mean=[float(v) for v in x.mean(axis=0)], std=[float(v) for v in std])
+
+
+# ---------------------------------------------------------------- models
+
+
+def backbone_name(cfg: RunConfig, info: DataInfo) -> str:
+    if cfg.backbone != "auto":
+        return cfg.backbone
+    return "cnn" if info.image_size <= 32 else "resnet18"
+
+
+def build_encoder(cfg: RunConfig, info: DataInfo) -> Encoder:
+    torch.manual_seed(cfg.seed)  # the random_init baseline is exactly the weights training starts from
+    backbone = create_backbone(backbone_name(cfg, info), in_channels=info.channels, image_size=info.image_size)
+    return Encoder(backbone, info.mean, info.std)
+
+
+def build_method(cfg: RunConfig, method_cfg: Any, info: DataInfo) -> Method:
+    from .augment import preset
+
+    view_spec = preset(cfg.augment, info.image_size, info.channels)
+    return METHODS.get(cfg.method)(method_cfg, build_encoder(cfg, info), info, view_spec)
+
+
+# ---------------------------------------------------------------- train
+
+
+def _new_run_dir(method: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = Path("runs") / f"{method}-{stamp}"
+    i = 1
+    while path.exists():
+        path = Path("runs") / f"{method}-{stamp}-{i}"
+        i += 1
+    return path
+
+
+def train(method: str = "simclr", *, out: str | Path | None = None, config: str | None = None,
+          resume: bool = False, **options: Any) -> Path:
+    """Train ``method`` and return its run directory.
+
+    ``options`` are run options (``data``, ``epochs``, ``batch_size`` ...) or the
+    method's own (``temperature`` ...), as in ``reprlearn train --help``.
+    """
+    import lightning as L
+
+    from .engine import CHECKPOINT, PeriodicCheckpoint, TrainModule, make_trainer
+
+    run_dir = Path(out) if out else _new_run_dir(method)
+    ckpt = run_dir / "checkpoints" / CHECKPOINT
+    base = None
+    if resume:
+        if not (run_dir / CONFIG_FILE).is_file():
+            raise fail(f"cannot resume: {run_dir} has no {CONFIG_FILE}; give the run directory with --out")
+        base = load_yaml(run_dir / CONFIG_FILE)
+        if method and base.get("method") != method:
+            raise fail(f"cannot resume: {run_dir} holds a {base.get('method')} run, not {method}")
+    elif ckpt.exists():
+        raise fail(f"{run_dir} already holds a trained run; pass --resume to continue it or --out NEW_DIR")
+    cfg, method_cfg = resolve_config(method, options, config, base)
+    train_set, eval_set = load_data(cfg)
+    info = data_info(train_set)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    model = build_method(cfg, method_cfg, info)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_data = dataclasses.asdict(cfg)
+    save_yaml(run_dir / CONFIG_FILE, config_data)
+    meta = {"config": config_data, "data_info": dataclasses.asdict(info), "backbone": backbone_name(cfg, info)}
+    module = TrainModule(model, cfg, train_set.tensor(), meta)
+    trainer = make_trainer(cfg, run_dir, [PeriodicCheckpoint(run_dir / "checkpoints", cfg.checkpoint_every)])
+    print(f"training {cfg.method} on {train_set.name} ({len(train_set)} images "
+          f"{info.image_size}x{info.image_size}x{info.channels}), backbone {meta['backbone']}, run {run_dir}")
+    if train_set.skipped:
+        print(f"skipped {len(train_set.skipped)} unreadable items (first: {train_set.skipped[0]})")
+    trainer.fit(module, ckpt_path=str(ckpt) if resume and ckpt.exists() else None)
+    if cfg.eval and trainer.is_global_zero and eval_set is not None:
+        result = evaluate_run(run_dir, encoder=model.encoder, cfg=cfg, info=info, train_set=train_set,
+                              eval_set=eval_set)
+        from .evaluate import format_table
+
+        print(format_table(result))
+    return run_dir
+
+
+# ---------------------------------------------------------------- load / embed / evaluate
+
+
+def read_checkpoint(run_dir: str | Path) -> dict:
+    """The last checkpoint of a run, loaded without running any code from the file."""
+    from .engine import CHECKPOINT
+
+    run_dir = Path(run_dir)
+    path = run_dir / "checkpoints" / CHECKPOINT if run_dir.is_dir() else run_dir
+    if not path.is_file():
+        raise fail(f"no checkpoint at {path}; give a run directory written by `reprlearn train`")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+        raise fail(f"checkpoint {path} cannot be loaded safely ({type(e).__name__}: {str(e)[:80]})") from None
+
+
+def load(run_dir: str | Path) -> Encoder:
+    """The trained encoder of a run (heads dropped), in eval mode.
+
+    It takes float images in [0, 1] shaped (N, C, H, W) and returns (N, feature_dim).
+    """
+    ckpt = read_checkpoint(run_dir)
+    meta = ckpt.get("reprlearn")
+    if not meta:
+        raise fail(f"{run_dir} is not a reprlearn checkpoint (no reprlearn metadata)")
+    cfg, _ = resolve_config(meta["config"]["method"], {}, base=meta["config"])
+    info = DataInfo(**meta["data_info"])
+    encoder = build_encoder(cfg, info)
+    prefix = "method.encoder."
+    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    encoder.load_state_dict(state)
+    encoder.run_config = cfg  # what it was trained with, for evaluation
+    encoder.data_info = info
+    return encoder.eval()
+
+
+def embed(run_or_encoder: str | Path | torch.nn.Module, source: str | ImageSet, batch_size: int = 1024,
+          device: str | None = None) -> np.ndarray:
+    """(N, D) features of every image of ``source`` (a data spec or an ImageSet)."""
+    from .evaluate import extract
+
+    encoder = run_or_encoder if isinstance(run_or_encoder, torch.nn.Module) else load(run_or_encoder)
+    images = load_source(source) if isinstance(source, str) else source
+    if device:
+        encoder = encoder.to(device)
+    return extract(encoder, images.tensor(), batch_size)
+
+
+def evaluate_run(run_dir: str | Path, *, encoder: Encoder | None = None, cfg: RunConfig | None = None,
+                 info: DataInfo | None = None, train_set: ImageSet | None = None,
+                 eval_set: ImageSet | None = None, eval_data: str | None = None,
+                 labels_per_class: int | None = None, finetune: bool | None = None) -> dict:
+    """Evaluate a run with the one harness; writes eval.json and umap.png into the run."""
+    from .augment import augment, preset
+    from .evaluate import evaluate
+
+    run_dir = Path(run_dir)
+    if encoder is None:
+        encoder = load(run_dir)
+        cfg, info = encoder.run_config, encoder.data_info
+    if eval_data:
+        cfg = dataclasses.replace(cfg, eval_data=eval_data)
+    if train_set is None or eval_set is None:
+        train_set, eval_set = load_data(cfg)
+        if eval_set is None:
+            raise fail(f"{cfg.data} is too small to hold out evaluation images; give --data with a test set")
+    per_class = labels_per_class or cfg.labels_per_class
+    device = "cuda" if torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda") else "cpu"
+    encoder = encoder.to(device)
+    views = None
+    if finetune if finetune is not None else cfg.finetune:
+        spec = preset(cfg.augment, info.image_size, info.channels)
+        views = lambda x, g: augment(x, spec, g)  # noqa: E731
+    result = evaluate(encoder, build_encoder(cfg, info), train_set, eval_set, labels_per_class=per_class,
+                      seed=cfg.seed, max_train=cfg.eval_max_train, finetune_views=views, run_dir=run_dir,
+                      method=cfg.method)
+    result["labels_per_class"] = per_class
+    result["eval_data"] = eval_set.name
+    (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
+    return result

@@ -1,0 +1,223 @@
+"""Typed configs: dataclasses whose fields carry their own help and limits.
+
+Every option is declared once with :func:`option` (default, help, accepted values),
+and the same declaration drives the CLI flags, YAML loading, validation and the
+one-line errors. A run saves its resolved :class:`RunConfig` (with the method's own
+config nested under ``options``) as YAML beside every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import fail
+
+_TRUE = {"true", "yes", "1", "on"}
+_FALSE = {"false", "no", "0", "off"}
+_NONE = {"none", "null", "~", ""}
+
+
+def option(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
+           max: float | None = None, above: float | None = None) -> Any:
+    """Declare a config field: default, help text and accepted values.
+
+    ``min``/``max`` are inclusive bounds, ``above`` an exclusive lower bound.
+    """
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "above": above}
+    return field(default=default, metadata=meta)
+
+
+def _describe(f: dataclasses.Field, typ: Any) -> str:
+    """What an option accepts, in words, for error messages and --help."""
+    m = f.metadata
+    base, optional = _unwrap(typ)
+    if m.get("choices"):
+        text = "one of " + ", ".join(str(c) for c in m["choices"])
+    elif base is bool:
+        text = "true or false"
+    elif base in (int, float):
+        kind = "an integer" if base is int else "a number"
+        lo = m.get("min")
+        above = m.get("above")
+        hi = m.get("max")
+        if above is not None and hi is not None:
+            text = f"{kind} > {above} and <= {hi}"
+        elif above is not None:
+            text = f"{kind} > {above}"
+        elif lo is not None and hi is not None:
+            text = f"{kind} from {lo} to {hi}"
+        elif lo is not None:
+            text = f"{kind} >= {lo}"
+        elif hi is not None:
+            text = f"{kind} <= {hi}"
+        else:
+            text = kind
+    else:
+        text = "a string"
+    return text + (" (or none)" if optional else "")
+
+
+def _unwrap(typ: Any) -> tuple[Any, bool]:
+    """Return (base type, optional?) for X, X | None, Optional[X]."""
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        return args[0], True
+    return typ, False
+
+
+def _coerce(name: str, value: Any, f: dataclasses.Field, typ: Any) -> Any:
+    base, optional = _unwrap(typ)
+    bad = fail(f"bad value {value!r} for option '{name}': expected {_describe(f, typ)}")
+    if value is None or (isinstance(value, str) and value.strip().lower() in _NONE and base is not str):
+        if optional:
+            return None
+        raise bad
+    if isinstance(value, str) and optional and base is str and value.strip().lower() in ("none", "null"):
+        return None
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise bad
+    if base is int:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, str):
+            try:
+                value = int(value.strip())
+            except ValueError:
+                raise bad from None
+        if not isinstance(value, int):
+            raise bad
+    elif base is float:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise bad from None
+        if not isinstance(value, (int, float)) or value != value or value in (float("inf"), float("-inf")):
+            raise bad
+        value = float(value)
+    elif base is str:
+        if not isinstance(value, str):
+            raise bad
+    elif base is dict:
+        if not isinstance(value, dict):
+            raise bad
+        return value
+    m = f.metadata
+    if m.get("choices") and value not in m["choices"]:
+        raise bad
+    if base in (int, float):
+        if m.get("min") is not None and value < m["min"]:
+            raise bad
+        if m.get("max") is not None and value > m["max"]:
+            raise bad
+        if m.get("above") is not None and value <= m["above"]:
+            raise bad
+    return value
+
+
+def build(cls: type, values: dict[str, Any], where: str = "") -> Any:
+    """Make a ``cls`` from a mapping, coercing strings and validating every field.
+
+    Unknown keys, bad types and out-of-range values each raise a one-line error
+    naming the option and what it accepts.
+    """
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        if name not in fields:
+            known = ", ".join(sorted(n.replace("_", "-") for n in fields))
+            raise fail(f"unknown option '{key}'{where}; known options: {known}")
+        kwargs[name] = _coerce(name.replace("_", "-"), value, fields[name], hints[name])
+    obj = cls(**kwargs)
+    for name, f in fields.items():  # defaults are validated too, so a bad default cannot hide
+        if name not in kwargs:
+            _coerce(name.replace("_", "-"), getattr(obj, name), f, hints[name])
+    if hasattr(obj, "check"):
+        obj.check()
+    return obj
+
+
+def describe_fields(cls: type) -> list[tuple[str, Any, str, str]]:
+    """(flag name, default, help, accepted) for each field: feeds the CLI."""
+    hints = typing.get_type_hints(cls)
+    return [(f.name.replace("_", "-"), f.default, f.metadata.get("help", ""), _describe(f, hints[f.name]))
+            for f in dataclasses.fields(cls) if f.metadata.get("help")]
+
+
+@dataclass
+class RunConfig:
+    """Everything about a training run except the method's own options."""
+
+    method: str = option("simclr", "the method to train (see `reprlearn methods`)")
+    data: str = option("digits", "training data: digits, cifar10, a shard path/glob, an image folder or an .npz")
+    eval_data: str | None = option(None, "evaluation data (default: the source's test split, or a 10% hold-out)")
+    image_size: int | None = option(None, "resize every image to this side (needed for folders of mixed sizes)", min=4, max=1024)
+    skip_bad: bool = option(False, "skip unreadable images and count them instead of stopping")
+    backbone: str = option("auto", "backbone name: auto (cnn for images <= 32 px, else resnet18), mlp, cnn, resnet18, resnet50, vit-tiny, vit-small")
+    augment: str = option("auto", "view preset", choices=("auto", "simclr", "digits", "none"))
+    epochs: int = option(150, "training epochs", min=1, max=100000)
+    batch_size: int = option(256, "global batch size (split across devices)", min=2, max=1 << 20)
+    optimizer: str = option("adamw", "optimiser", choices=("adamw", "sgd", "lars"))
+    lr: float = option(2e-3, "peak learning rate (after warm-up)", above=0.0, max=100.0)
+    weight_decay: float = option(1e-4, "weight decay", min=0.0, max=1.0)
+    momentum: float = option(0.9, "SGD/LARS momentum", min=0.0, max=1.0)
+    warmup_epochs: int = option(10, "epochs of linear learning-rate warm-up before the cosine decay", min=0, max=100000)
+    accumulate: int = option(1, "gradient accumulation steps", min=1, max=1024)
+    grad_clip: float | None = option(None, "clip the gradient norm to this value", above=0.0)
+    precision: str = option("32", "numeric precision", choices=("32", "bf16-mixed", "16-mixed"))
+    accelerator: str = option("auto", "device kind", choices=("auto", "cpu", "gpu", "cuda", "mps"))
+    devices: int = option(1, "devices per node", min=1, max=1024)
+    num_nodes: int = option(1, "nodes", min=1, max=100000)
+    strategy: str = option("auto", "distribution strategy", choices=("auto", "ddp", "fsdp"))
+    seed: int = option(0, "random seed (initialisation, data order and views)", min=0, max=2**31 - 1)
+    checkpoint_every: int = option(10, "write a checkpoint every N epochs (and always at the end)", min=1, max=100000)
+    knn_monitor: bool = option(False, "online kNN accuracy on the evaluation data after each epoch")
+    eval: bool = option(True, "evaluate after training")
+    finetune: bool = option(False, "also fine-tune the backbone with a linear head in the evaluation")
+    labels_per_class: int = option(5, "labelled images per class for the low-label probes", min=1, max=100000)
+    eval_max_train: int | None = option(20000, "at most this many training images for the probes (random subset)", min=10)
+    progress: bool = option(True, "show a progress bar")
+    options: dict = field(default_factory=dict)  # the method's own config, as a dict
+
+    def check(self) -> None:
+        if self.strategy == "fsdp" and self.precision == "16-mixed":
+            raise fail("option 'precision' 16-mixed is not supported with fsdp here; use bf16-mixed or 32")
+
+
+def save_yaml(path: Path, data: dict) -> None:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def load_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise fail(f"config file {str(p)!r} not found; give the path of a YAML file")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        where = f" at line {line + 1}" if line is not None else ""
+        raise fail(f"config file {str(p)!r} is not valid YAML{where}; fix its syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise fail(f"config file {str(p)!r} must hold a mapping of option: value")
+    return data

@@ -1,0 +1,289 @@
+"""Data sources, one interface: ``load_source(spec) -> ImageSet``.
+
+A spec is one of
+  digits[:train|:test]    scikit-learn's 8x8 digits (embedded; fixed stratified split)
+  cifar10[:train|:test]   a local copy ($REPRLEARN_CIFAR10: shards or the python batches),
+                          else the official archive, downloaded once and checksum-verified
+  PATH or GLOB            WebDataset shards (.tar/.tar.gz with KEY.jpg|png [+ KEY.cls]);
+                          several may be joined with commas
+  FOLDER                  an image folder, one sub-folder per class (or flat, unlabelled)
+  FILE.npz                arrays 'images' (N,H,W[,C] uint8) and optional 'labels'
+
+Decoded images are cached as uint8 arrays keyed by the files' content, so no run
+decodes the same data twice.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pickle
+import tarfile
+import zlib
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import fail
+from .cache import cached, content_key
+from .decode import IMAGE_EXTENSIONS, BadItem, Collector, decode_image, parse_label
+from .imageset import ImageSet, stratified_split
+
+SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"
+
+
+def load_source(spec: str, image_size: int | None = None, skip_bad: bool = False) -> ImageSet:
+    """Load a data source by its spec (see the module docstring)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise fail("empty data source; give --data digits, cifar10, a shard glob, a folder or an .npz file")
+    spec = spec.strip()
+    name, _, split = spec.partition(":")
+    if name in ("digits", "cifar10") and split in ("", "train", "test"):
+        split = split or "train"
+        images = _digits(split) if name == "digits" else _cifar10(split, skip_bad)
+        return _maybe_resize(images, image_size)
+    paths = _expand(spec)
+    if len(paths) == 1 and paths[0].is_dir():
+        folder = paths[0]
+        shards = sorted(p for p in folder.iterdir() if p.name.endswith(SHARD_SUFFIXES))
+        if shards:
+            return load_shards(shards, image_size, skip_bad, name=str(folder))
+        return load_folder(folder, image_size, skip_bad)
+    if len(paths) == 1 and paths[0].suffix == ".npz":
+        return _maybe_resize(load_npz(paths[0]), image_size)
+    not_shards = [p for p in paths if not p.name.endswith(SHARD_SUFFIXES)]
+    if not_shards:
+        raise fail(f"{not_shards[0]} is not a shard (.tar, .tar.gz), folder or .npz file; "
+                   "give --data digits, cifar10, a shard glob, an image folder or an .npz file")
+    return load_shards(paths, image_size, skip_bad, name=spec)
+
+
+def _expand(spec: str) -> list[Path]:
+    paths: list[Path] = []
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        part = os.path.expanduser(part)
+        if any(ch in part for ch in "*?["):
+            matches = sorted(glob.glob(part))
+            if not matches:
+                raise fail(f"no files match {part!r}; check the path and the pattern")
+            paths.extend(Path(m) for m in matches)
+        elif not os.path.exists(part):
+            raise fail(f"data path {part!r} does not exist; check the path (or use digits / cifar10)")
+        else:
+            paths.append(Path(part))
+    if not paths:
+        raise fail(f"data source {spec!r} names no files")
+    return paths
+
+
+def _maybe_resize(images: ImageSet, image_size: int | None) -> ImageSet:
+    if image_size is None or image_size == images.image_size:
+        return images
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(images.images).permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
+    resized = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return ImageSet(resized, images.labels, images.class_names, images.name)
+
+
+# ---------------------------------------------------------------- digits
+
+
+def _digits(split: str) -> ImageSet:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    # pixel values are 0..16; scale to the 0..255 range every other source uses
+    images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)
+    labels = bunch.target.astype(np.int64)
+    train, test = stratified_split(labels, len(labels), fraction=0.2, seed=0)
+    index = train if split == "train" else test
+    return ImageSet(images[index], labels[index], [str(d) for d in range(10)], f"digits:{split}")
+
+
+# ---------------------------------------------------------------- npz
+
+
+def load_npz(path: Path) -> ImageSet:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if "images" not in f:
+                raise fail(f"{path} has no 'images' array (found: {', '.join(f.files) or 'nothing'}); "
+                           "save images as np.savez(path, images=..., labels=...)")
+            images = f["images"]
+            labels = f["labels"] if "labels" in f else None
+    except (OSError, ValueError, zlib.error) as e:
+        raise fail(f"{path} is not a readable .npz file ({str(e)[:60]})") from None
+    if images.dtype != np.uint8:
+        raise fail(f"{path}: 'images' is {images.dtype}; store uint8 pixel values 0..255")
+    return ImageSet(images, labels, None, str(path))
+
+
+# ---------------------------------------------------------------- image folder
+
+
+def load_folder(folder: Path, image_size: int | None, skip_bad: bool) -> ImageSet:
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if classes:
+        files = [(p, i) for i, c in enumerate(classes) for p in sorted((folder / c).rglob("*")) if p.is_file()]
+    else:
+        files = [(p, None) for p in sorted(folder.iterdir()) if p.is_file()]
+    files = [(p, c) for p, c in files if p.suffix.lower() in IMAGE_EXTENSIONS]
+    if not files:
+        raise fail(f"{folder} holds no images ({', '.join(IMAGE_EXTENSIONS[:4])} ...); "
+                   "put images in one sub-folder per class")
+    stats = [(str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p, _ in files]
+    key = content_key("folder", stats, image_size, skip_bad)
+
+    def decode() -> ImageSet:
+        out = Collector(str(folder), skip_bad)
+        for path, label in files:
+            try:
+                out.add(str(path), decode_image(path.read_bytes(), str(path), image_size), label)
+            except BadItem as e:
+                out.bad(str(e))
+        images, labels = out.arrays()
+        return ImageSet(images, labels, classes or None, str(folder), out.skipped)
+
+    return cached(key, decode)
+
+
+# ---------------------------------------------------------------- WebDataset shards
+
+
+def load_shards(paths: list[Path], image_size: int | None, skip_bad: bool, name: str) -> ImageSet:
+    key = content_key("shards", [_file_digest(p) for p in paths], image_size, skip_bad)
+
+    def decode() -> ImageSet:
+        jobs = [(str(p), image_size, skip_bad) for p in paths]
+        if len(jobs) > 1:  # decoding is CPU-bound Pillow work: one process per shard
+            with ProcessPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as pool:
+                parts = list(pool.map(_decode_shard, jobs))
+        else:
+            parts = [_decode_shard(jobs[0])]
+        out = Collector(name, skip_bad)
+        for part in parts:
+            if isinstance(part, str):  # an error message from the worker
+                raise fail(part)
+            for k, img, label in part["items"]:
+                out.add(k, img, label)
+            out.skipped.extend(part["skipped"])
+        images, labels = out.arrays()
+        return ImageSet(images, labels, _class_names(paths[0].parent), name, out.skipped)
+
+    return cached(key, decode)
+
+
+def _decode_shard(job: tuple[str, int | None, bool]) -> dict | str:
+    """Decode one shard; returns items and skips, or an error message (picklable)."""
+    import webdataset as wds
+
+    path, image_size, skip_bad = job
+    items, skipped = [], []
+
+    def bad(message: str) -> None:
+        if not skip_bad:
+            raise BadItem(message)
+        skipped.append(message)
+
+    try:
+        try:
+            for sample in wds.WebDataset(path, shardshuffle=False, empty_check=False):
+                where = f"{path}:{sample['__key__']}"
+                data = next((sample[k] for k in ("jpg", "jpeg", "png", "webp", "bmp") if k in sample), None)
+                if data is None:
+                    bad(f"{where} has no image member (.jpg/.png)")
+                    continue
+                try:
+                    label = parse_label(sample["cls"], where) if "cls" in sample else None
+                    items.append((where, decode_image(data, where, image_size), label))
+                except BadItem as e:
+                    bad(str(e))
+        except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError) as e:
+            bad(f"shard {path} is corrupt or cut short after {len(items)} images ({type(e).__name__})")
+    except BadItem as e:
+        return f"{e}; fix or remove it, or pass --skip-bad to skip unreadable items"
+    return {"items": items, "skipped": skipped}
+
+
+def _file_digest(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _class_names(folder: Path) -> list[str] | None:
+    names = folder / "classes.txt"
+    if names.is_file():
+        return [line.strip() for line in names.read_text().splitlines() if line.strip()]
+    return None
+
+
+# ---------------------------------------------------------------- CIFAR-10 by name
+
+
+def _cifar10(split: str, skip_bad: bool) -> ImageSet:
+    local = os.environ.get("REPRLEARN_CIFAR10")
+    if local:
+        root = Path(local).expanduser()
+        if not root.exists():
+            raise fail(f"REPRLEARN_CIFAR10={local!r} does not exist; point it at a CIFAR-10 copy or unset it")
+        shards = sorted(root.glob(f"{split}-*.tar*"))
+        if shards:
+            return load_shards(shards, None, skip_bad, name=f"cifar10:{split}")
+        batches = root / "cifar-10-batches-py" if (root / "cifar-10-batches-py").is_dir() else root
+        return _cifar_batches(batches, split)
+    archive = _download_cifar()
+    extracted = archive.parent / "cifar-10-batches-py"
+    if not extracted.is_dir():
+        with tarfile.open(archive) as tar:
+            tar.extractall(archive.parent, filter="data")
+    return _cifar_batches(extracted, split)
+
+
+def _cifar_batches(folder: Path, split: str) -> ImageSet:
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    images, labels = [], []
+    for n in names:
+        path = folder / n
+        if not path.is_file():
+            raise fail(f"{path} is missing; REPRLEARN_CIFAR10 must hold shards or the python batches")
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")  # the official format; only from a verified archive
+        images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    return ImageSet(np.concatenate(images), np.concatenate(labels), classes, f"cifar10:{split}")
+
+
+def _download_cifar() -> Path:
+    import hashlib
+    import urllib.request
+
+    from .cache import cache_dir
+
+    target = cache_dir() / "cifar10" / "cifar-10-python.tar.gz"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".part")
+    print(f"downloading CIFAR-10 from {CIFAR_URL} (163 MB) ...")
+    try:
+        urllib.request.urlretrieve(CIFAR_URL, tmp)
+    except OSError as e:
+        raise fail(f"could not download CIFAR-10 ({e}); set REPRLEARN_CIFAR10 to a local copy") from None
+    digest = hashlib.md5(tmp.read_bytes()).hexdigest()
+    if digest != CIFAR_MD5:
+        tmp.unlink()
+        raise fail(f"CIFAR-10 download has checksum {digest}, expected {CIFAR_MD5}; try again later")
+    os.replace(tmp, target)
+    return target

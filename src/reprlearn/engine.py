@@ -1,0 +1,199 @@
+"""The Lightning glue: one LightningModule trains any registered method.
+
+Data path: the whole training set lives on the device as uint8 (N, C, H, W); a
+batch is a tensor of indices from a ``DistributedSampler`` (one rank or many), so
+there are no workers and no host->device image copies per step. Views are made on
+the device from a generator seeded by (seed, step, rank): runs are reproducible and
+a resumed run draws the same views it would have drawn.
+
+The engine owns optimiser, warm-up + cosine schedule, precision, distribution,
+checkpoints (written atomically, config included) and monitoring; methods only
+compute named loss terms.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+from .config import RunConfig
+from .errors import fail
+from .methods import Method
+from .optim import build_optimizer, warmup_cosine
+
+CHECKPOINT = "last.ckpt"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write to a temporary file in the same folder, fsync, then rename over the target.
+
+    A crash mid-write leaves the previous checkpoint intact; readers never see a
+    half-written file.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # the rename itself survives a power cut
+        finally:
+            os.close(dir_fd)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
+        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+
+class TrainModule(L.LightningModule):
+    def __init__(self, method: Method, cfg: RunConfig, images: torch.Tensor, meta: dict):
+        super().__init__()
+        self.method = method
+        self.cfg = cfg
+        self.meta = meta  # saved in every checkpoint: config, data info
+        self._images_cpu = images  # uint8 (N, C, H, W); moved to the device in setup
+        self.images: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ data
+    def setup(self, stage: str) -> None:
+        self.images = self._images_cpu.to(self.device if self.device.type != "meta" else "cpu")
+
+    def on_fit_start(self) -> None:
+        if self.images.device != self.device:
+            self.images = self.images.to(self.device)
+
+    def per_device_batch(self) -> int:
+        world = self.trainer.world_size if self._trainer is not None else 1
+        return max(1, self.cfg.batch_size // world)
+
+    def train_dataloader(self) -> DataLoader:
+        n = len(self._images_cpu)
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        batch = self.per_device_batch()
+        if n < batch * world:
+            raise fail(f"batch size {self.cfg.batch_size} is larger than the {n} training images; "
+                       f"use --batch-size {max(2, n // 2)} or less")
+        sampler = DistributedSampler(TensorDataset(torch.arange(n)), num_replicas=world, rank=rank,
+                                     shuffle=True, seed=self.cfg.seed, drop_last=True)
+        return DataLoader(TensorDataset(torch.arange(n)), batch_size=batch, sampler=sampler, drop_last=True)
+
+    # ------------------------------------------------------------------ steps
+    def _generator(self) -> torch.Generator:
+        g = torch.Generator(device=self.device)
+        g.manual_seed((self.cfg.seed * 1_000_003 + self.global_step * 7919 + self.global_rank) % (2**63))
+        return g
+
+    def training_step(self, batch, batch_idx):
+        (index,) = batch
+        views = self.method.views(self.images[index], self._generator())
+        terms = self.method.loss(views)
+        total = terms["loss"]
+        for name, value in terms.items():
+            if not torch.isfinite(value).all():
+                raise FloatingPointError(
+                    f"loss term '{name}' is {value.item()} at step {self.global_step} (epoch {self.current_epoch}); "
+                    f"the last good checkpoint is kept; lower --lr or set --grad-clip")
+        self.log_dict({f"train/{k}": v.detach().float() for k, v in terms.items()},
+                      on_step=True, on_epoch=True, prog_bar=False, sync_dist=False)
+        self.log("loss", total.detach().float(), prog_bar=True, logger=False)
+        return total
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        self.method.after_optimizer_step(self.global_step, self.total_steps())
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        norms = [p.grad.detach().norm() for p in self.method.parameters() if p.grad is not None]
+        if norms:
+            self.log("train/grad_norm", torch.stack(norms).norm(), on_step=True, on_epoch=False)
+
+    # ------------------------------------------------------------------ optimisation
+    def steps_per_epoch(self) -> int:
+        world = self.trainer.world_size if self._trainer is not None else 1
+        return max(1, len(self._images_cpu) // (self.per_device_batch() * world) // self.cfg.accumulate)
+
+    def total_steps(self) -> int:
+        return self.steps_per_epoch() * self.cfg.epochs
+
+    def configure_optimizers(self):
+        c = self.cfg
+        opt = build_optimizer(c.optimizer, self.method, c.lr, c.weight_decay, c.momentum)
+        warmup = min(c.warmup_epochs * self.steps_per_epoch(), self.total_steps() // 2)
+        total = self.total_steps()
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["reprlearn"] = self.meta
+
+
+class PeriodicCheckpoint(L.Callback):
+    """``last.ckpt`` every N epochs and at the end of training (atomic via the IO plugin)."""
+
+    def __init__(self, directory: Path, every: int):
+        self.path = Path(directory) / CHECKPOINT
+        self.every = every
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        done = trainer.current_epoch + 1
+        if done % self.every == 0 or done == trainer.max_epochs:
+            trainer.save_checkpoint(self.path)
+
+
+def config_dict(cfg: RunConfig, method_cfg: Any) -> dict:
+    data = asdict(cfg)
+    data["options"] = asdict(method_cfg)
+    return data
+
+
+def make_trainer(cfg: RunConfig, run_dir: Path, callbacks: list) -> L.Trainer:
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    strategy: Any = "auto"
+    if cfg.strategy == "ddp":
+        strategy = "ddp"
+    elif cfg.strategy == "fsdp":
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        strategy = FSDPStrategy()
+    loggers = [CSVLogger(run_dir, name="", version="logs"), TensorBoardLogger(run_dir, name="", version="tb")]
+    return L.Trainer(
+        accelerator=cfg.accelerator if cfg.accelerator != "cuda" else "gpu",
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=strategy,
+        precision=cfg.precision,
+        max_epochs=cfg.epochs,
+        accumulate_grad_batches=cfg.accumulate,
+        gradient_clip_val=cfg.grad_clip,
+        logger=loggers,
+        callbacks=callbacks,
+        enable_checkpointing=False,  # PeriodicCheckpoint writes them
+        enable_progress_bar=cfg.progress,
+        enable_model_summary=False,
+        log_every_n_steps=10,
+        num_sanity_val_steps=0,
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=str(run_dir),
+        deterministic=False,
+        use_distributed_sampler=False,  # our DistributedSampler already splits by rank
+    )

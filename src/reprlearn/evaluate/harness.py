@@ -1,0 +1,106 @@
+"""One evaluation harness for every method: features in, one table and eval.json out.
+
+The learned encoder is compared with three baselines under the same probes:
+``raw_pixels`` (flattened pixels), ``pca`` (pixels projected to the feature
+dimension) and ``random_init`` (the same architecture, untrained).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..data import ImageSet, stratified_split
+from ..errors import fail
+from .probes import cluster_scores, few_label, finetune_top1, knn_top1, linear_top1
+
+METRICS = ("knn_top1", "linear_top1", "knn_top1_few", "linear_top1_few", "nmi", "ari", "finetune_top1")
+
+
+@torch.no_grad()
+def extract(encoder: torch.nn.Module, images: torch.Tensor, batch_size: int = 1024) -> np.ndarray:
+    """uint8 (N, C, H, W) -> features (N, D) float32, the encoder in eval mode."""
+    was_training = encoder.training
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size].to(device).float() / 255
+        out.append(encoder(x).float().cpu())
+    encoder.train(was_training)
+    return torch.cat(out).numpy()
+
+
+def probe_split(train: ImageSet, test: ImageSet, max_train: int | None, seed: int) -> tuple[ImageSet, ImageSet]:
+    """The labelled sets the probes fit and score on."""
+    if test.labels is None:
+        raise fail(f"evaluation data {test.name} has no labels; give --eval-data with labels, or pass --no-eval")
+    if train.labels is None:  # unlabelled training data: the probes split the labelled test set
+        fit, score = stratified_split(test.labels, len(test), 0.5, seed)
+        train, test = test.subset(fit, test.name + "[probe-fit]"), test.subset(score, test.name + "[probe-score]")
+    if max_train is not None and len(train) > max_train:
+        keep = np.sort(np.random.default_rng(seed).choice(len(train), max_train, replace=False))
+        train = train.subset(keep)
+    return train, test
+
+
+def score_features(train_f, train_y, test_f, test_y, labels_per_class: int, seed: int) -> dict:
+    result = {
+        "knn_top1": knn_top1(train_f, train_y, test_f, test_y),
+        "linear_top1": linear_top1(train_f, train_y, test_f, test_y, seed=seed),
+    }
+    result.update(few_label(train_f, train_y, test_f, test_y, labels_per_class, draws=5, seed=seed))
+    result.update(cluster_scores(test_f, test_y, seed=seed))
+    return result
+
+
+def evaluate(encoder: torch.nn.Module, random_encoder: torch.nn.Module, train: ImageSet, test: ImageSet, *,
+             labels_per_class: int = 5, seed: int = 0, max_train: int | None = 20000,
+             finetune_views: Callable | None = None, run_dir: Path | None = None, method: str = "") -> dict:
+    """Score ``encoder`` and the baselines; write umap.png into ``run_dir`` when given."""
+    train, test = probe_split(train, test, max_train, seed)
+    device = next(encoder.parameters()).device
+    train_x, test_x = train.tensor(device), test.tensor(device)
+    train_f, test_f = extract(encoder, train_x), extract(encoder, test_x)
+    result: dict = {"method": method, "train_images": len(train), "test_images": len(test),
+                    "feature_dim": int(train_f.shape[1])}
+    result.update(score_features(train_f, train.labels, test_f, test.labels, labels_per_class, seed))
+    if finetune_views is not None:
+        result["finetune_top1"] = finetune_top1(encoder, train_x, train.labels, test_x, test.labels,
+                                                finetune_views, seed=seed)
+    pix_train = train.images.reshape(len(train), -1).astype(np.float32) / 255
+    pix_test = test.images.reshape(len(test), -1).astype(np.float32) / 255
+    result["baselines"] = {"raw_pixels": score_features(pix_train, train.labels, pix_test, test.labels,
+                                                        labels_per_class, seed)}
+    from sklearn.decomposition import PCA
+
+    dim = min(train_f.shape[1], pix_train.shape[1], len(pix_train))
+    pca = PCA(n_components=dim, random_state=seed).fit(pix_train)
+    result["baselines"]["pca"] = score_features(pca.transform(pix_train), train.labels, pca.transform(pix_test),
+                                                test.labels, labels_per_class, seed)
+    random_init = random_encoder.to(device)
+    result["baselines"]["random_init"] = score_features(extract(random_init, train_x), train.labels,
+                                                        extract(random_init, test_x), test.labels,
+                                                        labels_per_class, seed)
+    if run_dir is not None:
+        from .figures import umap_plot
+
+        names = test.class_names or [str(c) for c in range(int(test.labels.max()) + 1)]
+        umap_plot(test_f, test.labels, names, Path(run_dir) / "umap.png",
+                  title=f"{method} test embeddings (UMAP)", seed=seed)
+    return result
+
+
+def format_table(result: dict) -> str:
+    """The learned encoder beside each baseline, one metric per row."""
+    columns = [result.get("method") or "encoder", *result.get("baselines", {})]
+    rows = [m for m in METRICS if m in result]
+    width = max(12, *(len(c) + 2 for c in columns))
+    lines = ["metric".ljust(18) + "".join(c.rjust(width) for c in columns)]
+    for m in rows:
+        cells = [result[m]] + [result["baselines"][b].get(m) for b in columns[1:]]
+        lines.append(m.ljust(18) + "".join(("-" if v is None else f"{v:.4f}").rjust(width) for v in cells))
+    return "\n".join(lines)

@@ -1,0 +1,53 @@
+"""The contract every method follows, so engine, registry and evaluation treat all alike.
+
+A method is an ``nn.Module`` holding its networks. It declares its options as a
+dataclass (``Config``), says which views it needs (``views``), and turns views into
+named loss terms (``loss``). The engine owns optimisers, schedules, precision,
+distribution and checkpoints; the method only gets a hook after each optimiser
+step (EMA teachers, queues). Evaluation only needs ``encoder``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ..augment import ViewSpec, two_views
+from ..nets.encoder import Encoder
+
+
+@dataclass
+class DataInfo:
+    """What a method may know about the data: shapes and normalisation, never the files."""
+
+    channels: int
+    image_size: int
+    num_classes: int
+    mean: list[float]
+    std: list[float]
+
+
+class Method(nn.Module):
+    name: ClassVar[str]
+    Config: ClassVar[type]
+
+    def __init__(self, config: Any, encoder: Encoder, info: DataInfo, view_spec: ViewSpec):
+        super().__init__()
+        self.config = config
+        self.encoder = encoder  # evaluated; heads live beside it and are dropped
+        self.info = info
+        self.view_spec = view_spec
+
+    def views(self, images: Tensor, generator: torch.Generator) -> Any:
+        """uint8 batch (N, C, H, W) on the device -> whatever ``loss`` takes. Two views by default."""
+        return two_views(images, self.view_spec, generator)
+
+    def loss(self, views: Any) -> dict[str, Tensor]:
+        """Named loss terms; the total under "loss"."""
+        raise NotImplementedError
+
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        """Called by the engine after every optimiser step (EMA updates, schedules)."""

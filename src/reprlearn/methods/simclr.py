@@ -1,0 +1,46 @@
+"""SimCLR (Chen et al. 2020): two views -> backbone -> MLP projector -> NT-Xent.
+
+The projector is used for the loss only; evaluation uses the backbone features.
+Under DDP the negatives are the views of the whole global batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import option
+from ..losses import nt_xent
+from ..nets import MLPHead
+from . import METHODS
+from .base import Method
+from .pair_losses import pair_loss
+
+
+@dataclass
+class SimCLRConfig:
+    temperature: float = option(0.2, "NT-Xent temperature τ", above=0.0, max=10.0)
+    proj_hidden: int = option(512, "projector hidden width", min=1, max=65536)
+    proj_dim: int = option(128, "projection (loss space) dimension", min=1, max=65536)
+    loss: str = option("nt_xent", "the two-view loss", choices=("nt_xent", "margin", "triplet"))
+    margin: float = option(0.5, "margin for --loss margin / triplet (normalised embeddings)", above=0.0, max=4.0)
+    mining: str = option("semi-hard", "negative mining for margin/triplet", choices=("semi-hard", "hard"))
+
+
+@METHODS.register("simclr")
+class SimCLR(Method):
+    Config = SimCLRConfig
+
+    def __init__(self, config, encoder, info, view_spec):
+        super().__init__(config, encoder, info, view_spec)
+        self.projector = MLPHead(encoder.feature_dim, config.proj_hidden, config.proj_dim)
+
+    def loss(self, views):
+        x_a, x_b = views
+        z_a = self.projector(self.encoder(x_a))
+        z_b = self.projector(self.encoder(x_b))
+        c = self.config
+        if c.loss == "nt_xent":
+            value = nt_xent(z_a, z_b, temperature=c.temperature, gather=True)
+        else:
+            value = pair_loss(c.loss, z_a, z_b, c.margin, c.mining)
+        return {"loss": value, c.loss: value.detach()}
