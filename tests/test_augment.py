@@ -420,3 +420,13 @@ def test_view_maker_seeded_and_resumable():
     other.load_state_dict(state)
     assert all(torch.equal(a, b) for a, b in zip(nxt, other(x)))
     assert not torch.equal(views[0], nxt[0])
+
+
+@pytest.mark.parametrize("op", [ops.adjust_brightness, ops.adjust_contrast, ops.adjust_saturation, ops.adjust_hue])
+def test_colour_mask_leaves_unselected_samples_bit_identical(op):
+    x = torch.rand(6, 3, 8, 8, generator=gen())
+    mask = torch.tensor([True, False, True, False, True, False])
+    factor = torch.full((6,), 0.3)
+    out = op(x, factor, mask)
+    assert torch.equal(out[~mask], x[~mask])
+    torch.testing.assert_close(out[mask], op(x[mask], factor[mask]))

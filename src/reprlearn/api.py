@@ -120,11 +120,12 @@ def _new_run_dir(method: str) -> Path:
 
 
 def train(method: str = "simclr", *, out: str | Path | None = None, config: str | None = None,
-          resume: bool = False, **options: Any) -> Path:
+          resume: bool = False, callbacks: list | None = None, **options: Any) -> Path:
     """Train ``method`` and return its run directory.
 
     ``options`` are run options (``data``, ``epochs``, ``batch_size`` ...) or the
-    method's own (``temperature`` ...), as in ``reprlearn train --help``.
+    method's own (``temperature`` ...), as in ``reprlearn train --help``;
+    ``callbacks`` are extra Lightning callbacks.
     """
     import lightning as L
 
@@ -151,7 +152,8 @@ def train(method: str = "simclr", *, out: str | Path | None = None, config: str 
     save_yaml(run_dir / CONFIG_FILE, config_data)
     meta = {"config": config_data, "data_info": dataclasses.asdict(info), "backbone": backbone_name(cfg, info)}
     module = TrainModule(model, cfg, train_set.tensor(), meta)
-    trainer = make_trainer(cfg, run_dir, [PeriodicCheckpoint(run_dir / "checkpoints", cfg.checkpoint_every)])
+    trainer = make_trainer(cfg, run_dir, [PeriodicCheckpoint(run_dir / "checkpoints", cfg.checkpoint_every),
+                                          *(callbacks or [])])
     print(f"training {cfg.method} on {train_set.name} ({len(train_set)} images "
           f"{info.image_size}x{info.image_size}x{info.channels}), backbone {meta['backbone']}, run {run_dir}")
     if train_set.skipped:

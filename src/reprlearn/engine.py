@@ -175,7 +175,12 @@ def make_trainer(cfg: RunConfig, run_dir: Path, callbacks: list) -> L.Trainer:
         from lightning.pytorch.strategies import FSDPStrategy
 
         strategy = FSDPStrategy()
-    loggers = [CSVLogger(run_dir, name="", version="logs"), TensorBoardLogger(run_dir, name="", version="tb")]
+    # a resumed run logs beside the earlier logs (CSVLogger would delete them): logs, logs-1, logs-2 ...
+    suffix = ""
+    while (run_dir / f"logs{suffix}").exists():
+        suffix = f"-{int(suffix[1:] or 0) + 1}"
+    loggers = [CSVLogger(run_dir, name="", version=f"logs{suffix}"),
+               TensorBoardLogger(run_dir, name="", version=f"tb{suffix}")]
     return L.Trainer(
         accelerator=cfg.accelerator if cfg.accelerator != "cuda" else "gpu",
         devices=cfg.devices,

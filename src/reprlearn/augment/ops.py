@@ -206,16 +206,25 @@ def grayscale(x: Tensor) -> Tensor:
     return x.mean(dim=1, keepdim=True)
 
 
+def _blend_factor(factor: Tensor, mask: Tensor | None, x: Tensor) -> Tensor:
+    # For x * f and f * x + (1 - f) * y, f = 1 returns x bit for bit (x in [0, 1]), so masking the
+    # (N,) factor selects samples exactly like torch.where on the images, at a fraction of the cost.
+    f = _per_sample(factor, x)
+    if mask is not None:
+        f = torch.where(mask.view(-1, 1, 1, 1), f, torch.ones_like(f))
+    return f
+
+
 def adjust_brightness(x: Tensor, factor: Tensor, mask: Tensor | None = None) -> Tensor:
     """x * factor, clamped to [0, 1]."""
-    return _select(mask, (x * _per_sample(factor, x)).clamp_(0, 1), x)
+    return (x * _blend_factor(factor, mask, x)).clamp_(0, 1)
 
 
 def adjust_contrast(x: Tensor, factor: Tensor, mask: Tensor | None = None) -> Tensor:
     """Blend with the image's mean gray level: mean + factor * (x - mean), clamped."""
     mean = grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
-    f = _per_sample(factor, x)
-    return _select(mask, (f * x + (1 - f) * mean).clamp_(0, 1), x)
+    f = _blend_factor(factor, mask, x)
+    return (f * x + (1 - f) * mean).clamp_(0, 1)
 
 
 def adjust_saturation(x: Tensor, factor: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -223,8 +232,8 @@ def adjust_saturation(x: Tensor, factor: Tensor, mask: Tensor | None = None) -> 
     if x.shape[1] != 3:
         return x
     gray = grayscale(x)
-    f = _per_sample(factor, x)
-    return _select(mask, (f * x + (1 - f) * gray).clamp_(0, 1), x)
+    f = _blend_factor(factor, mask, x)
+    return (f * x + (1 - f) * gray).clamp_(0, 1)
 
 
 def adjust_hue(x: Tensor, factor: Tensor, mask: Tensor | None = None) -> Tensor:

@@ -1,0 +1,155 @@
+"""Command line: argument parsing only; every command calls the public API.
+
+    reprlearn train METHOD [options]     train, then print the evaluation table
+    reprlearn eval RUN_DIR [options]     evaluate a run, write RUN_DIR/eval.json
+    reprlearn embed RUN_DIR --data SOURCE --out FILE.npy
+    reprlearn methods                    list the registered methods
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from typing import Any
+
+from . import __version__
+from .errors import ReprlearnError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but errors are one line (no usage dump)."""
+
+    def error(self, message: str):  # noqa: D401
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# flags handled by the command itself, not stored in RunConfig
+_SPECIAL = {"out", "config", "resume", "options", "method"}
+
+
+def _add_fields(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
+    from .config import describe_fields
+
+    group = parser.add_argument_group(title)
+    for flag, default, help_text, accepted in describe_fields(cls):
+        if flag in _SPECIAL:
+            continue
+        help_text = help_text.replace("%", "%%")  # argparse formats help with %
+        if isinstance(default, bool):  # --flag / --no-flag; help shows the one that changes something
+            group.add_argument(f"--{flag}", dest=flag, action="store_const", const=True, default=argparse.SUPPRESS,
+                               help=argparse.SUPPRESS if default else help_text)
+            group.add_argument(f"--no-{flag}", dest=flag, action="store_const", const=False,
+                               default=argparse.SUPPRESS, help=f"do not: {help_text}" if default else argparse.SUPPRESS)
+        else:
+            group.add_argument(f"--{flag}", dest=flag, metavar="X", default=argparse.SUPPRESS,
+                               help=f"{help_text}; {accepted} (default: {default})")
+
+
+def _train_parser(method: str | None) -> argparse.ArgumentParser:
+    from .config import RunConfig
+    from .methods import METHODS
+
+    p = _Parser(prog="reprlearn train", description="Train a method, then evaluate it (unless --no-eval).")
+    p.add_argument("method", nargs="?", help=f"one of: {', '.join(METHODS.names())}")
+    p.add_argument("--out", metavar="RUN_DIR", help="run directory (default: runs/METHOD-TIMESTAMP)")
+    p.add_argument("--config", metavar="FILE.yaml", help="options from a YAML file (flags override it)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    _add_fields(p, RunConfig, "run options")
+    if method and method in METHODS:
+        _add_fields(p, METHODS.get(method).Config, f"{method} options")
+    return p
+
+
+def _cmd_train(argv: list[str]) -> int:
+    from .api import train
+
+    method = argv[0] if argv and not argv[0].startswith("-") else None
+    args = vars(_train_parser(method).parse_args(argv))
+    name = args.pop("method") or "simclr"
+    out, config, resume = args.pop("out"), args.pop("config"), args.pop("resume")
+    overrides: dict[str, Any] = {k.replace("-", "_"): v for k, v in args.items()}
+    train(name, out=out, config=config, resume=resume, **overrides)
+    return 0
+
+
+def _cmd_eval(argv: list[str]) -> int:
+    from .api import evaluate_run
+    from .evaluate import format_table
+
+    p = _Parser(prog="reprlearn eval", description="Evaluate a trained run; writes RUN_DIR/eval.json.")
+    p.add_argument("run_dir")
+    p.add_argument("--data", help="evaluation data (default: the run's evaluation data)")
+    p.add_argument("--labels-per-class", type=int, help="labelled images per class for the low-label probes")
+    p.add_argument("--finetune", action="store_true", help="also fine-tune the backbone with a linear head")
+    a = p.parse_args(argv)
+    if a.labels_per_class is not None and a.labels_per_class < 1:
+        p.error(f"--labels-per-class must be >= 1, got {a.labels_per_class}")
+    result = evaluate_run(a.run_dir, eval_data=a.data, labels_per_class=a.labels_per_class,
+                          finetune=a.finetune or None)
+    print(format_table(result))
+    return 0
+
+
+def _cmd_embed(argv: list[str]) -> int:
+    import numpy as np
+
+    from .api import embed
+
+    p = _Parser(prog="reprlearn embed", description="Write the (N, D) features of a data source to a .npy file.")
+    p.add_argument("run_dir")
+    p.add_argument("--data", required=True, help="images to embed (any data source)")
+    p.add_argument("--out", required=True, metavar="FILE.npy")
+    a = p.parse_args(argv)
+    features = embed(a.run_dir, a.data)
+    np.save(a.out, features)
+    print(f"wrote {features.shape[0]} x {features.shape[1]} features to {a.out}")
+    return 0
+
+
+def _cmd_methods(argv: list[str]) -> int:
+    from .methods import METHODS
+
+    for name in METHODS.names():
+        doc = (METHODS.get(name).__module__ and sys.modules[METHODS.get(name).__module__].__doc__ or "").strip()
+        print(f"{name:16s} {doc.splitlines()[0] if doc else ''}")
+    return 0
+
+
+COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "embed": _cmd_embed, "methods": _cmd_methods}
+
+
+def _quiet_libraries() -> None:
+    """Lightning's banners and tips are noise on a CLI; warnings we act on are kept."""
+    import lightning  # noqa: F401 - it sets its loggers' levels on import, so import it first
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+    for pattern in (".*LeafSpec.*", ".*smaller than the logging interval.*", ".*litlogger.*",
+                    ".*does not have many workers.*", ".*weights_only.*"):
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("--version", "-V"):
+        print(f"reprlearn {__version__}")
+        return 0
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"reprlearn: error: unknown command {argv[0]!r}; choose one of: {', '.join(COMMANDS)}",
+                  file=sys.stderr)
+            return 2
+        print(__doc__.strip())
+        return 0
+    _quiet_libraries()
+    try:
+        return COMMANDS[argv[0]](argv[1:])
+    except ReprlearnError as e:
+        print(f"reprlearn: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""Data sources: each source kind loads, and each kind of bad input is a clear one-line error."""
+
+import gzip
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from reprlearn.data import load_source
+from reprlearn.errors import ReprlearnError
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("REPRLEARN_CACHE", str(tmp_path / "cache"))
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def jpg_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+def write_shard(path: Path, members: list[tuple[str, bytes]], gz: bool = True) -> Path:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    path.write_bytes(gzip.compress(raw.getvalue()) if gz else raw.getvalue())
+    return path
+
+
+def rgb(seed: int, size: int = 8) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+def good_members(n: int = 4) -> list[tuple[str, bytes]]:
+    out = []
+    for i in range(n):
+        out += [(f"img{i:03d}.png", png_bytes(rgb(i))), (f"img{i:03d}.cls", str(i % 2).encode())]
+    return out
+
+
+def one_line_error(fn, *words):
+    with pytest.raises(ReprlearnError) as e:
+        fn()
+    message = str(e.value)
+    assert "\n" not in message
+    for w in words:
+        assert w in message, message
+    return message
+
+
+# ------------------------------------------------------------------ sources that work
+
+
+def test_digits_split_is_fixed_stratified_and_disjoint():
+    train, test = load_source("digits"), load_source("digits:test")
+    assert train.images.shape[1:] == (8, 8, 1) and train.images.dtype == np.uint8
+    assert len(train) + len(test) == 1797
+    assert set(np.unique(test.labels)) == set(range(10))
+    assert train.images.max() == 255
+    # stratified: each class holds about 20% of its images in the test split
+    counts = np.bincount(test.labels) / (np.bincount(test.labels) + np.bincount(train.labels))
+    assert np.all(np.abs(counts - 0.2) < 0.02)
+
+
+def test_shards_decode_with_labels_and_cache(tmp_path):
+    shard = write_shard(tmp_path / "a-000.tar.gz", good_members(4))
+    first = load_source(str(shard))
+    assert first.images.shape == (4, 8, 8, 3) and list(first.labels) == [0, 1, 0, 1]
+    np.testing.assert_array_equal(first.images[2], rgb(2))  # PNG is lossless
+    assert list((tmp_path / "cache" / "decoded").glob("*.npz")), "decoded arrays are cached"
+    again = load_source(str(tmp_path / "a-*.tar.gz"))
+    np.testing.assert_array_equal(again.images, first.images)
+
+
+@pytest.mark.skipif(not (SHARED / "cifar10").is_dir(), reason="needs ../shared/data")
+def test_cifar10_shard_from_shared_data():
+    test = load_source(str(SHARED / "cifar10" / "test-000000.tar.gz"))
+    assert test.images.shape == (10000, 32, 32, 3)
+    assert test.class_names[0] == "airplane" and len(test.class_names) == 10
+    assert np.bincount(test.labels).tolist() == [1000] * 10
+
+
+def test_image_folder_and_npz(tmp_path):
+    for c, name in enumerate(["cat", "dog"]):
+        (tmp_path / "f" / name).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rgb(10 * c + i)).save(tmp_path / "f" / name / f"{i}.png")
+    folder = load_source(str(tmp_path / "f"))
+    assert folder.class_names == ["cat", "dog"] and list(folder.labels) == [0, 0, 0, 1, 1, 1]
+    np.savez(tmp_path / "x.npz", images=np.zeros((5, 6, 6), np.uint8), labels=np.arange(5))
+    arr = load_source(str(tmp_path / "x.npz"))
+    assert arr.images.shape == (5, 6, 6, 1) and list(arr.labels) == list(range(5))
+
+
+def test_image_size_resizes_mixed_sizes(tmp_path):
+    (tmp_path / "f" / "a").mkdir(parents=True)
+    Image.fromarray(rgb(0, 8)).save(tmp_path / "f" / "a" / "0.png")
+    Image.fromarray(rgb(1, 12)).save(tmp_path / "f" / "a" / "1.png")
+    one_line_error(lambda: load_source(str(tmp_path / "f")), "size", "--image-size")
+    resized = load_source(str(tmp_path / "f"), image_size=6)
+    assert resized.images.shape == (2, 6, 6, 3)
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def test_missing_path_and_empty_spec(tmp_path):
+    one_line_error(lambda: load_source(str(tmp_path / "nope")), "does not exist")
+    one_line_error(lambda: load_source(str(tmp_path / "nope-*.tar")), "no files match")
+    one_line_error(lambda: load_source(""), "empty data source")
+
+
+def test_empty_folder_and_empty_shard(tmp_path):
+    (tmp_path / "empty").mkdir()
+    one_line_error(lambda: load_source(str(tmp_path / "empty")), "no images")
+    shard = write_shard(tmp_path / "e.tar", [], gz=False)
+    one_line_error(lambda: load_source(str(shard)), "no readable images")
+
+
+@pytest.mark.parametrize("bad_name,bad_data,words", [
+    ("bad.jpg", jpg_bytes(rgb(5))[:200], ["bad", "not a readable image"]),   # truncated JPEG
+    ("bad.png", b"this is not an image at all", ["bad", "not a readable image"]),
+    ("bad.jpg", b"", ["bad", "zero-byte"]),
+])
+def test_corrupt_member_named_or_skipped(tmp_path, bad_name, bad_data, words):
+    shard = write_shard(tmp_path / "s.tar.gz", good_members(3) + [(bad_name, bad_data), ("bad.cls", b"1")])
+    one_line_error(lambda: load_source(str(shard)), *words, "--skip-bad")
+    skipped = load_source(str(shard), skip_bad=True)
+    assert len(skipped) == 3 and len(skipped.skipped) == 1 and "bad" in skipped.skipped[0]
+
+
+def test_non_integer_label(tmp_path):
+    shard = write_shard(tmp_path / "s.tar.gz", good_members(2) + [("x.png", png_bytes(rgb(9))), ("x.cls", b"cat")])
+    one_line_error(lambda: load_source(str(shard)), "x", "not an integer")
+    assert len(load_source(str(shard), skip_bad=True)) == 2
+
+
+def test_other_size_or_channels_inside_shard(tmp_path):
+    gray = np.zeros((8, 8), np.uint8)
+    shard = write_shard(tmp_path / "s.tar.gz", good_members(2) + [("g.png", png_bytes(gray)), ("g.cls", b"0")])
+    one_line_error(lambda: load_source(str(shard)), "g", "channel count")
+    big = write_shard(tmp_path / "b.tar.gz", good_members(2) + [("b.png", png_bytes(rgb(3, 16))), ("b.cls", b"0")])
+    one_line_error(lambda: load_source(str(big)), "size", "--image-size")
+    assert len(load_source(str(big), skip_bad=True)) == 2
+
+
+def test_gzip_cut_short(tmp_path):
+    full = write_shard(tmp_path / "full.tar.gz", good_members(40))
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(full.read_bytes()[: len(full.read_bytes()) // 2])
+    one_line_error(lambda: load_source(str(cut)), "cut.tar.gz", "corrupt or cut short")
+    partial = load_source(str(cut), skip_bad=True)
+    assert 0 < len(partial) < 40 and "cut short" in partial.skipped[0]
+
+
+def test_npz_problems(tmp_path):
+    np.savez(tmp_path / "nolabels.npz", pixels=np.zeros((3, 4, 4), np.uint8))
+    one_line_error(lambda: load_source(str(tmp_path / "nolabels.npz")), "no 'images' array")
+    np.savez(tmp_path / "float.npz", images=np.zeros((3, 4, 4), np.float32))
+    one_line_error(lambda: load_source(str(tmp_path / "float.npz")), "uint8")
+    np.savez(tmp_path / "mismatch.npz", images=np.zeros((3, 4, 4), np.uint8), labels=np.arange(4))
+    one_line_error(lambda: load_source(str(tmp_path / "mismatch.npz")), "4 labels for 3 images")
+    np.savez(tmp_path / "empty.npz", images=np.zeros((0, 4, 4), np.uint8))
+    one_line_error(lambda: load_source(str(tmp_path / "empty.npz")), "no images")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    one_line_error(lambda: load_source(str(tmp_path / "junk.npz")), "not a readable .npz")
+
+
+def test_unknown_file_kind(tmp_path):
+    (tmp_path / "notes.txt").write_text("hi")
+    one_line_error(lambda: load_source(str(tmp_path / "notes.txt")), "notes.txt", "is not a shard")

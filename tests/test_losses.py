@@ -1,0 +1,113 @@
+"""Each loss against a naive loop written from its formula, and gradchecks in float64."""
+
+import math
+
+import pytest
+import torch
+
+from reprlearn import losses
+from reprlearn.methods.pair_losses import mine_negatives, pair_loss
+
+
+def cos(u, v):
+    return float(torch.dot(u, v) / (u.norm() * v.norm()))
+
+
+def naive_nt_xent(z_a, z_b, t):
+    z = torch.cat([z_a, z_b])
+    n2 = len(z)
+    n = n2 // 2
+    total = 0.0
+    for i in range(n2):
+        p = (i + n) % n2
+        num = math.exp(cos(z[i], z[p]) / t)
+        den = sum(math.exp(cos(z[i], z[k]) / t) for k in range(n2) if k != i)
+        total += -math.log(num / den)
+    return total / n2
+
+
+def naive_info_nce(q, k, queue, t):
+    total = 0.0
+    negatives = list(k) + (list(queue) if queue is not None else [])
+    for i in range(len(q)):
+        num = math.exp(cos(q[i], k[i]) / t)
+        den = sum(math.exp(cos(q[i], c) / t) for c in negatives)
+        total += -math.log(num / den)
+    return total / len(q)
+
+
+@pytest.mark.parametrize("n,d,t", [(2, 3, 0.5), (5, 8, 0.1), (7, 4, 1.0), (16, 32, 0.2)])
+def test_nt_xent_matches_formula(n, d, t):
+    g = torch.Generator().manual_seed(n * d)
+    z_a, z_b = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g)
+    assert losses.nt_xent(z_a, z_b, temperature=t).item() == pytest.approx(naive_nt_xent(z_a, z_b, t), rel=1e-5)
+
+
+@pytest.mark.parametrize("n,d,k,t", [(3, 4, 0, 0.07), (6, 5, 10, 0.2), (8, 16, 3, 1.0)])
+def test_info_nce_matches_formula(n, d, k, t):
+    g = torch.Generator().manual_seed(n + k)
+    q, key = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g)
+    queue = torch.randn(k, d, generator=g) if k else None
+    want = naive_info_nce(q, key, queue, t)
+    assert losses.info_nce(q, key, queue, temperature=t).item() == pytest.approx(want, rel=1e-5)
+
+
+def test_margin_contrastive_matches_formula():
+    g = torch.Generator().manual_seed(1)
+    e1, e2 = torch.randn(9, 4, generator=g), torch.randn(9, 4, generator=g) * 0.3
+    pos = torch.tensor([1, 0, 1, 0, 0, 1, 1, 0, 0])
+    m = 1.5
+    want = 0.0
+    for i in range(9):
+        dist = math.sqrt(float(((e1[i] - e2[i]) ** 2).sum()))
+        want += dist**2 if pos[i] else max(0.0, m - dist) ** 2
+    assert losses.margin_contrastive(e1, e2, pos, margin=m).item() == pytest.approx(want / 9, rel=1e-5)
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+def test_triplet_matches_formula(distance):
+    g = torch.Generator().manual_seed(2)
+    a, p, n = (torch.randn(10, 6, generator=g) for _ in range(3))
+    alpha = 0.3
+
+    def d(u, v):
+        return math.sqrt(float(((u - v) ** 2).sum())) if distance == "euclidean" else 1 - cos(u, v)
+
+    want = sum(max(0.0, d(a[i], p[i]) - d(a[i], n[i]) + alpha) for i in range(10)) / 10
+    assert losses.triplet(a, p, n, margin=alpha, distance=distance).item() == pytest.approx(want, rel=1e-5)
+
+
+def test_gradcheck_all_losses():
+    g = torch.Generator().manual_seed(3)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+
+    assert torch.autograd.gradcheck(lambda a, b: losses.nt_xent(a, b, 0.3), (r(4, 5), r(4, 5)))
+    assert torch.autograd.gradcheck(lambda q, k, u: losses.info_nce(q, k, u, 0.2), (r(4, 5), r(4, 5), r(6, 5)))
+    pos = torch.tensor([1, 0, 1, 0])
+    assert torch.autograd.gradcheck(lambda a, b: losses.margin_contrastive(a, b, pos, 2.0), (r(4, 3), r(4, 3)))
+    for dist in ("euclidean", "cosine"):
+        assert torch.autograd.gradcheck(lambda a, p, n: losses.triplet(a, p, n, 5.0, dist), (r(4, 3), r(4, 3), r(4, 3)))
+
+
+def test_perfect_pairs_give_low_nt_xent():
+    z = torch.eye(8)
+    assert losses.nt_xent(z, z, 0.05) < 1e-3 < losses.nt_xent(z, torch.roll(z, 1, 0), 0.05)
+
+
+def test_semi_hard_mining_picks_farther_than_positive():
+    g = torch.Generator().manual_seed(4)
+    a = torch.nn.functional.normalize(torch.randn(32, 8, generator=g), dim=1)
+    b = torch.nn.functional.normalize(a + 0.3 * torch.randn(32, 8, generator=g), dim=1)
+    neg = mine_negatives(a, b, "semi-hard")
+    assert (neg != torch.arange(32)).all()
+    d_pos = (a - b).norm(dim=1)
+    d_neg = (a - b[neg]).norm(dim=1)
+    hard = mine_negatives(a, b, "hard")
+    d_hard = (a - b[hard]).norm(dim=1)
+    assert (d_hard <= d_neg + 1e-6).all()  # the hardest negative is never farther than the semi-hard one
+    has_semi = (torch.cdist(a, b) + torch.eye(32) * 1e9 > d_pos[:, None]).sum(1) > 0
+    assert (d_neg[has_semi] > d_pos[has_semi]).all()
+    for kind in ("margin", "triplet"):
+        assert torch.isfinite(pair_loss(kind, a, b, 0.5, "semi-hard"))
