@@ -129,7 +129,7 @@ def train(method: str = "simclr", *, out: str | Path | None = None, config: str 
     """
     import lightning as L
 
-    from .engine import CHECKPOINT, PeriodicCheckpoint, TrainModule, make_trainer
+    from .engine import CHECKPOINT, KNNMonitor, PeriodicCheckpoint, TrainModule, make_trainer
 
     run_dir = Path(out) if out else _new_run_dir(method)
     ckpt = run_dir / "checkpoints" / CHECKPOINT
@@ -152,8 +152,10 @@ def train(method: str = "simclr", *, out: str | Path | None = None, config: str 
     save_yaml(run_dir / CONFIG_FILE, config_data)
     meta = {"config": config_data, "data_info": dataclasses.asdict(info), "backbone": backbone_name(cfg, info)}
     module = TrainModule(model, cfg, train_set.tensor(), meta)
-    trainer = make_trainer(cfg, run_dir, [PeriodicCheckpoint(run_dir / "checkpoints", cfg.checkpoint_every),
-                                          *(callbacks or [])])
+    callbacks = [PeriodicCheckpoint(run_dir / "checkpoints", cfg.checkpoint_every), *(callbacks or [])]
+    if cfg.knn_monitor and eval_set is not None and eval_set.labels is not None and train_set.labels is not None:
+        callbacks.append(KNNMonitor(train_set.tensor(), train_set.labels, eval_set.tensor(), eval_set.labels))
+    trainer = make_trainer(cfg, run_dir, callbacks)
     print(f"training {cfg.method} on {train_set.name} ({len(train_set)} images "
           f"{info.image_size}x{info.image_size}x{info.channels}), backbone {meta['backbone']}, run {run_dir}")
     if train_set.skipped:

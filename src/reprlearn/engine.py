@@ -202,3 +202,23 @@ def make_trainer(cfg: RunConfig, run_dir: Path, callbacks: list) -> L.Trainer:
         deterministic=False,
         use_distributed_sampler=False,  # our DistributedSampler already splits by rank
     )
+
+
+class KNNMonitor(L.Callback):
+    """Online kNN top-1 of the encoder on labelled data after each epoch (logged as monitor/knn_top1).
+
+    Cheap enough to run every epoch: features of at most ``limit`` images per side.
+    """
+
+    def __init__(self, train_images, train_labels, test_images, test_labels, limit: int = 5000):
+        self.train = (train_images[:limit], train_labels[:limit])
+        self.test = (test_images[:limit], test_labels[:limit])
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        from .evaluate import extract, knn_top1
+
+        if not trainer.is_global_zero:
+            return
+        encoder = pl_module.method.encoder
+        acc = knn_top1(extract(encoder, self.train[0]), self.train[1], extract(encoder, self.test[0]), self.test[1])
+        pl_module.log("monitor/knn_top1", acc, rank_zero_only=True)

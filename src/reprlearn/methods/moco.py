@@ -3,7 +3,7 @@
 query = projector(encoder(view 1)); key = EMA copy of both applied to view 2 (no
 gradients). InfoNCE classifies each query's own key among the batch keys and the
 K queued keys of earlier batches. The loss is symmetrised over the two views, and
-the momentum rises from ``momentum`` to 1 on a cosine schedule.
+the momentum rises from ``ema_momentum`` to 1 on a cosine schedule.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from .pair_losses import pair_loss
 class MoCoConfig:
     temperature: float = option(0.2, "InfoNCE temperature τ", above=0.0, max=10.0)
     queue_size: int = option(1024, "number of negative keys kept in the queue (0: batch negatives only)", min=0, max=1 << 20)
-    momentum: float = option(0.99, "base EMA momentum of the key encoder (rises to 1, cosine)", min=0.0, max=1.0)
+    ema_momentum: float = option(0.99, "base EMA momentum of the key encoder (rises to 1, cosine)", min=0.0, max=1.0)
     proj_hidden: int = option(512, "projector hidden width", min=1, max=65536)
     proj_dim: int = option(128, "projection (loss space) dimension", min=1, max=65536)
     loss: str = option("info_nce", "the two-view loss", choices=("info_nce", "margin", "triplet"))
@@ -65,7 +65,7 @@ class MoCo(Method):
     @torch.no_grad()
     def after_optimizer_step(self, step, total_steps):
         ema_update(self.key_net, nn.Sequential(self.encoder, self.projector),
-                   cosine_momentum(step, total_steps, self.config.momentum))
+                   cosine_momentum(step, total_steps, self.config.ema_momentum))
         if self._new_keys is not None and self.config.queue_size:
             self._enqueue(_gather(self._new_keys))
             self._new_keys = None
