@@ -51,13 +51,17 @@ def few_label(train_f, train_y, test_f, test_y, per_class: int, draws: int = 5, 
 
 
 def cluster_scores(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> dict:
-    """k-means with as many clusters as classes, scored by NMI and ARI against the labels."""
+    """k-means with as many clusters as classes, scored by NMI and ARI against the labels.
+
+    Features are L2-normalised first (the cosine geometry the kNN probe uses too);
+    standardising instead would inflate low-variance noise directions.
+    """
     from sklearn.cluster import KMeans
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-    from sklearn.preprocessing import StandardScaler
+    from sklearn.preprocessing import normalize
 
     k = len(np.unique(labels))
-    pred = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(StandardScaler().fit_transform(features))
+    pred = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(normalize(features))
     return {"nmi": float(normalized_mutual_info_score(labels, pred)),
             "ari": float(max(0.0, adjusted_rand_score(labels, pred)))}  # ARI < 0 means worse than chance: report 0
 
