@@ -1,14 +1,12 @@
 """Data sources: each source kind loads, and each kind of bad input is a clear one-line error."""
 
-import gzip
-import io
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from fakedata import good_members, jpg_bytes, png_bytes, rgb, write_shard
 from reprlearn.data import load_source
 from reprlearn.errors import ReprlearnError
 
@@ -18,40 +16,6 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("REPRLEARN_CACHE", str(tmp_path / "cache"))
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def jpg_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="JPEG", quality=95)
-    return buf.getvalue()
-
-
-def write_shard(path: Path, members: list[tuple[str, bytes]], gz: bool = True) -> Path:
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    path.write_bytes(gzip.compress(raw.getvalue()) if gz else raw.getvalue())
-    return path
-
-
-def rgb(seed: int, size: int = 8) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
-
-
-def good_members(n: int = 4) -> list[tuple[str, bytes]]:
-    out = []
-    for i in range(n):
-        out += [(f"img{i:03d}.png", png_bytes(rgb(i))), (f"img{i:03d}.cls", str(i % 2).encode())]
-    return out
 
 
 def one_line_error(fn, *words):

@@ -127,22 +127,30 @@ def train(method: str = "simclr", *, out: str | Path | None = None, config: str 
     method's own (``temperature`` ...), as in ``reprlearn train --help``;
     ``callbacks`` are extra Lightning callbacks.
     """
-    import lightning as L
-
-    from .engine import CHECKPOINT, KNNMonitor, PeriodicCheckpoint, TrainModule, make_trainer
+    from .engine import CHECKPOINT, RunLock
 
     run_dir = Path(out) if out else _new_run_dir(method)
     ckpt = run_dir / "checkpoints" / CHECKPOINT
-    base = None
-    if resume:
-        if not (run_dir / CONFIG_FILE).is_file():
-            raise fail(f"cannot resume: {run_dir} has no {CONFIG_FILE}; give the run directory with --out")
-        base = load_yaml(run_dir / CONFIG_FILE)
-        if method and base.get("method") != method:
-            raise fail(f"cannot resume: {run_dir} holds a {base.get('method')} run, not {method}")
-    elif ckpt.exists():
-        raise fail(f"{run_dir} already holds a trained run; pass --resume to continue it or --out NEW_DIR")
-    cfg, method_cfg = resolve_config(method, options, config, base)
+    with RunLock(run_dir):
+        base = None
+        if resume:
+            if not (run_dir / CONFIG_FILE).is_file():
+                raise fail(f"cannot resume: {run_dir} has no {CONFIG_FILE}; give the run directory with --out")
+            base = load_yaml(run_dir / CONFIG_FILE)
+            if method and base.get("method") != method:
+                raise fail(f"cannot resume: {run_dir} holds a {base.get('method')} run, not {method}")
+        elif ckpt.exists():
+            raise fail(f"{run_dir} already holds a trained run; pass --resume to continue it or --out NEW_DIR")
+        cfg, method_cfg = resolve_config(method, options, config, base)
+        _fit(cfg, method_cfg, run_dir, ckpt if resume and ckpt.exists() else None, callbacks or [])
+    return run_dir
+
+
+def _fit(cfg: RunConfig, method_cfg: Any, run_dir: Path, resume_from: Path | None, extra_callbacks: list) -> None:
+    import lightning as L
+
+    from .engine import Checkpointing, Interrupted, KNNMonitor, TrainModule, make_trainer
+
     train_set, eval_set = load_data(cfg)
     info = data_info(train_set)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -150,24 +158,50 @@ def train(method: str = "simclr", *, out: str | Path | None = None, config: str 
     run_dir.mkdir(parents=True, exist_ok=True)
     config_data = dataclasses.asdict(cfg)
     save_yaml(run_dir / CONFIG_FILE, config_data)
-    meta = {"config": config_data, "data_info": dataclasses.asdict(info), "backbone": backbone_name(cfg, info)}
+    if train_set.skipped:
+        (run_dir / "skipped.txt").write_text("\n".join(train_set.skipped) + "\n")
+        print(f"skipped {len(train_set.skipped)} unreadable items (listed in {run_dir / 'skipped.txt'}; "
+              f"first: {train_set.skipped[0]})")
+    meta = {"config": config_data, "data_info": dataclasses.asdict(info), "backbone": backbone_name(cfg, info),
+            "skipped_items": len(train_set.skipped)}
     module = TrainModule(model, cfg, train_set.tensor(), meta)
-    callbacks = [PeriodicCheckpoint(run_dir / "checkpoints", cfg.checkpoint_every), *(callbacks or [])]
+    checkpointing = Checkpointing(run_dir / "checkpoints", cfg.checkpoint_every, cfg.checkpoint_steps)
+    callbacks = [checkpointing, *extra_callbacks]
     if cfg.knn_monitor and eval_set is not None and eval_set.labels is not None and train_set.labels is not None:
         callbacks.append(KNNMonitor(train_set.tensor(), train_set.labels, eval_set.tensor(), eval_set.labels))
     trainer = make_trainer(cfg, run_dir, callbacks)
     print(f"training {cfg.method} on {train_set.name} ({len(train_set)} images "
           f"{info.image_size}x{info.image_size}x{info.channels}), backbone {meta['backbone']}, run {run_dir}")
-    if train_set.skipped:
-        print(f"skipped {len(train_set.skipped)} unreadable items (first: {train_set.skipped[0]})")
-    trainer.fit(module, ckpt_path=str(ckpt) if resume and ckpt.exists() else None)
+    resume_hint = f"resume with: reprlearn train {cfg.method} --out {run_dir} --resume"
+    checkpointing.install_signal_handlers()
+    try:
+        trainer.fit(module, ckpt_path=str(resume_from) if resume_from else None)
+    except Interrupted as e:
+        raise Interrupted(f"{e}; {resume_hint}", e.exit_code - 128) from None
+    except FloatingPointError as e:
+        raise fail(f"{e}; {resume_hint} after changing it") from None
+    except (torch.cuda.OutOfMemoryError, MemoryError) as e:
+        raise fail(f"out of memory at batch size {cfg.batch_size} ({type(e).__name__}); use a smaller "
+                   f"--batch-size (e.g. {max(2, cfg.batch_size // 2)}), or --accumulate 2 to keep the "
+                   "effective batch") from None
+    except RuntimeError as e:
+        if "out of memory" in str(e) or "can't allocate memory" in str(e):
+            raise fail(f"out of memory at batch size {cfg.batch_size}; use a smaller --batch-size "
+                       f"(e.g. {max(2, cfg.batch_size // 2)}), or --accumulate 2 to keep the effective batch") from None
+        raise
+    except OSError as e:
+        if e.errno == 28:  # ENOSPC: the atomic write left the previous checkpoint intact
+            raise fail(f"no space left on the disk of {run_dir}; the previous checkpoint is intact; "
+                       f"free some space, then {resume_hint}") from None
+        raise
+    finally:
+        checkpointing.restore_signal_handlers()
     if cfg.eval and trainer.is_global_zero and eval_set is not None:
         result = evaluate_run(run_dir, encoder=model.encoder, cfg=cfg, info=info, train_set=train_set,
                               eval_set=eval_set)
         from .evaluate import format_table
 
         print(format_table(result))
-    return run_dir
 
 
 # ---------------------------------------------------------------- load / embed / evaluate
@@ -249,5 +283,6 @@ def evaluate_run(run_dir: str | Path, *, encoder: Encoder | None = None, cfg: Ru
                       method=cfg.method)
     result["labels_per_class"] = per_class
     result["eval_data"] = eval_set.name
+    result["skipped_items"] = {"train": len(train_set.skipped), "eval": len(eval_set.skipped)}
     (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
     return result

@@ -189,6 +189,7 @@ class RunConfig:
     strategy: str = option("auto", "distribution strategy", choices=("auto", "ddp", "fsdp"))
     seed: int = option(0, "random seed (initialisation, data order and views)", min=0, max=2**31 - 1)
     checkpoint_every: int = option(10, "write a checkpoint every N epochs (and always at the end)", min=1, max=100000)
+    checkpoint_steps: int | None = option(None, "also write a checkpoint every N optimiser steps (mid-epoch)", min=1)
     knn_monitor: bool = option(False, "online kNN accuracy on the evaluation data after each epoch")
     eval: bool = option(True, "evaluate after training")
     finetune: bool = option(False, "also fine-tune the backbone with a linear head in the evaluation")

@@ -14,7 +14,9 @@ compute named loss terms.
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
+import threading
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from .config import RunConfig
-from .errors import fail
+from .errors import ReprlearnError, fail
 from .methods import Method
 from .optim import build_optimizer, warmup_cosine
 
@@ -63,6 +65,35 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 
+class ResumableLoader(DataLoader):
+    """Index batches whose position within the epoch survives a mid-epoch checkpoint.
+
+    Lightning saves ``state_dict()`` with every checkpoint and hands it back on resume
+    (its ``_Stateful`` loader protocol); the next epoch then skips the batches already
+    trained on, so an interrupted run sees exactly the data an uninterrupted one sees.
+    The sampler's permutation depends only on (seed, epoch), so skipping is exact.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.trained_in_epoch = 0  # set by the module after each training batch
+        self._skip = 0
+
+    def state_dict(self) -> dict:
+        done = self.trained_in_epoch
+        return {"trained_in_epoch": 0 if done >= len(self) else done}  # a finished epoch skips nothing
+
+    def load_state_dict(self, state: dict) -> None:
+        self._skip = int(state.get("trained_in_epoch", 0))
+
+    def __iter__(self):
+        skip, self._skip = self._skip, 0
+        self.trained_in_epoch = skip
+        for i, batch in enumerate(super().__iter__()):
+            if i >= skip:
+                yield batch
+
+
 class TrainModule(L.LightningModule):
     def __init__(self, method: Method, cfg: RunConfig, images: torch.Tensor, meta: dict):
         super().__init__()
@@ -93,7 +124,9 @@ class TrainModule(L.LightningModule):
                        f"use --batch-size {max(2, n // 2)} or less")
         sampler = DistributedSampler(TensorDataset(torch.arange(n)), num_replicas=world, rank=rank,
                                      shuffle=True, seed=self.cfg.seed, drop_last=True)
-        return DataLoader(TensorDataset(torch.arange(n)), batch_size=batch, sampler=sampler, drop_last=True)
+        self.loader = ResumableLoader(TensorDataset(torch.arange(n)), batch_size=batch, sampler=sampler,
+                                      drop_last=True)
+        return self.loader
 
     # ------------------------------------------------------------------ steps
     def _generator(self) -> torch.Generator:
@@ -103,6 +136,8 @@ class TrainModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         (index,) = batch
+        # counted here, not in on_train_batch_end: callbacks (which write checkpoints) run before that hook
+        self.loader.trained_in_epoch += 1
         views = self.method.views(self.images[index], self._generator())
         terms = self.method.loss(views)
         total = terms["loss"]
@@ -146,17 +181,102 @@ class TrainModule(L.LightningModule):
         checkpoint["reprlearn"] = self.meta
 
 
-class PeriodicCheckpoint(L.Callback):
-    """``last.ckpt`` every N epochs and at the end of training (atomic via the IO plugin)."""
+class Interrupted(ReprlearnError):
+    """The run stopped on SIGINT/SIGTERM after writing a checkpoint."""
 
-    def __init__(self, directory: Path, every: int):
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+
+
+class Checkpointing(L.Callback):
+    """Writes ``last.ckpt`` (atomically, via the IO plugin): every N epochs, every M steps
+    if asked, at the end of training, and when SIGINT or SIGTERM asks the run to stop.
+
+    A signal only sets a flag; the checkpoint is written after the current batch, when
+    model, optimiser and data position agree. A second Ctrl-C stops at once.
+    """
+
+    def __init__(self, directory: Path, every_epochs: int, every_steps: int | None = None):
         self.path = Path(directory) / CHECKPOINT
-        self.every = every
+        self.every_epochs = every_epochs
+        self.every_steps = every_steps
+        self.requested: int | None = None
+        self._previous: dict = {}
+
+    def install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signals can only be handled in the main thread
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._on_signal)
+
+    def restore_signal_handlers(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _on_signal(self, signum, frame) -> None:
+        if self.requested is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signum
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.every_steps and trainer.global_step % self.every_steps == 0:
+            trainer.save_checkpoint(self.path)
+        if self.requested is not None:
+            trainer.save_checkpoint(self.path)
+            name = signal.Signals(self.requested).name
+            raise Interrupted(f"stopped by {name} at epoch {trainer.current_epoch + 1}, step {trainer.global_step}; "
+                              f"checkpoint written", self.requested)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         done = trainer.current_epoch + 1
-        if done % self.every == 0 or done == trainer.max_epochs:
+        if done % self.every_epochs == 0 or done == trainer.max_epochs:
             trainer.save_checkpoint(self.path)
+
+
+class RunLock:
+    """An exclusive lock on a run directory, so two runs never interleave their files.
+
+    Held by the launching process only (rank 0 of a distributed job); released by the
+    OS when the process dies, so a killed run never leaves a stale lock behind.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / ".lock"
+        self._file = None
+
+    def __enter__(self) -> "RunLock":
+        if not _launcher_rank_zero():
+            return self
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a+")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.seek(0)
+            holder = self._file.read().strip() or "another process"
+            self._file.close()
+            self._file = None
+            raise fail(f"run directory {self.path.parent} is in use by {holder}; "
+                       "wait for that run to finish or choose another --out") from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(f"reprlearn pid {os.getpid()}")
+        self._file.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._file is not None:
+            self._file.close()  # closing releases the flock
+            self._file = None
+
+
+def _launcher_rank_zero() -> bool:
+    """True in the process that started the run (not a DDP worker Lightning or torchrun launched)."""
+    return all(os.environ.get(var, "0") == "0" for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK"))
 
 
 def config_dict(cfg: RunConfig, method_cfg: Any) -> dict:
@@ -192,7 +312,7 @@ def make_trainer(cfg: RunConfig, run_dir: Path, callbacks: list) -> L.Trainer:
         gradient_clip_val=cfg.grad_clip,
         logger=loggers,
         callbacks=callbacks,
-        enable_checkpointing=False,  # PeriodicCheckpoint writes them
+        enable_checkpointing=False,  # Checkpointing writes them
         enable_progress_bar=cfg.progress,
         enable_model_summary=False,
         log_every_n_steps=10,

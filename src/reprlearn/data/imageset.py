@@ -58,7 +58,7 @@ class ImageSet:
 
     def subset(self, index: np.ndarray, name: str | None = None) -> "ImageSet":
         return ImageSet(self.images[index], None if self.labels is None else self.labels[index],
-                        self.class_names, name or self.name)
+                        self.class_names, name or self.name, list(self.skipped))
 
     def tensor(self, device: torch.device | str = "cpu") -> torch.Tensor:
         """The images as a uint8 (N, C, H, W) tensor on ``device``."""

@@ -1,0 +1,43 @@
+"""Small generated images and WebDataset shards for tests (good and deliberately broken)."""
+
+import gzip
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def jpg_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+def write_shard(path: Path, members: list[tuple[str, bytes]], gz: bool = True) -> Path:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    path.write_bytes(gzip.compress(raw.getvalue()) if gz else raw.getvalue())
+    return path
+
+
+def rgb(seed: int, size: int = 8) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+def good_members(n: int = 4) -> list[tuple[str, bytes]]:
+    out = []
+    for i in range(n):
+        out += [(f"img{i:03d}.png", png_bytes(rgb(i))), (f"img{i:03d}.cls", str(i % 2).encode())]
+    return out
