@@ -222,9 +222,9 @@ class Checkpointing(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.every_steps and trainer.global_step % self.every_steps == 0:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)
         if self.requested is not None:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)
             name = signal.Signals(self.requested).name
             raise Interrupted(f"stopped by {name} at epoch {trainer.current_epoch + 1}, step {trainer.global_step}; "
                               f"checkpoint written", self.requested)
@@ -232,7 +232,7 @@ class Checkpointing(L.Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         done = trainer.current_epoch + 1
         if done % self.every_epochs == 0 or done == trainer.max_epochs:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)
 
 
 class RunLock:
