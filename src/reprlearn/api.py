@@ -38,12 +38,14 @@ def resolve_config(method: str, overrides: dict[str, Any], config_file: str | No
     """
     merged: dict[str, Any] = {}
     options: dict[str, Any] = {}
-    for layer in (base or {}, load_yaml(config_file) if config_file else {}, overrides):
+    name = method or (base or {}).get("method") or "simclr"
+    defaults = {} if base else METHODS.get(name).run_defaults  # a saved run already holds its values
+    for layer in (defaults, base or {}, load_yaml(config_file) if config_file else {}, overrides):
         layer = dict(layer)
         options.update(layer.pop("options", None) or {})
         for key, value in layer.items():
             (merged if key.replace("-", "_") in RUN_FIELDS else options)[key] = value
-    merged["method"] = method or merged.get("method") or "simclr"
+    merged["method"] = name
     method_cls = METHODS.get(merged["method"])
     cfg = build(RunConfig, merged)
     method_cfg = build(method_cls.Config, options, where=f" for method {cfg.method} (or the run)")
@@ -164,7 +166,13 @@ def _fit(cfg: RunConfig, method_cfg: Any, run_dir: Path, resume_from: Path | Non
               f"first: {train_set.skipped[0]})")
     meta = {"config": config_data, "data_info": dataclasses.asdict(info), "backbone": backbone_name(cfg, info),
             "skipped_items": len(train_set.skipped)}
-    module = TrainModule(model, cfg, train_set.tensor(), meta)
+    labels = None
+    if model.needs_labels:
+        if train_set.labels is None:
+            raise fail(f"{cfg.method} is conditioned on labels, but {train_set.name} has none; "
+                       "give --data with labels (KEY.cls members, class sub-folders or an npz 'labels' array)")
+        labels = torch.from_numpy(train_set.labels)
+    module = TrainModule(model, cfg, train_set.tensor(), meta, labels)
     checkpointing = Checkpointing(run_dir / "checkpoints", cfg.checkpoint_every, cfg.checkpoint_steps)
     callbacks = [checkpointing, *extra_callbacks]
     if cfg.knn_monitor and eval_set is not None and eval_set.labels is not None and train_set.labels is not None:

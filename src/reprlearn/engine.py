@@ -95,21 +95,26 @@ class ResumableLoader(DataLoader):
 
 
 class TrainModule(L.LightningModule):
-    def __init__(self, method: Method, cfg: RunConfig, images: torch.Tensor, meta: dict):
+    def __init__(self, method: Method, cfg: RunConfig, images: torch.Tensor, meta: dict,
+                 labels: torch.Tensor | None = None):
         super().__init__()
         self.method = method
         self.cfg = cfg
         self.meta = meta  # saved in every checkpoint: config, data info
         self._images_cpu = images  # uint8 (N, C, H, W); moved to the device in setup
+        self._labels_cpu = labels  # int64 (N,) for conditional methods, else None
         self.images: torch.Tensor | None = None
+        self.labels: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ data
     def setup(self, stage: str) -> None:
-        self.images = self._images_cpu.to(self.device if self.device.type != "meta" else "cpu")
+        self.on_fit_start()
 
     def on_fit_start(self) -> None:
-        if self.images.device != self.device:
-            self.images = self.images.to(self.device)
+        device = self.device if self.device.type != "meta" else torch.device("cpu")
+        if self.images is None or self.images.device != device:
+            self.images = self._images_cpu.to(device)
+            self.labels = None if self._labels_cpu is None else self._labels_cpu.to(device)
 
     def per_device_batch(self) -> int:
         world = self.trainer.world_size if self._trainer is not None else 1
@@ -138,7 +143,10 @@ class TrainModule(L.LightningModule):
         (index,) = batch
         # counted here, not in on_train_batch_end: callbacks (which write checkpoints) run before that hook
         self.loader.trained_in_epoch += 1
-        views = self.method.views(self.images[index], self._generator())
+        if self.method.needs_labels:
+            views = self.method.views(self.images[index], self._generator(), self.labels[index])
+        else:
+            views = self.method.views(self.images[index], self._generator())
         terms = self.method.loss(views)
         total = terms["loss"]
         for name, value in terms.items():

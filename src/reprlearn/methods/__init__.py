@@ -5,7 +5,7 @@ from ..registry import Registry
 METHODS = Registry("method")
 
 # importing a method module registers it
-from . import moco, simclr  # noqa: E402,F401
+from . import ae, moco, simclr  # noqa: E402,F401
 
 from .base import DataInfo, Method  # noqa: E402
 

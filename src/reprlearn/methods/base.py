@@ -31,8 +31,11 @@ class DataInfo:
 
 
 class Method(nn.Module):
-    name: ClassVar[str]
     Config: ClassVar[type]
+    # run options this method trains best with by default (the user's flags still win)
+    run_defaults: ClassVar[dict] = {}
+    # conditional methods (cvae) get the batch's labels: views(images, generator, labels)
+    needs_labels: ClassVar[bool] = False
 
     def __init__(self, config: Any, encoder: Encoder, info: DataInfo, view_spec: ViewSpec):
         super().__init__()
