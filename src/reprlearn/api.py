@@ -166,19 +166,25 @@ def _fit(cfg: RunConfig, method_cfg: Any, run_dir: Path, resume_from: Path | Non
               f"first: {train_set.skipped[0]})")
     meta = {"config": config_data, "data_info": dataclasses.asdict(info), "backbone": backbone_name(cfg, info),
             "skipped_items": len(train_set.skipped)}
+    if cfg.exclude_class is not None:  # anomaly detection: learn without one class, probes still see all
+        if train_set.labels is None or cfg.exclude_class not in set(train_set.labels.tolist()):
+            raise fail(f"--exclude-class {cfg.exclude_class} is not a label of {train_set.name}")
+        fit_set = train_set.subset(np.flatnonzero(train_set.labels != cfg.exclude_class))
+    else:
+        fit_set = train_set
     labels = None
     if model.needs_labels:
         if train_set.labels is None:
             raise fail(f"{cfg.method} is conditioned on labels, but {train_set.name} has none; "
                        "give --data with labels (KEY.cls members, class sub-folders or an npz 'labels' array)")
-        labels = torch.from_numpy(train_set.labels)
-    module = TrainModule(model, cfg, train_set.tensor(), meta, labels)
+        labels = torch.from_numpy(fit_set.labels)
+    module = TrainModule(model, cfg, fit_set.tensor(), meta, labels)
     checkpointing = Checkpointing(run_dir / "checkpoints", cfg.checkpoint_every, cfg.checkpoint_steps)
     callbacks = [checkpointing, *extra_callbacks]
     if cfg.knn_monitor and eval_set is not None and eval_set.labels is not None and train_set.labels is not None:
         callbacks.append(KNNMonitor(train_set.tensor(), train_set.labels, eval_set.tensor(), eval_set.labels))
     trainer = make_trainer(cfg, run_dir, callbacks)
-    print(f"training {cfg.method} on {train_set.name} ({len(train_set)} images "
+    print(f"training {cfg.method} on {train_set.name} ({len(fit_set)} images "
           f"{info.image_size}x{info.image_size}x{info.channels}), backbone {meta['backbone']}, run {run_dir}")
     resume_hint = f"resume with: reprlearn train {cfg.method} --out {run_dir} --resume"
     checkpointing.install_signal_handlers()
@@ -205,8 +211,8 @@ def _fit(cfg: RunConfig, method_cfg: Any, run_dir: Path, resume_from: Path | Non
     finally:
         checkpointing.restore_signal_handlers()
     if cfg.eval and trainer.is_global_zero and eval_set is not None:
-        result = evaluate_run(run_dir, encoder=model.encoder, cfg=cfg, info=info, train_set=train_set,
-                              eval_set=eval_set)
+        result = evaluate_run(run_dir, method=model, cfg=cfg, info=info, train_set=train_set,
+                              eval_set=eval_set, anomaly_class=cfg.exclude_class)
         from .evaluate import format_table
 
         print(format_table(result))
@@ -229,21 +235,27 @@ def read_checkpoint(run_dir: str | Path) -> dict:
         raise fail(f"checkpoint {path} cannot be loaded safely ({type(e).__name__}: {str(e)[:80]})") from None
 
 
+def load_method(run_dir: str | Path) -> tuple[Method, RunConfig, DataInfo]:
+    """The whole trained method of a run (heads, decoders, teachers), in eval mode."""
+    ckpt = read_checkpoint(run_dir)
+    meta = ckpt.get("reprlearn")
+    if not meta:
+        raise fail(f"{run_dir} is not a reprlearn checkpoint (no reprlearn metadata)")
+    cfg, method_cfg = resolve_config(meta["config"]["method"], {}, base=meta["config"])
+    info = DataInfo(**meta["data_info"])
+    method = build_method(cfg, method_cfg, info)
+    prefix = "method."
+    method.load_state_dict({k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)})
+    return method.eval(), cfg, info
+
+
 def load(run_dir: str | Path) -> Encoder:
     """The trained encoder of a run (heads dropped), in eval mode.
 
     It takes float images in [0, 1] shaped (N, C, H, W) and returns (N, feature_dim).
     """
-    ckpt = read_checkpoint(run_dir)
-    meta = ckpt.get("reprlearn")
-    if not meta:
-        raise fail(f"{run_dir} is not a reprlearn checkpoint (no reprlearn metadata)")
-    cfg, _ = resolve_config(meta["config"]["method"], {}, base=meta["config"])
-    info = DataInfo(**meta["data_info"])
-    encoder = build_encoder(cfg, info)
-    prefix = "method.encoder."
-    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-    encoder.load_state_dict(state)
+    method, cfg, info = load_method(run_dir)
+    encoder = method.encoder
     encoder.run_config = cfg  # what it was trained with, for evaluation
     encoder.data_info = info
     return encoder.eval()
@@ -261,18 +273,19 @@ def embed(run_or_encoder: str | Path | torch.nn.Module, source: str | ImageSet, 
     return extract(encoder, images.tensor(), batch_size)
 
 
-def evaluate_run(run_dir: str | Path, *, encoder: Encoder | None = None, cfg: RunConfig | None = None,
+def evaluate_run(run_dir: str | Path, *, method: Method | None = None, cfg: RunConfig | None = None,
                  info: DataInfo | None = None, train_set: ImageSet | None = None,
                  eval_set: ImageSet | None = None, eval_data: str | None = None,
-                 labels_per_class: int | None = None, finetune: bool | None = None) -> dict:
-    """Evaluate a run with the one harness; writes eval.json and umap.png into the run."""
+                 labels_per_class: int | None = None, finetune: bool | None = None,
+                 anomaly_class: int | None = None, iwae_k: int = 50) -> dict:
+    """Evaluate a run with the one harness; writes eval.json, umap.png and, for
+    generative methods, reconstruction / sample / interpolation figures into the run."""
     from .augment import augment, preset
     from .evaluate import evaluate
 
     run_dir = Path(run_dir)
-    if encoder is None:
-        encoder = load(run_dir)
-        cfg, info = encoder.run_config, encoder.data_info
+    if method is None:
+        method, cfg, info = load_method(run_dir)
     if eval_data:
         cfg = dataclasses.replace(cfg, eval_data=eval_data)
     if train_set is None or eval_set is None:
@@ -281,16 +294,99 @@ def evaluate_run(run_dir: str | Path, *, encoder: Encoder | None = None, cfg: Ru
             raise fail(f"{cfg.data} is too small to hold out evaluation images; give --data with a test set")
     per_class = labels_per_class or cfg.labels_per_class
     device = "cuda" if torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda") else "cpu"
-    encoder = encoder.to(device)
+    method = method.to(device).eval()
     views = None
     if finetune if finetune is not None else cfg.finetune:
         spec = preset(cfg.augment, info.image_size, info.channels)
         views = lambda x, g: augment(x, spec, g)  # noqa: E731
-    result = evaluate(encoder, build_encoder(cfg, info), train_set, eval_set, labels_per_class=per_class,
+    result = evaluate(method.encoder, build_encoder(cfg, info), train_set, eval_set, labels_per_class=per_class,
                       seed=cfg.seed, max_train=cfg.eval_max_train, finetune_views=views, run_dir=run_dir,
                       method=cfg.method)
     result["labels_per_class"] = per_class
     result["eval_data"] = eval_set.name
     result["skipped_items"] = {"train": len(train_set.skipped), "eval": len(eval_set.skipped)}
+    if hasattr(method, "reconstruct"):
+        result.update(_generative_eval(method, cfg, info, eval_set, run_dir, anomaly_class, iwae_k, device))
     (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def _generative_eval(method: Method, cfg: RunConfig, info: DataInfo, eval_set: ImageSet, run_dir: Path,
+                     anomaly_class: int | None, iwae_k: int, device: str) -> dict:
+    """Figures and metrics of the autoencoder family (see evaluate/generative.py)."""
+    from .evaluate import generative as gen
+
+    torch.manual_seed(cfg.seed)
+    x = eval_set.tensor(device).float() / 255
+    labels = torch.from_numpy(eval_set.labels).to(device) if eval_set.labels is not None else None
+    cond = labels if method.needs_labels else None
+    out: dict[str, Any] = {}
+    recon = torch.cat([method.reconstruct(x[s:s + 512], **_kw(cond, s)) for s in range(0, len(x), 512)])
+    out["recon_mse"] = float((recon - x).pow(2).mean())
+    pick = torch.arange(min(16, len(x)), device=device)
+    figures = {"reconstructions": gen.reconstruction_figure(method, x[pick], _sub(cond, pick), run_dir /
+                                                            "reconstructions.png", f"{cfg.method}: test images")}
+    if hasattr(method, "sample"):
+        figures["samples"] = gen.samples_figure(method, run_dir / "samples.png", info.num_classes,
+                                                needs_labels=method.needs_labels, seed=cfg.seed)
+    if getattr(method, "interpolation", None):
+        figures["interpolation"] = gen.interpolation_figure(method, x[pick], _sub(cond, pick),
+                                                            run_dir / "interpolation.png")
+        if getattr(method.config, "latent_dim", None) == 2:
+            figures["latent_grid"] = gen.latent_grid_figure(method, run_dir / "latent_grid.png")
+    if hasattr(method, "nelbo"):
+        out.update(gen.density(method, x, cond, iwae_k))
+    if anomaly_class is not None:
+        if eval_set.labels is None or anomaly_class not in set(eval_set.labels.tolist()):
+            raise fail(f"--anomaly-class {anomaly_class} is not a label of {eval_set.name}")
+        if method.needs_labels:
+            out["anomaly_auroc"] = None  # a conditional model would be told the class: not a fair test
+        else:
+            out["anomaly_auroc"] = gen.anomaly_auroc(method, x, eval_set.labels, anomaly_class)
+            out["anomaly_class"] = anomaly_class
+            out["trained_without_class"] = cfg.exclude_class
+    out["figures"] = {k: str(v.name) for k, v in figures.items()}
+    return out
+
+
+def _kw(labels: torch.Tensor | None, start: int, size: int = 512) -> dict:
+    return {} if labels is None else {"labels": labels[start:start + size]}
+
+
+def _sub(labels: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor | None:
+    return None if labels is None else labels[index]
+
+
+def sample_images(run_dir: str | Path, out: str | Path, n: int = 64, cls: int | None = None, seed: int = 0) -> Path:
+    """Write a PNG grid of samples from a generative run's prior (a row per class for cvae)."""
+    from .evaluate import generative as gen
+
+    method, cfg, info = load_method(run_dir)
+    if not hasattr(method, "sample"):
+        raise fail(f"{cfg.method} cannot sample (no prior); sampling works for vae, cvae and hvae")
+    if cls is not None and not 0 <= cls < info.num_classes:
+        raise fail(f"--class {cls} is out of range; the run has classes 0..{info.num_classes - 1}")
+    if cls is not None and not method.needs_labels:
+        raise fail(f"--class needs a conditional model (cvae); {cfg.method} samples unconditionally")
+    return gen.samples_figure(method, Path(out), info.num_classes, n=n, cls=cls,
+                              needs_labels=method.needs_labels, seed=seed)
+
+
+def reconstruct_images(run_dir: str | Path, source: str, out: str | Path, n: int = 16) -> Path:
+    """Write a PNG grid of the first ``n`` images of ``source`` beside their reconstructions."""
+    from .evaluate import generative as gen
+
+    method, cfg, info = load_method(run_dir)
+    if not hasattr(method, "reconstruct"):
+        raise fail(f"{cfg.method} does not reconstruct images; use an autoencoder run (ae, vae, mae, ...)")
+    images = load_source(source, info.image_size)
+    if images.images.shape[1:] != (info.image_size, info.image_size, info.channels):
+        raise fail(f"{source} images are {images.images.shape[1:]} but the run was trained on "
+                   f"{(info.image_size, info.image_size, info.channels)}")
+    x = images.tensor()[:n].float() / 255
+    labels = None
+    if method.needs_labels:
+        if images.labels is None:
+            raise fail(f"{cfg.method} reconstructs with labels; {source} has none")
+        labels = torch.from_numpy(images.labels[:n])
+    return gen.reconstruction_figure(method, x, labels, Path(out), f"{cfg.method}: {source}")

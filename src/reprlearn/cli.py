@@ -3,6 +3,8 @@
     reprlearn train METHOD [options]     train, then print the evaluation table
     reprlearn eval RUN_DIR [options]     evaluate a run, write RUN_DIR/eval.json
     reprlearn embed RUN_DIR --data SOURCE --out FILE.npy
+    reprlearn sample RUN_DIR [--n 64] [--class C] --out FILE.png
+    reprlearn reconstruct RUN_DIR --data SOURCE --out FILE.png
     reprlearn methods                    list the registered methods
 """
 
@@ -83,11 +85,16 @@ def _cmd_eval(argv: list[str]) -> int:
     p.add_argument("--data", help="evaluation data (default: the run's evaluation data)")
     p.add_argument("--labels-per-class", type=int, help="labelled images per class for the low-label probes")
     p.add_argument("--finetune", action="store_true", help="also fine-tune the backbone with a linear head")
+    p.add_argument("--anomaly-class", type=int, help="score test images by reconstruction error / negative ELBO "
+                   "and report the AUROC of this class (train with --exclude-class C)")
+    p.add_argument("--iwae-k", type=int, default=50, help="importance samples for the IWAE bound (VAEs)")
     a = p.parse_args(argv)
     if a.labels_per_class is not None and a.labels_per_class < 1:
         p.error(f"--labels-per-class must be >= 1, got {a.labels_per_class}")
+    if a.iwae_k < 1:
+        p.error(f"--iwae-k must be >= 1, got {a.iwae_k}")
     result = evaluate_run(a.run_dir, eval_data=a.data, labels_per_class=a.labels_per_class,
-                          finetune=a.finetune or None)
+                          finetune=a.finetune or None, anomaly_class=a.anomaly_class, iwae_k=a.iwae_k)
     print(format_table(result))
     return 0
 
@@ -108,6 +115,37 @@ def _cmd_embed(argv: list[str]) -> int:
     return 0
 
 
+def _cmd_sample(argv: list[str]) -> int:
+    from .api import sample_images
+
+    p = _Parser(prog="reprlearn sample", description="Samples from a generative run's prior, as a PNG grid.")
+    p.add_argument("run_dir")
+    p.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
+    p.add_argument("--class", dest="cls", type=int, help="the class to generate (cvae)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, metavar="FILE.png")
+    a = p.parse_args(argv)
+    if a.n < 1:
+        p.error(f"--n must be >= 1, got {a.n}")
+    print(f"wrote {sample_images(a.run_dir, a.out, n=a.n, cls=a.cls, seed=a.seed)}")
+    return 0
+
+
+def _cmd_reconstruct(argv: list[str]) -> int:
+    from .api import reconstruct_images
+
+    p = _Parser(prog="reprlearn reconstruct", description="Images beside their reconstructions, as a PNG grid.")
+    p.add_argument("run_dir")
+    p.add_argument("--data", required=True, help="images to reconstruct (any data source)")
+    p.add_argument("--n", type=int, default=16, help="number of images (default 16)")
+    p.add_argument("--out", required=True, metavar="FILE.png")
+    a = p.parse_args(argv)
+    if a.n < 1:
+        p.error(f"--n must be >= 1, got {a.n}")
+    print(f"wrote {reconstruct_images(a.run_dir, a.data, a.out, n=a.n)}")
+    return 0
+
+
 def _cmd_methods(argv: list[str]) -> int:
     from .methods import METHODS
 
@@ -117,7 +155,8 @@ def _cmd_methods(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "embed": _cmd_embed, "methods": _cmd_methods}
+COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "embed": _cmd_embed, "sample": _cmd_sample,
+            "reconstruct": _cmd_reconstruct, "methods": _cmd_methods}
 
 
 def _quiet_libraries() -> None:

@@ -170,6 +170,7 @@ class RunConfig:
     data: str = option("digits", "training data: digits, cifar10, a shard path/glob, an image folder or an .npz")
     eval_data: str | None = option(None, "evaluation data (default: the source's test split, or a 10% hold-out)")
     image_size: int | None = option(None, "resize every image to this side (needed for folders of mixed sizes)", min=4, max=1024)
+    exclude_class: int | None = option(None, "train without this class (anomaly detection; evaluated on it)", min=0)
     skip_bad: bool = option(False, "skip unreadable images and count them instead of stopping")
     backbone: str = option("auto", "backbone name: auto (cnn for images <= 32 px, else resnet18), mlp, cnn, resnet18, resnet50, vit-tiny, vit-small")
     augment: str = option("auto", "view preset", choices=("auto", "simclr", "digits", "none"))
