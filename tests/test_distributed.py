@@ -60,3 +60,21 @@ def test_ddp_nt_xent_equals_single_process(tmp_path):
         torch.testing.assert_close(got["loss"], loss.detach(), rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(got["grad_w"], model.weight.grad, rtol=1e-9, atol=1e-12)
         torch.testing.assert_close(got["grad_b"], model.bias.grad, rtol=1e-9, atol=1e-12)
+
+
+def test_cli_trains_with_two_ddp_processes(tmp_path):
+    """Lightning's own launcher runs two CPU ranks; the run writes one checkpoint and loads."""
+    import subprocess
+    import sys
+
+    import reprlearn
+
+    out = tmp_path / "ddp"
+    proc = subprocess.run([sys.executable, "-m", "reprlearn.cli", "train", "simclr", "--devices", "2",
+                           "--strategy", "ddp", "--accelerator", "cpu", "--epochs", "1", "--batch-size", "128",
+                           "--no-eval", "--no-progress", "--out", str(out)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 1438 // 128  # 11 steps of a 128 global batch: 64 per rank
+    assert reprlearn.embed(out, "digits:test").shape[0] == 359

@@ -155,7 +155,7 @@ class TrainModule(L.LightningModule):
                     f"loss term '{name}' is {value.item()} at step {self.global_step} (epoch {self.current_epoch}); "
                     f"the last good checkpoint is kept; lower --lr or set --grad-clip")
         self.log_dict({f"train/{k}": v.detach().float() for k, v in terms.items()},
-                      on_step=True, on_epoch=True, prog_bar=False, sync_dist=False)
+                      on_step=True, on_epoch=True, prog_bar=False, sync_dist=True)
         self.log("loss", total.detach().float(), prog_bar=True, logger=False)
         return total
 
