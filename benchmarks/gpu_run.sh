@@ -10,7 +10,7 @@ python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightnin
 # correctness on the GPU first: losses, views and backbones
 python3 -m pytest -q -x -p no:cacheprovider tests/test_losses.py tests/test_augment.py tests/test_nets.py 2>&1 | tail -2
 EPOCHS=${EPOCHS:-20}
-python3 benchmarks/simclr_cifar.py --data '.devdata/cifar10/train-*.tar.gz' \
+python3 benchmarks/train_cifar.py --method simclr --data '.devdata/cifar10/train-*.tar.gz' \
     --eval-data .devdata/cifar10/test-000000.tar.gz --backbone resnet18 --batch-size 512 \
     --precision bf16-mixed --epochs "$EPOCHS" --out /tmp/bench-simclr --json "$OUT/simclr_cifar.json" 2>&1 \
     | grep -v Warning | tee "$OUT/simclr_cifar.log" | tail -25

@@ -1,7 +1,7 @@
-"""SimCLR on the CIFAR-10 shards: steady-state images/s and kNN top-1 after a fixed number of epochs.
+"""Any method on the CIFAR-10 shards: steady-state images/s, kNN (and linear) top-1 after fixed epochs.
 
-    python benchmarks/simclr_cifar.py --data 'SHARDS/train-*.tar.gz' --eval-data SHARDS/test-000000.tar.gz \
-        --backbone resnet18 --batch-size 512 --precision bf16-mixed --epochs 20
+    python benchmarks/train_cifar.py --method simclr --data 'SHARDS/train-*.tar.gz' \
+        --eval-data SHARDS/test-000000.tar.gz --backbone resnet18 --batch-size 512 --precision bf16-mixed --epochs 20
 
 Prints one Markdown table row (for benchmarks/RESULTS.md) with the hardware named.
 Throughput counts training images (each gives two views) per second, timed between
@@ -21,7 +21,7 @@ import torch
 import reprlearn
 from reprlearn.api import build_encoder
 from reprlearn.data import load_source
-from reprlearn.evaluate import extract, knn_top1
+from reprlearn.evaluate import extract, knn_top1, linear_top1
 
 
 class Throughput(L.Callback):
@@ -62,35 +62,47 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--precision", default="bf16-mixed")
     p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--out", default="runs/bench-simclr-cifar")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: the method's)")
+    p.add_argument("--out", default=None, help="run directory (default runs/bench-METHOD)")
+    p.add_argument("--linear", action="store_true", help="also a linear probe (logistic regression)")
+    p.add_argument("--eval", action="store_true", help="also run the full `reprlearn eval` (figures, density)")
     p.add_argument("--json", help="also write the figures to this JSON file")
     a = p.parse_args()
 
     clock = Throughput()
     start = time.perf_counter()
-    run = reprlearn.train(a.method, out=a.out, data=a.data, eval_data=a.eval_data, backbone=a.backbone,
-                          batch_size=a.batch_size, precision=a.precision, epochs=a.epochs, lr=a.lr,
+    options = {"lr": a.lr} if a.lr else {}
+    run = reprlearn.train(a.method, out=a.out or f"runs/bench-{a.method}", data=a.data, eval_data=a.eval_data,
+                          backbone=a.backbone, batch_size=a.batch_size, precision=a.precision, epochs=a.epochs,
                           warmup_epochs=min(10, max(1, a.epochs // 10)), eval=False, progress=False,
-                          checkpoint_every=a.epochs, callbacks=[clock])
+                          checkpoint_every=a.epochs, callbacks=[clock], **options)
     train_seconds = time.perf_counter() - start
     encoder = reprlearn.load(run).to("cuda" if torch.cuda.is_available() else "cpu")
     train_set, test_set = load_source(a.data), load_source(a.eval_data)
-    knn = knn_top1(extract(encoder, train_set.tensor()), train_set.labels,
-                   extract(encoder, test_set.tensor()), test_set.labels)
     random_init = build_encoder(encoder.run_config, encoder.data_info).to(next(encoder.parameters()).device)
-    knn0 = knn_top1(extract(random_init, train_set.tensor()), train_set.labels,
-                    extract(random_init, test_set.tensor()), test_set.labels)
+    tr_f, te_f = extract(encoder, train_set.tensor()), extract(encoder, test_set.tensor())
+    r_tr, r_te = extract(random_init, train_set.tensor()), extract(random_init, test_set.tensor())
+    extra = {}
+    if a.linear:
+        extra["linear_top1"] = linear_top1(tr_f, train_set.labels, te_f, test_set.labels)
+        extra["linear_top1_random_init"] = linear_top1(r_tr, train_set.labels, r_te, test_set.labels)
+    if a.eval:
+        full = reprlearn.evaluate_run(run)
+        keep = ("recon_mse", "nelbo_nats", "iwae_nats", "bits_per_dim", "figures")
+        extra.update({k: v for k, v in full.items() if k in keep})
+    knn = knn_top1(tr_f, train_set.labels, te_f, test_set.labels)
+    knn0 = knn_top1(r_tr, train_set.labels, r_te, test_set.labels)
     result = {"method": a.method, "backbone": a.backbone, "batch_size": a.batch_size, "precision": a.precision,
               "epochs": a.epochs, "train_images": len(train_set), "images_per_s": clock.images_per_second(),
               "train_seconds_total": train_seconds, "knn_top1": knn, "knn_top1_random_init": knn0,
-              "hardware": hardware()}
+              "hardware": hardware(), **extra}
     if a.json:
         with open(a.json, "w") as f:
             json.dump(result, f, indent=2)
     print(json.dumps(result, indent=2))
     print(f"| {a.method} | {a.backbone} | {a.batch_size} | {a.precision} | {a.epochs} | "
-          f"{result['images_per_s']:.0f} | {knn:.4f} | {knn0:.4f} | {result['hardware']} |")
+          f"{result['images_per_s']:.0f} | {knn:.4f} | {knn0:.4f} | {extra.get('linear_top1', float('nan')):.4f} | "
+          f"{extra.get('linear_top1_random_init', float('nan')):.4f} | {result['hardware']} |")
 
 
 if __name__ == "__main__":
