@@ -151,7 +151,7 @@ def train(method: str = "simclr", *, out: str | Path | None = None, config: str 
 def _fit(cfg: RunConfig, method_cfg: Any, run_dir: Path, resume_from: Path | None, extra_callbacks: list) -> None:
     import lightning as L
 
-    from .engine import Checkpointing, Interrupted, KNNMonitor, TrainModule, make_trainer
+    from .engine import Checkpointing, CollapseWatch, Interrupted, KNNMonitor, TrainModule, make_trainer
 
     train_set, eval_set = load_data(cfg)
     info = data_info(train_set)
@@ -180,7 +180,7 @@ def _fit(cfg: RunConfig, method_cfg: Any, run_dir: Path, resume_from: Path | Non
         labels = torch.from_numpy(fit_set.labels)
     module = TrainModule(model, cfg, fit_set.tensor(), meta, labels)
     checkpointing = Checkpointing(run_dir / "checkpoints", cfg.checkpoint_every, cfg.checkpoint_steps)
-    callbacks = [checkpointing, *extra_callbacks]
+    callbacks = [checkpointing, CollapseWatch(fit_set.tensor()), *extra_callbacks]
     if cfg.knn_monitor and eval_set is not None and eval_set.labels is not None and train_set.labels is not None:
         callbacks.append(KNNMonitor(train_set.tensor(), train_set.labels, eval_set.tensor(), eval_set.labels))
     trainer = make_trainer(cfg, run_dir, callbacks)

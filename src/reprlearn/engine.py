@@ -350,3 +350,25 @@ class KNNMonitor(L.Callback):
         encoder = pl_module.method.encoder
         acc = knn_top1(extract(encoder, self.train[0]), self.train[1], extract(encoder, self.test[0]), self.test[1])
         pl_module.log("monitor/knn_top1", acc, rank_zero_only=True)
+
+
+class CollapseWatch(L.Callback):
+    """Logs collapse metrics of the encoder features on a fixed sample after every epoch and
+    warns once per run when they fall below their floors (see monitor.py)."""
+
+    def __init__(self, images: torch.Tensor, sample: int = 1024):
+        self.images = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:sample]]
+        self.warned = False
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        from .evaluate import extract
+        from .monitor import collapse_report, warn_collapse
+
+        if not trainer.is_global_zero:
+            return
+        z = torch.from_numpy(extract(pl_module.method.encoder, self.images))
+        metrics, warning = collapse_report(z)
+        pl_module.log_dict({f"collapse/{k}": v for k, v in metrics.items()}, rank_zero_only=True)
+        if warning and not self.warned:
+            self.warned = True
+            warn_collapse(f"epoch {trainer.current_epoch + 1}: {warning}")

@@ -1,0 +1,47 @@
+"""Collapse watch: is the representation still spread out, or has it collapsed?
+
+Two numbers on L2-normalised embeddings z (N, D), logged every epoch for every method:
+- ``embedding_std``: the mean over dimensions of the per-dimension standard deviation,
+  times sqrt(D). About 1 for embeddings spread over the sphere, 0 when every input maps
+  to the same point (the BYOL / SimSiam collapse check).
+- ``effective_rank``: exp of the entropy of the normalised singular values of the
+  centred embeddings (Roy & Vetterli 2007). Near D when all directions are used, near 1
+  when the embeddings lie on a line (dimensional collapse).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+
+def embedding_std(z: torch.Tensor) -> float:
+    z = F.normalize(z.float(), dim=1)
+    return float(z.std(dim=0).mean() * math.sqrt(z.shape[1]))
+
+
+def effective_rank(z: torch.Tensor) -> float:
+    z = F.normalize(z.float(), dim=1)
+    s = torch.linalg.svdvals(z - z.mean(dim=0))
+    if s.max() < 1e-4:
+        return 0.0  # every embedding identical (up to float noise): no direction is used
+    p = s / s.sum()
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+def collapse_report(z: torch.Tensor, std_floor: float = 0.1, rank_floor: float = 2.0) -> tuple[dict, str | None]:
+    """The two metrics and, when either is below its floor, a one-line warning."""
+    metrics = {"embedding_std": embedding_std(z), "effective_rank": effective_rank(z)}
+    if metrics["embedding_std"] < std_floor or metrics["effective_rank"] < rank_floor:
+        return metrics, (f"the representation looks collapsed: embedding std {metrics['embedding_std']:.3f} "
+                         f"(healthy ~1), effective rank {metrics['effective_rank']:.2f} of {z.shape[1]}; "
+                         "try a lower --lr, a larger batch, or check the method's options")
+    return metrics, None
+
+
+def warn_collapse(message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=2)
