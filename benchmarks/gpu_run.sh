@@ -1,16 +1,28 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine: install, check, measure. Run from the repo root with
-# `.whl` (webdataset + braceexpand wheels) and `.devdata/cifar10` (the CIFAR-10 shards) carried.
+# One call on a lent GPU machine: install, check, measure. Run from the repo root with `.whl`
+# (webdataset, braceexpand, umap-learn, pynndescent wheels) and `.devdata/cifar10` (the CIFAR-10
+# shards) carried. RUNS picks the measurements (default: all).
 set -euo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD/src REPRLEARN_CACHE=/tmp/rl-cache PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__)"
-# correctness on the GPU first: losses, views and backbones
-python3 -m pytest -q -x -p no:cacheprovider tests/test_losses.py tests/test_augment.py tests/test_nets.py 2>&1 | tail -2
-EPOCHS=${EPOCHS:-20}
-python3 benchmarks/train_cifar.py --method simclr --data '.devdata/cifar10/train-*.tar.gz' \
-    --eval-data .devdata/cifar10/test-000000.tar.gz --backbone resnet18 --batch-size 512 \
-    --precision bf16-mixed --epochs "$EPOCHS" --out /tmp/bench-simclr --json "$OUT/simclr_cifar.json" 2>&1 \
-    | grep -v Warning | tee "$OUT/simclr_cifar.log" | tail -25
+# correctness on the GPU first: losses, views, backbones, autoencoder and VAE maths
+python3 -m pytest -q -x -p no:cacheprovider tests/test_losses.py tests/test_augment.py tests/test_nets.py \
+    tests/methods/test_vaes.py tests/methods/test_mae.py -k "not train and not smoke" 2>&1 | tail -2
+DATA=(--data '.devdata/cifar10/train-*.tar.gz' --eval-data .devdata/cifar10/test-000000.tar.gz)
+bench() {  # name, then train_cifar.py arguments
+    local name=$1; shift
+    timeout "${LIMIT:-240}" python3 benchmarks/train_cifar.py "${DATA[@]}" --out "/tmp/bench-$name" \
+        --json "$OUT/$name.json" "$@" > "$OUT/$name.log" 2>&1 || echo "$name failed or timed out"
+    tail -1 "$OUT/$name.log"
+}
+for run in ${RUNS:-simclr mae vae}; do
+    case $run in
+        simclr) bench simclr --method simclr --backbone resnet18 --batch-size 512 --precision bf16-mixed --epochs "${EPOCHS:-20}" ;;
+        mae) bench mae --method mae --backbone vit-tiny --batch-size 512 --precision bf16-mixed --epochs "${MAE_EPOCHS:-30}" --linear ;;
+        vae) bench vae --method vae --backbone cnn --batch-size 512 --precision 32 --epochs "${VAE_EPOCHS:-30}" --linear --eval
+             cp /tmp/bench-vae/reconstructions.png /tmp/bench-vae/samples.png "$OUT/" 2>/dev/null || true ;;
+    esac
+done

@@ -13,6 +13,8 @@ gradients of the single-process loss on the global batch.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -25,6 +27,15 @@ __all__ = [
     "margin_contrastive",
     "triplet",
     "pairwise_distance",
+    "kl_sparsity",
+    "l1_sparsity",
+    "contractive_penalty_exact",
+    "contractive_penalty_estimate",
+    "masked_patch_mse",
+    "gaussian_kl",
+    "gaussian_kl_between",
+    "gaussian_log_prob",
+    "bernoulli_log_prob",
 ]
 
 
@@ -133,3 +144,137 @@ def triplet(anchor: Tensor, positive: Tensor, negative: Tensor, margin: float = 
     d_an = pairwise_distance(anchor, negative, distance)
     return F.relu(d_ap - d_an + margin).mean()
 
+
+# ---------------------------------------------------------------- autoencoder penalties
+
+
+def kl_sparsity(activations: Tensor, rho: float = 0.05, eps: float = 1e-6) -> Tensor:
+    """Sparsity penalty of the sparse autoencoder (Ng 2011, "Sparse autoencoder").
+
+    With ρ̂_j = (1/N) Σ_i h_ij the mean activation of hidden unit j over the batch
+    (activations h in (0, 1), shaped (N, D)) and the target rate ρ:
+
+        L = Σ_j KL(ρ ‖ ρ̂_j) = Σ_j [ ρ log(ρ / ρ̂_j) + (1 - ρ) log((1 - ρ) / (1 - ρ̂_j)) ]
+
+    summed over units, not averaged. ρ̂ is clamped to [eps, 1 - eps] so a dead or
+    saturated unit gives a large finite penalty instead of inf.
+    """
+    rho_hat = activations.flatten(1).mean(dim=0).clamp(eps, 1.0 - eps)
+    return (rho * torch.log(rho / rho_hat) + (1.0 - rho) * torch.log((1.0 - rho) / (1.0 - rho_hat))).sum()
+
+
+def l1_sparsity(activations: Tensor) -> Tensor:
+    """L1 sparsity penalty: L = (1/(N D)) Σ_ij |h_ij|, the mean absolute activation."""
+    return activations.abs().mean()
+
+
+def contractive_penalty_exact(encode_fn, x: Tensor) -> Tensor:
+    """Contractive penalty (Rifai et al. 2011), exactly: the mean squared Frobenius norm of the Jacobian.
+
+    With J_i = ∂g(x_i)/∂x_i (code size K by input size D) for the encoder g = ``encode_fn``:
+
+        L = (1/N) Σ_i ‖J_i‖_F² = (1/N) Σ_i Σ_kd (∂g_k(x_i)/∂x_id)²
+
+    Per-sample Jacobians by ``torch.func.vmap(jacrev(...))``: ``encode_fn`` is called
+    on one image at a time, so it must treat samples independently (train-mode
+    BatchNorm does not; put it in eval mode). L is differentiable in the encoder's
+    parameters and in x.
+    """
+    from torch.func import jacrev, vmap
+
+    jac = vmap(jacrev(lambda xi: encode_fn(xi.unsqueeze(0)).squeeze(0)))(x)  # (N, *code, *input)
+    return jac.pow(2).sum() / x.shape[0]
+
+
+def contractive_penalty_estimate(encode_fn, x: Tensor, num_projections: int = 1,
+                                 generator: torch.Generator | None = None) -> Tensor:
+    """Unbiased random-projection estimate of :func:`contractive_penalty_exact`.
+
+    For v ~ N(0, I_K) in code space, E_v ‖J_iᵀ v‖² = tr(J_i J_iᵀ) = ‖J_i‖_F², so with
+    P projections v_ip drawn from ``generator``:
+
+        L̂ = (1/(N P)) Σ_i Σ_p ‖J_iᵀ v_ip‖²
+
+    Each projection costs one vector-Jacobian product (``create_graph=True``),
+    instead of K for the exact value. Samples must not interact (as for the exact
+    value): a coupled batch would add Σ_{m≠i} ‖∂g(x_m)/∂x_i‖_F² to sample i.
+    """
+    # a fresh leaf when x carries no graph; otherwise keep x so L stays differentiable in it
+    x = x if x.requires_grad else x.detach().requires_grad_(True)
+    code = encode_fn(x).flatten(1)  # (N, K)
+    n = code.shape[0]
+    v = torch.randn((num_projections, *code.shape), generator=generator, device=code.device, dtype=code.dtype)
+    if num_projections == 1:
+        (vjp,) = torch.autograd.grad(code, x, grad_outputs=v[0], create_graph=True)
+    else:
+        (vjp,) = torch.autograd.grad(code, x, grad_outputs=v, is_grads_batched=True, create_graph=True)
+    return vjp.pow(2).sum() / (n * num_projections)
+
+
+def masked_patch_mse(pred: Tensor, target: Tensor, mask: Tensor, per_sample: bool = False) -> Tensor:
+    """Mean squared error on the masked (hidden) patches only, as in MAE (He et al. 2022).
+
+    pred, target: (N, L, D) patches; mask: (N, L), 1/True where a patch is hidden. With
+    e_il = (1/D) Σ_d (pred_ild - target_ild)² the error of patch l of image i:
+
+        L = Σ_il m_il e_il / Σ_il m_il                       (the mean over every hidden patch)
+        L_i = Σ_l m_il e_il / Σ_l m_il                      (per_sample=True: shape (N,))
+
+    Visible patches (m_il = 0) get no weight and no gradient.
+    """
+    m = mask.to(pred.dtype)
+    err = (pred - target).pow(2).mean(dim=-1)
+    err = torch.where(m > 0, err, torch.zeros_like(err))  # a nan/inf on a visible patch cannot leak in
+    if per_sample:
+        return (err * m).sum(dim=1) / m.sum(dim=1)
+    return (err * m).sum() / m.sum()
+
+
+# ---------------------------------------------------------------- densities for the VAEs
+# Unlike the losses above these return one value per sample, (N,), summed over every
+# other dimension: the ELBO and the importance weights need per-image terms.
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(μ, diag σ²) ‖ N(0, I)) per sample, summed over the latent dimensions:
+
+        KL = ½ Σ_d (μ_d² + σ_d² − 1 − log σ_d²)
+
+    mu, logvar: (N, D) -> (N,).
+    """
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).flatten(1).sum(1)
+
+
+def gaussian_kl_between(mu_q: Tensor, logvar_q: Tensor, mu_p: Tensor, logvar_p: Tensor) -> Tensor:
+    """KL(N(μ_q, diag σ_q²) ‖ N(μ_p, diag σ_p²)) per sample, summed over dimensions:
+
+        KL = ½ Σ_d (log σ_p² − log σ_q² + (σ_q² + (μ_q − μ_p)²) / σ_p² − 1)
+
+    All (N, D) (or broadcastable) -> (N,).
+    """
+    terms = logvar_p - logvar_q + (logvar_q.exp() + (mu_q - mu_p).pow(2)) * torch.exp(-logvar_p) - 1.0
+    return 0.5 * terms.flatten(1).sum(1)
+
+
+def gaussian_log_prob(x: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
+    """log N(x; mean, diag σ²) per sample, with log σ = ``log_std`` (broadcast to x):
+
+        log p = Σ_i −½ ((x_i − m_i) / σ_i)² − log σ_i − ½ log 2π
+
+    x: (N, ...) -> (N,).
+    """
+    z = (x - mean) * torch.exp(-log_std)
+    per_dim = -0.5 * z.pow(2) - log_std - 0.5 * _LOG_2PI
+    return per_dim.flatten(1).sum(1)
+
+
+def bernoulli_log_prob(x: Tensor, logits: Tensor) -> Tensor:
+    """log Bernoulli(x; sigmoid(logits)) per sample, x in [0, 1] (the negative BCE):
+
+        log p = Σ_i x_i log σ(l_i) + (1 − x_i) log(1 − σ(l_i))
+
+    x, logits: (N, ...) -> (N,).
+    """
+    return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)

@@ -151,3 +151,14 @@ def vit_small(in_channels: int, image_size: int, patch_size: int | None = None, 
               pos_embed: str = "learned") -> VisionTransformer:
     return _build("vit-small", in_channels, image_size, patch_size, dim, depth, num_heads,
                   mlp_ratio, pool, pos_embed)
+
+
+@register_backbone("vit-micro")
+def vit_micro(in_channels: int, image_size: int, patch_size: int | None = None, pool: str = "cls",
+              dim: int = 128, depth: int = 4, num_heads: int = 4, mlp_ratio: float = 4.0,
+              pos_embed: str = "learned") -> VisionTransformer:
+    """A small ViT for tiny images (e.g. 8x8 digits): patch 2 up to 16 px, 4 up to 32 px, else 16."""
+    if patch_size is None:
+        patch_size = 2 if image_size <= 16 else 4 if image_size <= 32 else 16
+    return _build("vit-micro", in_channels, image_size, patch_size, dim, depth, num_heads,
+                  mlp_ratio, pool, pos_embed)

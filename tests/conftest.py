@@ -1,0 +1,15 @@
+"""Test-session settings.
+
+pytest-xdist runs two workers on a 2-core machine; each torch process defaults to one
+thread per core, and four spinning OpenMP threads on two cores made training steps up to
+40x slower. One thread per worker (and per subprocess it starts) keeps the cores busy
+without oversubscription.
+"""
+
+import os
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
