@@ -11,6 +11,8 @@ evaluated are still the backbone's, which never see y.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -18,12 +20,20 @@ from torch import Tensor, nn
 from ..errors import fail
 from ..nets.decoders import build_decoder
 from . import METHODS
+from ..config import option
 from .vae import VAEConfig, VAEMethod
+
+
+@dataclass
+class CVAEConfig(VAEConfig):
+    # a Bernoulli likelihood leaves the class to the label input: with a learned-σ Gaussian the
+    # code carried the class too, and samples per class did not follow their label (README)
+    likelihood: str = option("bernoulli", "p(x|z,y) on pixels in [0, 1]", choices=("bernoulli", "gaussian"))
 
 
 @METHODS.register("cvae")
 class CVAE(VAEMethod):
-    Config = VAEConfig
+    Config = CVAEConfig
     needs_labels = True  # the engine calls views(images, generator, labels)
 
     def __init__(self, config, encoder, info, view_spec):

@@ -25,8 +25,10 @@ from .autoencoder import AutoencoderConfig, AutoencoderMethod, reconstruction_er
 class SparseAEConfig(AutoencoderConfig):
     sparsity: str = option("kl", "sparsity penalty: KL to the target rate per unit, or L1 on the code",
                            choices=("kl", "l1"))
-    sparsity_target: float = option(0.05, "target mean activation ρ of each code unit (kl)", above=0.0, max=0.999)
-    sparsity_weight: float = option(1.0, "weight λ of the sparsity penalty", min=0.0, max=1e6)
+    # ρ 0.1, λ 0.3 on digits: mean code activation 0.13 and a linear probe of 0.975; the textbook
+    # ρ 0.05, λ 1 reaches its rate but leaves too little in a 32-unit code (probe 0.953 < random init)
+    sparsity_target: float = option(0.1, "target mean activation ρ of each code unit (kl)", above=0.0, max=0.999)
+    sparsity_weight: float = option(0.3, "weight λ of the sparsity penalty", min=0.0, max=1e6)
 
 
 @METHODS.register("sparse-ae")
