@@ -21,7 +21,8 @@ bench() {  # name, then train_cifar.py arguments
 for run in ${RUNS:-simclr mae vae}; do
     case $run in
         simclr) bench simclr --method simclr --backbone resnet18 --batch-size 512 --precision bf16-mixed --epochs "${EPOCHS:-20}" ;;
-        mae) bench mae --method mae --backbone vit-tiny --batch-size 512 --precision bf16-mixed --epochs "${MAE_EPOCHS:-30}" --linear ;;
+        mae) bench mae --method mae --backbone vit-tiny --batch-size 512 --precision bf16-mixed --epochs "${MAE_EPOCHS:-30}" --linear
+             python3 -c "from reprlearn.api import reconstruct_images as r; r('/tmp/bench-mae', '.devdata/cifar10/test-000000.tar.gz', '$OUT/mae_reconstructions.png')" 2>&1 | tail -1 ;;
         vae) bench vae --method vae --backbone cnn --batch-size 512 --precision 32 --epochs "${VAE_EPOCHS:-30}" --linear --eval
              cp /tmp/bench-vae/reconstructions.png /tmp/bench-vae/samples.png "$OUT/" 2>/dev/null || true ;;
     esac

@@ -66,12 +66,14 @@ def main() -> None:
     p.add_argument("--out", default=None, help="run directory (default runs/bench-METHOD)")
     p.add_argument("--linear", action="store_true", help="also a linear probe (logistic regression)")
     p.add_argument("--eval", action="store_true", help="also run the full `reprlearn eval` (figures, density)")
+    p.add_argument("--eval-max-train", type=int, default=10000, help="training images for --eval's probes")
     p.add_argument("--json", help="also write the figures to this JSON file")
     a = p.parse_args()
 
     clock = Throughput()
     start = time.perf_counter()
     options = {"lr": a.lr} if a.lr else {}
+    options["eval_max_train"] = a.eval_max_train
     run = reprlearn.train(a.method, out=a.out or f"runs/bench-{a.method}", data=a.data, eval_data=a.eval_data,
                           backbone=a.backbone, batch_size=a.batch_size, precision=a.precision, epochs=a.epochs,
                           warmup_epochs=min(10, max(1, a.epochs // 10)), eval=False, progress=False,
