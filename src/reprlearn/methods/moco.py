@@ -20,19 +20,15 @@ from ..nets import MLPHead
 from . import METHODS
 from .base import Method
 from .momentum import cosine_momentum, ema_update, momentum_copy
-from .pair_losses import pair_loss
+from .pair_losses import TwoViewOptions, pair_loss
 
 
 @dataclass
-class MoCoConfig:
+class MoCoConfig(TwoViewOptions):
     temperature: float = option(0.2, "InfoNCE temperature τ", above=0.0, max=10.0)
-    queue_size: int = option(1024, "number of negative keys kept in the queue (0: batch negatives only)", min=0, max=1 << 20)
+    queue_size: int = option(1024, "negative keys kept in the queue (0: batch negatives only)", min=0, max=1 << 20)
     ema_momentum: float = option(0.99, "base EMA momentum of the key encoder (rises to 1, cosine)", min=0.0, max=1.0)
-    proj_hidden: int = option(512, "projector hidden width", min=1, max=65536)
-    proj_dim: int = option(128, "projection (loss space) dimension", min=1, max=65536)
     loss: str = option("info_nce", "the two-view loss", choices=("info_nce", "margin", "triplet"))
-    margin: float = option(0.5, "margin for --loss margin / triplet (normalised embeddings)", above=0.0, max=4.0)
-    mining: str = option("semi-hard", "negative mining for margin/triplet", choices=("semi-hard", "hard"))
 
 
 @METHODS.register("moco")

@@ -9,11 +9,24 @@ Embeddings are L2-normalised first, so distances live in [0, 2].
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .. import losses
+from ..config import option
+
+
+@dataclass
+class TwoViewOptions:
+    """Options every two-view contrastive method shares: its projector and the pair losses."""
+
+    proj_hidden: int = option(512, "projector hidden width", min=1, max=65536)
+    proj_dim: int = option(128, "projection (loss space) dimension", min=1, max=65536)
+    margin: float = option(0.5, "margin for --loss margin / triplet (normalised embeddings)", above=0.0, max=4.0)
+    mining: str = option("semi-hard", "negative mining for margin/triplet", choices=("semi-hard", "hard"))
 
 
 def mine_negatives(z_a: Tensor, z_b: Tensor, mining: str) -> Tensor:

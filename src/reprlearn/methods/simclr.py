@@ -13,17 +13,13 @@ from ..losses import nt_xent
 from ..nets import MLPHead
 from . import METHODS
 from .base import Method
-from .pair_losses import pair_loss
+from .pair_losses import TwoViewOptions, pair_loss
 
 
 @dataclass
-class SimCLRConfig:
+class SimCLRConfig(TwoViewOptions):
     temperature: float = option(0.2, "NT-Xent temperature τ", above=0.0, max=10.0)
-    proj_hidden: int = option(512, "projector hidden width", min=1, max=65536)
-    proj_dim: int = option(128, "projection (loss space) dimension", min=1, max=65536)
     loss: str = option("nt_xent", "the two-view loss", choices=("nt_xent", "margin", "triplet"))
-    margin: float = option(0.5, "margin for --loss margin / triplet (normalised embeddings)", above=0.0, max=4.0)
-    mining: str = option("semi-hard", "negative mining for margin/triplet", choices=("semi-hard", "hard"))
 
 
 @METHODS.register("simclr")
