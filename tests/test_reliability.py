@@ -57,8 +57,8 @@ def reference(tmp_path_factory):
     return read_ckpt(run)
 
 
-def assert_same_weights(a: dict, b: dict) -> None:
-    assert a["global_step"] == b["global_step"] == 5 * STEPS_PER_EPOCH
+def assert_same_weights(a: dict, b: dict, steps: int = 5 * STEPS_PER_EPOCH) -> None:
+    assert a["global_step"] == b["global_step"] == steps
     for key, value in a["state_dict"].items():
         torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=0, msg=key)
 
@@ -78,10 +78,23 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, reference
     assert [p.name for p in (run / "checkpoints").iterdir() if not p.name.startswith(".")] == ["last.ckpt"]
 
 
+# the signal tests use batch 32 (44 steps an epoch, 220 in all) so that a loaded machine still
+# delivers the signal well before the run's last batch
+SIGNAL_RUN = [*RUN, "--batch-size", "32"]
+SIGNAL_STEPS = 5 * (1438 // 32)
+
+
+@pytest.fixture(scope="module")
+def reference_batch32(tmp_path_factory):
+    run = tmp_path_factory.mktemp("ref32") / "run"
+    reprlearn.train("simclr", out=run, **{**KW, "batch_size": 32})
+    return read_ckpt(run)
+
+
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_signal_writes_checkpoint_and_says_how_to_resume(tmp_path, reference, sig, code):
+def test_signal_writes_checkpoint_and_says_how_to_resume(tmp_path, reference_batch32, sig, code):
     run = tmp_path / "run"
-    proc = cli("train", "simclr", "--out", str(run), *RUN)
+    proc = cli("train", "simclr", "--out", str(run), *SIGNAL_RUN)
     wait_for_checkpoint(run, proc, mid_epoch=False)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
@@ -89,11 +102,11 @@ def test_signal_writes_checkpoint_and_says_how_to_resume(tmp_path, reference, si
     last = err.strip().splitlines()[-1]
     assert f"stopped by {signal.Signals(sig).name}" in last and "--resume" in last and "Traceback" not in err
     stopped_at = read_ckpt(run)["global_step"]
-    assert 0 < stopped_at < 5 * STEPS_PER_EPOCH
-    resumed = cli("train", "simclr", "--out", str(run), "--resume", *RUN)
+    assert 0 < stopped_at < SIGNAL_STEPS
+    resumed = cli("train", "simclr", "--out", str(run), "--resume", *SIGNAL_RUN)
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
-    assert_same_weights(reference, read_ckpt(run))
+    assert_same_weights(reference_batch32, read_ckpt(run), steps=SIGNAL_STEPS)
 
 
 def test_second_run_in_same_directory_is_refused(tmp_path):

@@ -36,6 +36,8 @@ __all__ = [
     "gaussian_kl_between",
     "gaussian_log_prob",
     "bernoulli_log_prob",
+    "byol_loss",
+    "dino_loss",
 ]
 
 
@@ -278,3 +280,47 @@ def bernoulli_log_prob(x: Tensor, logits: Tensor) -> Tensor:
     x, logits: (N, ...) -> (N,).
     """
     return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
+
+
+# ---------------------------------------------------------------- self-distillation (BYOL, DINO)
+
+
+def byol_loss(p: Tensor, z: Tensor) -> Tensor:
+    """BYOL's regression loss (Grill et al. 2020) between online predictions and target projections.
+
+    With p̄_i = p_i / ‖p_i‖ and z̄_i = z_i / ‖z_i‖:
+
+        L = (1/N) Σ_i ‖p̄_i − z̄_i‖² = (1/N) Σ_i (2 − 2 cos(p_i, z_i))
+
+    z is detached here (the stop-gradient): gradients reach p only. p, z: (N, D).
+    """
+    return (2.0 - 2.0 * F.cosine_similarity(p, z.detach(), dim=1)).mean()
+
+
+def dino_loss(student_logits: list[Tensor], teacher_logits: list[Tensor], center: Tensor,
+              student_temp: float = 0.1, teacher_temp: float = 0.07) -> Tensor:
+    """DINO's self-distillation cross-entropy (Caron et al. 2021).
+
+    teacher_logits: the G global views t_g (N, K), in the same order as the first G
+    entries of student_logits (all V views s_v, (N, K)). The teacher is centred by
+    ``center`` c (K,) and sharpened by τ_t; the student is softened by τ_s:
+
+        q_g = softmax((t_g − c) / τ_t),   log p_v = log_softmax(s_v / τ_s)
+        L = (1/|P|) Σ_{(g, v) ∈ P} (1/N) Σ_i −Σ_k q_g[i, k] log p_v[i, k],
+        P = {(g, v) : g < G, v < V, v ≠ g}
+
+    (the same view is never its own target). The teacher side is detached here:
+    gradients reach the student logits only.
+    """
+    if not teacher_logits or len(student_logits) < 2:
+        raise ValueError("dino_loss needs at least one teacher view and two student views")
+    log_p = [F.log_softmax(s / student_temp, dim=-1) for s in student_logits]
+    total, pairs = 0.0, 0
+    for g, t in enumerate(teacher_logits):
+        q = F.softmax((t.detach() - center.detach()) / teacher_temp, dim=-1)
+        for v, lp in enumerate(log_p):
+            if v == g:
+                continue
+            total = total + (-(q * lp).sum(dim=-1)).mean()
+            pairs += 1
+    return total / pairs

@@ -1,0 +1,150 @@
+"""DINO (Caron et al. 2021): self-distillation with no labels.
+
+A student (backbone + DINO head) matches the output distribution of an EMA teacher
+(same architecture, no gradients) across views: the teacher sees the global views
+only, the student sees every view (``n_global`` = 2 global plus ``n_local`` small
+local crops, see :func:`~reprlearn.augment.multi_crop`). Collapse is avoided by
+centring the teacher's outputs (an EMA of their batch mean, ``center_momentum``)
+and sharpening them with a low teacher temperature, which warms up linearly from
+``teacher_temp_start`` to ``teacher_temp`` over the first ``teacher_temp_warmup``
+of training. The loss is :func:`~reprlearn.losses.dino_loss`.
+
+Only ``encoder(x)`` features are used, so any backbone works. Backbones with a
+fixed token grid (ViTs with positional embeddings for one image size) get their
+local crops at the global size (small crops, upsampled) instead of the smaller
+local size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..augment import local_crop, multi_crop
+from ..config import option
+from ..losses import dino_loss
+from . import METHODS
+from .base import Method
+from .momentum import cosine_momentum, ema_update, momentum_copy
+
+
+@dataclass
+class DINOConfig:
+    out_dim: int = option(1024, "number of prototypes K (the head's output dimension)", min=2, max=1 << 20)
+    head_hidden: int = option(512, "DINO head MLP hidden width", min=1, max=65536)
+    bottleneck_dim: int = option(64, "DINO head bottleneck (L2-normalised) dimension", min=1, max=65536)
+    head_bn: bool = option(True, "BatchNorm in the head's MLP (DINO's recipe for convnets; keeps small data from collapsing)")
+    n_local: int = option(4, "local crops per image (student only)", min=0, max=64)
+    student_temp: float = option(0.1, "student temperature τ_s", above=0.0, max=10.0)
+    teacher_temp: float = option(0.04, "teacher temperature τ_t after warm-up (0.07 on ImageNet; on small data "
+                                 "such as digits 0.07 collapsed to uniform outputs)", above=0.0, max=10.0)
+    teacher_temp_start: float = option(0.04, "teacher temperature at the start of training", above=0.0, max=10.0)
+    teacher_temp_warmup: float = option(0.3, "fraction of training over which τ_t warms up (linear)", min=0.0, max=1.0)
+    center_momentum: float = option(0.9, "EMA momentum of the teacher centre", min=0.0, max=1.0)
+    ema_momentum: float = option(0.99, "base EMA momentum of the teacher (rises to 1, cosine)", min=0.0, max=1.0)
+
+
+def teacher_temperature(step: int, total_steps: int, start: float, end: float, warmup: float) -> float:
+    """Linear warm-up of τ_t from ``start`` to ``end`` over the first ``warmup`` fraction of steps, then ``end``."""
+    progress = min(max(step / max(total_steps, 1), 0.0), 1.0)
+    if warmup <= 0 or progress >= warmup:
+        return end
+    return start + (end - start) * progress / warmup
+
+
+@torch.no_grad()
+def update_center(center: Tensor, teacher_logits: list[Tensor], momentum: float) -> None:
+    """c ← m c + (1 − m) mean(teacher outputs over the batch and the global views), in place.
+
+    Under torch.distributed the batch mean is all-reduced, so every rank holds the same centre.
+    """
+    import torch.distributed as dist
+
+    t = torch.cat([x.detach() for x in teacher_logits])
+    batch_sum = t.sum(dim=0).to(center.dtype)
+    count = torch.tensor(float(t.shape[0]), device=center.device, dtype=center.dtype)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(batch_sum)
+        dist.all_reduce(count)
+    center.mul_(momentum).add_(batch_sum / count, alpha=1.0 - momentum)
+
+
+class DINOHead(nn.Module):
+    """MLP (GELU) -> L2-normalised bottleneck -> weight-normalised linear (unit-norm rows) to K prototypes."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 512, bottleneck_dim: int = 64, num_layers: int = 3,
+                 batch_norm: bool = False):
+        super().__init__()
+        layers: list[nn.Module] = []
+        dim = in_dim
+        for _ in range(num_layers - 1):
+            layers.append(nn.Linear(dim, hidden_dim))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(hidden_dim))
+            layers.append(nn.GELU())
+            dim = hidden_dim
+        layers.append(nn.Linear(dim, bottleneck_dim))
+        self.mlp = nn.Sequential(*layers)
+        for m in self.mlp.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+        # weight norm with the gain fixed to 1 (DINO's norm_last_layer): rows normalised in forward
+        self.prototypes = nn.Parameter(torch.empty(out_dim, bottleneck_dim))
+        nn.init.trunc_normal_(self.prototypes, std=0.02)
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = F.normalize(self.mlp(x), dim=-1)
+        return F.linear(z, F.normalize(self.prototypes, dim=-1))
+
+
+@METHODS.register("dino")
+class DINO(Method):
+    Config = DINOConfig
+    run_defaults = {"epochs": 40, "batch_size": 256, "lr": 2e-3, "warmup_epochs": 5}
+
+    def __init__(self, config, encoder, info, view_spec):
+        super().__init__(config, encoder, info, view_spec)
+        self.head = DINOHead(encoder.feature_dim, config.out_dim, config.head_hidden, config.bottleneck_dim,
+                             batch_norm=config.head_bn)
+        self.teacher = momentum_copy(nn.Sequential(encoder, self.head))
+        self.register_buffer("center", torch.zeros(config.out_dim))
+        # current teacher temperature, set after each step (a buffer: resumes with the checkpoint)
+        self.register_buffer("teacher_temp_now", torch.tensor(float(config.teacher_temp_start)))
+        local = local_crop(view_spec, info.image_size)
+        if hasattr(encoder.backbone, "num_patches"):  # fixed positional grid: keep the global size
+            local = replace(local, size=view_spec.size or info.image_size)
+        self.local_spec = local
+
+    def views(self, images, generator):
+        return multi_crop(images, self.view_spec, self.local_spec, 2, self.config.n_local, generator)
+
+    def student(self, x: Tensor) -> Tensor:
+        return self.head(self.encoder(x))
+
+    def loss(self, views):
+        c = self.config
+        global_views = views[:2]
+        with torch.no_grad():
+            teacher = self.teacher(torch.cat(global_views)).chunk(2)
+        # views of one size go through the student together (one pass for the globals, one for the locals)
+        student = list(self.student(torch.cat(global_views)).chunk(2))
+        if len(views) > 2:
+            local = views[2:]
+            student += list(self.student(torch.cat(local)).chunk(len(local)))
+        temp = float(self.teacher_temp_now)
+        value = dino_loss(student, list(teacher), self.center, c.student_temp, temp)
+        if self.training:
+            update_center(self.center, list(teacher), c.center_momentum)
+        return {"loss": value, "dino": value.detach(), "teacher_temp": self.teacher_temp_now.detach().clone()}
+
+    @torch.no_grad()
+    def after_optimizer_step(self, step, total_steps):
+        c = self.config
+        ema_update(self.teacher, nn.Sequential(self.encoder, self.head),
+                   cosine_momentum(step, total_steps, c.ema_momentum))
+        self.teacher_temp_now.fill_(teacher_temperature(step, total_steps, c.teacher_temp_start,
+                                                        c.teacher_temp, c.teacher_temp_warmup))
