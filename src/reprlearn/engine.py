@@ -218,6 +218,14 @@ class Checkpointing(L.Callback):
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._previous[sig] = signal.signal(sig, self._on_signal)
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        # Lightning installs its own SIGTERM handler when fit starts; at an epoch boundary it
+        # exits with SystemExit(0) and no checkpoint. Take the signals back so every stop
+        # goes through the checkpoint-then-exit path above.
+        if self._previous:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, self._on_signal)
+
     def restore_signal_handlers(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
