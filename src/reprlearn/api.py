@@ -178,9 +178,10 @@ def _fit(cfg: RunConfig, method_cfg: Any, run_dir: Path, resume_from: Path | Non
             raise fail(f"{cfg.method} is conditioned on labels, but {train_set.name} has none; "
                        "give --data with labels (KEY.cls members, class sub-folders or an npz 'labels' array)")
         labels = torch.from_numpy(fit_set.labels)
-    module = TrainModule(model, cfg, fit_set.tensor(), meta, labels)
+    fit_images = fit_set.tensor()  # one host copy (N, C, H, W) shared by the module and the collapse watch
+    module = TrainModule(model, cfg, fit_images, meta, labels)
     checkpointing = Checkpointing(run_dir / "checkpoints", cfg.checkpoint_every, cfg.checkpoint_steps)
-    callbacks = [checkpointing, CollapseWatch(fit_set.tensor()), *extra_callbacks]
+    callbacks = [checkpointing, CollapseWatch(fit_images), *extra_callbacks]
     if cfg.knn_monitor and eval_set is not None and eval_set.labels is not None and train_set.labels is not None:
         callbacks.append(KNNMonitor(train_set.tensor(), train_set.labels, eval_set.tensor(), eval_set.labels))
     trainer = make_trainer(cfg, run_dir, callbacks)
