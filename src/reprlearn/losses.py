@@ -38,6 +38,8 @@ __all__ = [
     "bernoulli_log_prob",
     "byol_loss",
     "dino_loss",
+    "clip_loss",
+    "siglip_loss",
 ]
 
 
@@ -324,3 +326,6 @@ def dino_loss(student_logits: list[Tensor], teacher_logits: list[Tensor], center
             total = total + (-(q * lp).sum(dim=-1)).mean()
             pairs += 1
     return total / pairs
+
+
+from .image_text_losses import clip_loss, siglip_loss  # noqa: E402,F401
