@@ -1,0 +1,478 @@
+"""Image-text pairs, one interface: ``load_pairs(spec, split) -> PairSet``.
+
+A spec is one of
+  scenes[:OPTIONS]        generated shapes with compositional captions (see data/scenes.py);
+                          OPTIONS, comma-separated: n=4000 (train images), test_n=1000,
+                          seed=0, size=32, corrupt=0.0 (train only), single=0.333 (share of
+                          one-object train images; the test split always has 40%),
+                          captions=3 (wordings per image). e.g. scenes:n=4000,corrupt=0.1
+                          split="test" draws with seed + 1,000,003 (disjoint from train).
+  FILE.csv | FILE.tsv     a header row naming an image column and a caption column
+   [?base=FOLDER]         (IMAGE_COLUMNS, CAPTION_COLUMNS; case-insensitive, first match
+                          wins); image paths are relative to FOLDER (default: the file's
+                          folder). Several rows with one image give it several captions.
+  PATH, GLOB, FOLDER      WebDataset shards (.tar/.tar.gz, comma-separated lists too) with
+                          KEY.jpg|png and KEY.txt (each non-empty line a caption) and/or
+                          KEY.json ({"captions": [...]} or {"caption": "..."}; json wins).
+                          A folder of shards named train-*/test-* gives the ``split`` ones.
+  a labelled image source digits, cifar10, shards with KEY.cls (+ classes.txt), a class-per-
+                          sub-folder image folder ...: anything ``load_source`` loads with
+                          labels. Each image's captions are PROMPT_TEMPLATES filled with its
+                          class name (digits: "zero" ... "nine"). ``split`` picks digits:test,
+                          cifar10:test, or test-* shards in a folder.
+
+Decoded images and captions are cached together (data/cache.py's folder, keyed by the files'
+content), so the second load of a shard set or CSV reads one .npz.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import tarfile
+import tempfile
+import zlib
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import ReprlearnError, fail
+from .cache import cache_dir, content_key
+from .decode import BadItem, Collector, decode_image, parse_label
+from .imageset import ImageSet
+from .sources import SHARD_SUFFIXES, _class_names, _expand, _file_digest, load_source
+
+PROMPT_TEMPLATES = [
+    "a photo of a {}.",
+    "a picture of the {}.",
+    "an image of a {}.",
+    "a close-up photo of a {}.",
+    "a blurry photo of the {}.",
+    "a drawing of a {}.",
+]
+DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+IMAGE_COLUMNS = ("image", "image_path", "filepath", "file_path", "filename", "file", "path", "img")
+CAPTION_COLUMNS = ("caption", "text", "title", "sentence", "description")
+PAIRS_CACHE_VERSION = 1  # bump when pair decoding changes
+_IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp", "bmp")
+
+
+@dataclass
+class PairSet:
+    """Images (an :class:`ImageSet`, uint8 (N, H, W, C)) and, per image, one or more captions."""
+
+    images: ImageSet
+    captions: list[list[str]]
+    name: str = ""
+    corrupted: np.ndarray | None = None  # bool (N,): the captions belong to another image (scenes)
+    attributes: dict[str, np.ndarray] | None = None  # per-image ints (scenes: n_objects, shape, colour, size)
+    attribute_names: dict[str, list[str]] | None = None  # attribute -> names of its values
+
+    def __post_init__(self) -> None:
+        n = len(self.images)
+        if len(self.captions) != n:
+            raise fail(f"{self.name or 'pairs'}: {len(self.captions)} caption lists for {n} images; "
+                       "give every image its captions")
+        for i, caps in enumerate(self.captions):
+            if not caps or not all(isinstance(c, str) and c.strip() for c in caps):
+                raise fail(f"{self.name or 'pairs'}: image {i} has no caption or an empty one")
+        if self.corrupted is not None:
+            self.corrupted = np.asarray(self.corrupted, dtype=bool)
+            if self.corrupted.shape != (n,):
+                raise fail(f"{self.name}: corrupted has shape {self.corrupted.shape}, expected ({n},)")
+        for k, v in (self.attributes or {}).items():
+            if np.shape(v) != (n,):
+                raise fail(f"{self.name}: attribute {k!r} has shape {np.shape(v)}, expected ({n},)")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, index) -> "PairSet":
+        index = np.asarray(index)
+        if index.dtype == bool:
+            index = np.flatnonzero(index)
+        return PairSet(self.images.subset(index), [list(self.captions[i]) for i in index], self.name,
+                       None if self.corrupted is None else self.corrupted[index],
+                       None if self.attributes is None else {k: v[index] for k, v in self.attributes.items()},
+                       self.attribute_names)
+
+    def first_captions(self) -> list[str]:
+        return [caps[0] for caps in self.captions]
+
+    def all_captions(self) -> tuple[list[str], np.ndarray]:
+        """Every caption, flat, and the index of its image (for retrieval and tokenizer training)."""
+        texts = [c for caps in self.captions for c in caps]
+        owner = np.repeat(np.arange(len(self.captions)), [len(c) for c in self.captions])
+        return texts, owner
+
+
+def fill_template(template: str, name: str) -> str:
+    """``template.format(name)`` with the article before the name agreeing: 'an apple', 'a cat'."""
+    before, _, after = template.partition("{}")
+    m = re.search(r"(^|\s)(a|an|A|An) $", before)
+    if m:
+        a = m.group(2)
+        vowel = name[:1].lower() in "aeiou"
+        fixed = ("an" if vowel else "a") if a.islower() else ("An" if vowel else "A")
+        before = before[: m.start(2)] + fixed + " "
+    return f"{before}{name}{after.replace('{}', name)}"
+
+
+def prompts_for(name: str, templates: list[str] | None = None) -> list[str]:
+    return [fill_template(t, name) for t in (templates or PROMPT_TEMPLATES)]
+
+
+# ------------------------------------------------------------------ entry points
+
+
+def load_pairs(spec: str, split: str = "train", image_size: int | None = None, skip_bad: bool = False) -> PairSet:
+    """Load image-text pairs by spec (see the module docstring)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise fail("empty image-text source; give scenes, a captions .csv/.tsv, caption shards or a labelled source")
+    if split not in ("train", "test"):
+        raise fail(f"split {split!r} is not train or test")
+    spec = spec.strip()
+    head, _, options = spec.partition(":")
+    if head == "scenes":
+        return _scenes(options, split, image_size)
+    if _is_table(spec):
+        return load_csv(spec, image_size, skip_bad)
+    if head in ("digits", "cifar10") and options in ("", "train", "test"):
+        return _from_labels(load_source(f"{head}:{options or split}", image_size, skip_bad))
+    shards = _shards(spec, split)
+    if shards and _has_captions(shards[0]):
+        name = spec if len(shards) == len(_expand(spec)) else f"{spec} ({split})"
+        return load_pair_shards(shards, image_size, skip_bad, name)
+    if shards:
+        return _from_labels(load_source(",".join(map(str, shards)), image_size, skip_bad))
+    return _from_labels(load_source(spec, image_size, skip_bad))
+
+
+def is_pair_source(spec: str) -> bool:
+    """True for sources that carry their own captions: scenes, .csv/.tsv files, shards with .txt/.json."""
+    if not isinstance(spec, str) or not spec.strip():
+        return False
+    spec = spec.strip()
+    if spec.partition(":")[0] == "scenes" or _is_table(spec):
+        return True
+    try:
+        shards = _shards(spec, "train")
+    except ReprlearnError:
+        return False
+    return bool(shards) and _has_captions(shards[0])
+
+
+def _is_table(spec: str) -> bool:
+    return bool(re.search(r"\.(csv|tsv)(\?|$)", spec, re.IGNORECASE))
+
+
+def _shards(spec: str, split: str) -> list[Path]:
+    """The shards a spec names ([] when it names something else); a folder gives its ``split`` shards."""
+    paths = _expand(spec)
+    if len(paths) == 1 and paths[0].is_dir():
+        shards = sorted(p for p in paths[0].iterdir() if p.name.endswith(SHARD_SUFFIXES))
+        mine = [p for p in shards if re.match(rf"{split}[-_.]", p.name)]
+        return mine or shards
+    if all(p.is_file() and p.name.endswith(SHARD_SUFFIXES) for p in paths):
+        return paths
+    return []
+
+
+def _has_captions(shard: Path, look: int = 64) -> bool:
+    """Whether a shard's first members include .txt or .json captions (read with tarfile, lazily)."""
+    try:
+        with tarfile.open(shard, "r:*") as tar:
+            for i, member in enumerate(tar):
+                if member.name.endswith((".txt", ".json")):
+                    return True
+                if i >= look:
+                    break
+    except (tarfile.TarError, EOFError, OSError, zlib.error):
+        return False
+    return False
+
+
+# ------------------------------------------------------------------ scenes
+
+
+_SCENE_OPTIONS = {"n": int, "test_n": int, "seed": int, "size": int, "corrupt": float, "single": float, "captions": int}
+
+
+def _scenes(options: str, split: str, image_size: int | None) -> PairSet:
+    from .scenes import TEST_SEED_OFFSET, make_scenes
+
+    opts: dict = {"n": 4000, "test_n": 1000, "seed": 0, "size": 32, "corrupt": 0.0, "single": None, "captions": 3}
+    for item in (x.strip() for x in options.split(",") if x.strip()):
+        if item in ("train", "test"):
+            split = item
+            continue
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or key not in _SCENE_OPTIONS:
+            raise fail(f"scenes option {item!r} is not one of {', '.join(k + '=' for k in _SCENE_OPTIONS)} "
+                       "(e.g. scenes:n=4000,seed=0,size=32,corrupt=0.1)")
+        try:
+            opts[key] = _SCENE_OPTIONS[key](value.strip())
+        except ValueError:
+            raise fail(f"scenes option {key}={value!r} is not a {_SCENE_OPTIONS[key].__name__}") from None
+    size = image_size or opts["size"]
+    if split == "test":  # clean captions, a disjoint seed, 40% single-object images for zero-shot
+        return make_scenes(opts["test_n"], opts["seed"] + TEST_SEED_OFFSET, size, 0.0, 0.4, opts["captions"])
+    return make_scenes(opts["n"], opts["seed"], size, opts["corrupt"], opts["single"], opts["captions"])
+
+
+# ------------------------------------------------------------------ labelled sources -> prompts
+
+
+def _from_labels(images: ImageSet) -> PairSet:
+    if images.labels is None:
+        raise fail(f"{images.name} has no captions and no labels; give an image-text source (scenes, a .csv/.tsv "
+                   "with image and caption columns, shards with KEY.txt/KEY.json) or a labelled image source")
+    names = images.class_names or [str(c) for c in range(int(images.labels.max()) + 1)]
+    if images.name.startswith("digits") and names == [str(d) for d in range(10)]:
+        names = list(DIGIT_NAMES)
+    names = [" ".join(n.replace("_", " ").split()) for n in names]
+    prompts = [prompts_for(n) for n in names]
+    captions = [list(prompts[int(y)]) for y in images.labels]
+    images = ImageSet(images.images, images.labels, names, images.name, images.skipped)
+    return PairSet(images, captions, images.name)
+
+
+# ------------------------------------------------------------------ cache of images + captions
+
+
+def _cached_pairs(key: str, decode: Callable[[], PairSet]) -> PairSet:
+    """Like data/cache.py's ``cached``, for images and their captions (utf-8 bytes + counts)."""
+    path = cache_dir() / "decoded" / f"pairs-{key}.npz"
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                blob = f["caption_bytes"].tobytes()
+                ends, counts = f["caption_ends"], f["caption_counts"]
+                starts = np.concatenate([[0], ends[:-1]])
+                flat = [blob[s:e].decode("utf-8") for s, e in zip(starts, ends)]
+                bounds = np.concatenate([[0], np.cumsum(counts)])
+                captions = [flat[bounds[i]:bounds[i + 1]] for i in range(len(counts))]
+                images = ImageSet(f["images"], f["labels"] if f["has_labels"] else None,
+                                  [str(n) for n in f["class_names"]] or None, str(f["name"]),
+                                  [str(s) for s in f["skipped"]])
+                return PairSet(images, captions, str(f["name"]))
+        except (OSError, ValueError, KeyError, UnicodeDecodeError, ReprlearnError):
+            path.unlink(missing_ok=True)  # unreadable entry: decode again
+    result = decode()
+    encoded = [c.encode("utf-8") for caps in result.captions for c in caps]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            im = result.images
+            np.savez(f, images=im.images,
+                     labels=im.labels if im.labels is not None else np.zeros(0, np.int64),
+                     has_labels=im.labels is not None,
+                     class_names=np.asarray(im.class_names or [], dtype=str),
+                     skipped=np.asarray(im.skipped, dtype=str), name=result.name,
+                     caption_bytes=np.frombuffer(b"".join(encoded), dtype=np.uint8),
+                     caption_ends=np.cumsum([len(b) for b in encoded], dtype=np.int64),
+                     caption_counts=np.asarray([len(c) for c in result.captions], dtype=np.int64))
+        os.replace(tmp, path)
+    except OSError:
+        Path(tmp).unlink(missing_ok=True)  # a cache we cannot write only costs time
+    return result
+
+
+# ------------------------------------------------------------------ CSV / TSV
+
+
+def load_csv(spec: str, image_size: int | None = None, skip_bad: bool = False) -> PairSet:
+    """``FILE.csv`` or ``FILE.tsv``, optionally ``?base=FOLDER`` (image paths relative to FOLDER)."""
+    file_part, _, query = spec.partition("?")
+    base = None
+    for item in (q for q in query.split("&") if q):
+        key, eq, value = item.partition("=")
+        if key != "base" or not eq or not value:
+            raise fail(f"{spec}: unknown option {item!r}; the only option is ?base=FOLDER (where image paths start)")
+        base = Path(os.path.expanduser(value))
+    table = Path(os.path.expanduser(file_part))
+    if not table.is_file():
+        raise fail(f"captions file {str(table)!r} does not exist; check the path")
+    base = base if base is not None else table.parent
+    if not base.is_dir():
+        raise fail(f"{spec}: base folder {str(base)!r} does not exist; ?base= must name the images' folder")
+    rows, header = _read_table(table)
+    img_col = _column(header, IMAGE_COLUMNS)
+    cap_col = _column(header, CAPTION_COLUMNS)
+    if img_col is None or cap_col is None:
+        missing = " or ".join(w for w, c in (("image", img_col), ("caption", cap_col)) if c is None)
+        raise fail(f"{table} has columns {', '.join(map(repr, header)) or 'none'} but no {missing} column; "
+                   f"its header must name an image column ({', '.join(IMAGE_COLUMNS)}) "
+                   f"and a caption column ({', '.join(CAPTION_COLUMNS)})")
+    if not rows:
+        raise fail(f"{table} has a header but no rows; add one row per (image, caption)")
+    problems: list[str] = []  # found before decoding, in row order; raised (or skipped) first
+    groups: dict[str, tuple[str, str, list[str]]] = {}  # resolved path -> (where, as written, captions)
+    for n, line, row in rows:
+        where = f"{table} row {n} (line {line})"
+        if max(img_col, cap_col) >= len(row):
+            problems.append(f"{where}: has {len(row)} fields, the header {len(header)}")
+            continue
+        image, caption = row[img_col].strip(), " ".join(row[cap_col].split())
+        resolved = str(base / image)
+        if not image:
+            problems.append(f"{where}: empty image path")
+        elif not caption:
+            problems.append(f"{where}: empty caption for {image}")
+        elif resolved in groups:
+            groups[resolved][2].append(caption)
+        elif not os.path.isfile(resolved):
+            problems.append(f"{where}: image {image!r} does not exist (looked for {resolved})")
+        else:
+            groups[resolved] = (where, image, [caption])
+    stats = [(r, os.stat(r).st_size, os.stat(r).st_mtime_ns) for r in groups]
+    key = content_key("pairs-table", PAIRS_CACHE_VERSION, _file_digest(table), str(base), stats, problems,
+                      image_size, skip_bad)
+
+    def decode() -> PairSet:
+        out = Collector(str(table), skip_bad)
+        for p in problems:
+            out.bad(p)
+        captions: list[list[str]] = []
+        for resolved, (where, image, caps) in groups.items():
+            where = f"{where}: {image}"
+            try:
+                array = decode_image(Path(resolved).read_bytes(), where, image_size)
+            except BadItem as e:
+                out.bad(str(e))
+                continue
+            before = len(out.images)
+            out.add(where, array, None)
+            if len(out.images) > before:
+                captions.append(caps)
+        images, _ = out.arrays()
+        return PairSet(ImageSet(images, None, None, str(table), out.skipped), captions, str(table))
+
+    return _cached_pairs(key, decode)
+
+
+def _read_table(table: Path) -> tuple[list[tuple[int, int, list[str]]], list[str]]:
+    """(row number from 1 after the header, line number of the row's start, fields), header."""
+    delimiter = "\t" if table.suffix.lower() == ".tsv" else ","
+    rows = []
+    try:
+        with open(table, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f, delimiter=delimiter)
+            header = next(reader, [])
+            line = reader.line_num + 1
+            for row in reader:
+                if any(c.strip() for c in row):
+                    rows.append((len(rows) + 1, line, row))
+                line = reader.line_num + 1
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise fail(f"{table} is not a readable UTF-8 {'TSV' if delimiter == chr(9) else 'CSV'} file "
+                   f"({' '.join(str(e).split())[:60]})") from None
+    return rows, [h.strip() for h in header]
+
+
+def _column(header: list[str], accepted: tuple[str, ...]) -> int | None:
+    lower = [h.lower() for h in header]
+    for name in accepted:
+        if name in lower:
+            return lower.index(name)
+    return None
+
+
+# ------------------------------------------------------------------ caption shards
+
+
+def load_pair_shards(paths: list[Path], image_size: int | None = None, skip_bad: bool = False,
+                     name: str = "") -> PairSet:
+    key = content_key("pairs-shards", PAIRS_CACHE_VERSION, [_file_digest(p) for p in paths], image_size, skip_bad)
+
+    def decode() -> PairSet:
+        jobs = [(str(p), image_size, skip_bad) for p in paths]
+        if len(jobs) > 1:  # Pillow decoding is CPU-bound: one process per shard
+            with ProcessPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as pool:
+                parts = list(pool.map(_decode_pair_shard, jobs))
+        else:
+            parts = [_decode_pair_shard(jobs[0])]
+        out = Collector(name, skip_bad)
+        captions: list[list[str]] = []
+        for part in parts:
+            if isinstance(part, str):  # an error message from the worker
+                raise fail(part)
+            out.skipped.extend(part["skipped"])
+            for k, img, caps, label in part["items"]:
+                before = len(out.images)
+                out.add(k, img, label)
+                if len(out.images) > before:
+                    captions.append(caps)
+        images, labels = out.arrays()
+        classes = _class_names(paths[0].parent) if labels is not None else None
+        return PairSet(ImageSet(images, labels, classes, name, out.skipped), captions, name)
+
+    return _cached_pairs(key, decode)
+
+
+def _shard_captions(sample: dict, where: str) -> list[str]:
+    if "json" in sample:
+        try:
+            meta = json.loads(sample["json"].decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise BadItem(f"{where}.json is not valid UTF-8 JSON") from None
+        raw = meta.get("captions", meta.get("caption")) if isinstance(meta, dict) else None
+        if raw is None and "txt" not in sample:
+            raise BadItem(f"{where}.json has no 'captions' or 'caption' field")
+        if raw is not None:
+            raw = [raw] if isinstance(raw, str) else raw
+            if not isinstance(raw, list) or not all(isinstance(c, str) for c in raw):
+                raise BadItem(f"{where}.json: 'captions' must be a list of strings")
+            caps = [" ".join(c.split()) for c in raw]
+            if not caps or not all(caps):
+                raise BadItem(f"{where}.json has an empty caption")
+            return caps
+    if "txt" in sample:
+        try:
+            text = sample["txt"].decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadItem(f"{where}.txt is not UTF-8 text") from None
+        caps = [" ".join(line.split()) for line in text.splitlines() if line.strip()]
+        if not caps:
+            raise BadItem(f"{where}.txt is an empty caption")
+        return caps
+    raise BadItem(f"{where} has no caption member (KEY.txt or KEY.json)")
+
+
+def _decode_pair_shard(job: tuple[str, int | None, bool]) -> dict | str:
+    """Decode one caption shard; items (key, image, captions, label) and skips, or an error message."""
+    import webdataset as wds
+
+    path, image_size, skip_bad = job
+    items, skipped = [], []
+
+    def bad(message: str) -> None:
+        if not skip_bad:
+            raise BadItem(message)
+        skipped.append(message)
+
+    try:
+        try:
+            for sample in wds.WebDataset(path, shardshuffle=False, empty_check=False):
+                where = f"{path}:{sample['__key__']}"
+                data = next((sample[k] for k in _IMAGE_MEMBERS if k in sample), None)
+                try:
+                    if data is None:
+                        raise BadItem(f"{where} has no image member (.jpg/.png)")
+                    caps = _shard_captions(sample, where)
+                    label = parse_label(sample["cls"], where) if "cls" in sample else None
+                    items.append((where, decode_image(data, where, image_size), caps, label))
+                except BadItem as e:
+                    bad(str(e))
+        except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError) as e:
+            bad(f"shard {path} is corrupt or cut short after {len(items)} images ({type(e).__name__})")
+    except BadItem as e:
+        return f"{e}; fix or remove it, or pass --skip-bad to skip unreadable items"
+    return {"items": items, "skipped": skipped}
