@@ -152,6 +152,7 @@ def flickr(tmp_path_factory):
 def test_flickr8k_shards_load_with_five_captions(flickr):
     train, test = flickr["train"], flickr["test"]
     assert train.images.images.shape == (7316, 96, 96, 3) and len(test) == 775
+    assert test.name.endswith("(test)")
     for split in (train, test):
         assert all(len(c) == 5 for c in split.captions)
     assert all(c.strip() for caps in test.captions for c in caps)

@@ -146,7 +146,8 @@ def load_pairs(spec: str, split: str = "train", image_size: int | None = None, s
         return _from_labels(load_source(f"{head}:{options or split}", image_size, skip_bad))
     shards = _shards(spec, split)
     if shards and _has_captions(shards[0]):
-        name = spec if len(shards) == len(_expand(spec)) else f"{spec} ({split})"
+        named = _expand(spec)
+        name = f"{spec} ({split})" if len(named) == 1 and named[0].is_dir() else spec
         return load_pair_shards(shards, image_size, skip_bad, name)
     if shards:
         return _from_labels(load_source(",".join(map(str, shards)), image_size, skip_bad))
