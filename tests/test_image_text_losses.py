@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from reprlearn.image_text_losses import clip_loss, siglip_loss
+from reprlearn.losses import clip_loss, siglip_loss  # the public names (defined in reprlearn.image_text_losses)
 
 
 def _pairs(b, d, seed, dtype=torch.float64):
