@@ -40,6 +40,7 @@ __all__ = [
     "dino_loss",
     "clip_loss",
     "siglip_loss",
+    "ibot_patch_loss",
 ]
 
 
@@ -326,6 +327,35 @@ def dino_loss(student_logits: list[Tensor], teacher_logits: list[Tensor], center
             total = total + (-(q * lp).sum(dim=-1)).mean()
             pairs += 1
     return total / pairs
+
+
+def ibot_patch_loss(student_patch_logits: Tensor, teacher_patch_logits: Tensor, mask: Tensor, center: Tensor,
+                    student_temp: float = 0.1, teacher_temp: float = 0.07) -> Tensor:
+    """iBOT's masked patch self-distillation (Zhou et al. 2022), one view.
+
+    student_patch_logits s and teacher_patch_logits t: (N, L, K), the patch tokens of the same
+    view, the student's with the tokens where ``mask`` m (N, L, bool) is True replaced by a mask
+    token, the teacher's unmasked. The teacher is centred by ``center`` c (K,) and sharpened by
+    τ_t; the student is softened by τ_s; only masked positions count, averaged per image and then
+    over the batch:
+
+        q[i, l] = softmax((t[i, l] − c) / τ_t),   log p[i, l] = log_softmax(s[i, l] / τ_s)
+        L = (1/N) Σ_i  Σ_l m[i, l] (−Σ_k q[i, l, k] log p[i, l, k])  /  max(1, Σ_l m[i, l])
+
+    (an image without masked patches adds 0). The teacher side is detached here: gradients
+    reach the student logits only.
+    """
+    if student_patch_logits.shape != teacher_patch_logits.shape or student_patch_logits.dim() != 3:
+        raise ValueError(f"ibot_patch_loss needs student and teacher logits of one shape (N, L, K); got "
+                         f"{tuple(student_patch_logits.shape)} and {tuple(teacher_patch_logits.shape)}")
+    if mask.shape != student_patch_logits.shape[:2]:
+        raise ValueError(f"ibot_patch_loss: mask {tuple(mask.shape)} does not match the tokens "
+                         f"{tuple(student_patch_logits.shape[:2])}")
+    q = F.softmax((teacher_patch_logits.detach() - center.detach()) / teacher_temp, dim=-1)
+    ce = -(q * F.log_softmax(student_patch_logits / student_temp, dim=-1)).sum(dim=-1)  # (N, L)
+    m = mask.to(ce.dtype)
+    per_image = (ce * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+    return per_image.mean()
 
 
 from .image_text_losses import clip_loss, siglip_loss  # noqa: E402,F401

@@ -5,7 +5,10 @@ from ..registry import Registry
 METHODS = Registry("method")
 
 # importing a method module registers it
-from . import ae, byol, colorization, contractive_ae, cvae, denoising_ae, dino, hvae, inpainting, jigsaw, mae, moco, robust_ae, rotation, simclr, sparse_ae, vae  # noqa: E402,F401
+from . import (  # noqa: E402,F401
+    ae, byol, clip, colorization, contractive_ae, cvae, denoising_ae, dino, hvae, ibot, inpainting, jigsaw, mae, moco,
+    robust_ae, rotation, siglip, simclr, sparse_ae, vae,
+)
 
 from .base import DataInfo, Method  # noqa: E402
 

@@ -2,7 +2,8 @@
 
 MAE and iBOT need to run the encoder on a subset of patch tokens, so besides
 ``forward`` the model exposes ``patch_embed_tokens`` (patch tokens with their
-positional embedding) and ``forward_tokens`` (cls + kept patches -> normed tokens).
+positional embedding), ``forward_tokens`` (cls + kept patches -> normed tokens) and
+``forward_masked`` (all patches, masked ones swapped for a mask token -> normed tokens).
 """
 
 from __future__ import annotations
@@ -110,6 +111,21 @@ class VisionTransformer(nn.Module):
             index = keep_idx.long().unsqueeze(-1).expand(-1, -1, self.dim)
             tokens = torch.gather(tokens, 1, index)
         return self.encode_patch_tokens(tokens)
+
+    def forward_masked(self, x: Tensor, mask: Tensor | None = None, mask_token: Tensor | None = None) -> Tensor:
+        """Encode every patch of x, the embeddings where ``mask`` (N, num_patches) is True replaced
+        by ``mask_token`` (dim,) before the positional embedding is added (as in BEiT / iBOT);
+        returns (N, 1+num_patches, dim): cls then patch tokens. No mask: the plain forward's tokens.
+        """
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)
+        if mask is not None:
+            if mask_token is None:
+                raise ValueError("forward_masked: a mask needs a mask_token")
+            if mask.shape != tokens.shape[:2]:
+                raise ValueError(f"forward_masked: mask {tuple(mask.shape)} does not match the patch grid "
+                                 f"{tuple(tokens.shape[:2])}")
+            tokens = torch.where(mask.unsqueeze(-1), mask_token.to(tokens.dtype).view(1, 1, -1), tokens)
+        return self.encode_patch_tokens(tokens + self.pos_embed[:, 1:])
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.forward_tokens(x)

@@ -1,0 +1,250 @@
+"""iBOT (Zhou et al. 2022): image BERT pre-training with an online tokenizer.
+
+DINO plus masked image modelling on the patch tokens of a ViT. A student (ViT + a class-token
+DINO head + a patch head) and an EMA teacher of the same three parts (no gradients) see two
+global views (and ``n_local`` local crops, student only, class token only):
+
+* class token: DINO's cross-view self-distillation, :func:`~reprlearn.losses.dino_loss`, with
+  its centre (EMA of the teacher's outputs) and teacher temperature;
+* patch tokens: in a ``mask_prob`` fraction of the global views, a ratio drawn uniformly from
+  [``mask_ratio_min``, ``mask_ratio_max``] of the patches is masked (``--mask-mode block``:
+  rectangles of random area and aspect ratio, as BEiT; ``random``: single patches): the
+  student's patch embeddings there are replaced by a learned mask token, the teacher sees the
+  view unmasked, and the student's patch head predicts the teacher's patch distributions at the
+  masked positions, :func:`~reprlearn.losses.ibot_patch_loss`, with a centre and a teacher
+  temperature of their own. The teacher's patch head is the "online tokenizer": it is trained
+  as part of the EMA teacher, not fixed beforehand.
+
+The loss is ``dino + patch_weight * patch``. The student's class token is the one of its masked
+global views (as in the paper). Evaluation uses the encoder alone (the ViT's ``pool``, the cls
+token by default); the heads and the mask token are dropped. iBOT needs a ViT backbone:
+``vit-micro`` by default (patch 2 on 8x8 digits, 4 on CIFAR), ``--backbone vit-tiny`` or
+``vit-small`` for larger images.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor, nn
+
+from ..augment import local_crop, multi_crop
+from ..config import option
+from ..errors import fail
+from ..losses import dino_loss, ibot_patch_loss
+from ..nets.vit import VisionTransformer
+from . import METHODS
+from .base import Method
+from .dino import DINOHead, teacher_temperature, update_center
+from .momentum import cosine_momentum, ema_update, momentum_copy
+
+BLOCK_ATTEMPTS = 16  # rectangles tried per image before the rest is masked patch by patch
+BLOCK_ASPECT = 0.3  # block aspect ratios lie in [0.3, 1/0.3] (log-uniform), as BEiT
+
+
+@dataclass
+class IBOTConfig:
+    out_dim: int = option(1024, "class-token prototypes K (the class head's output dimension)", min=2, max=1 << 20)
+    patch_out_dim: int = option(1024, "patch-token prototypes (the patch head's output dimension)", min=2,
+                                max=1 << 20)
+    head_hidden: int = option(512, "hidden width of both heads' MLPs", min=1, max=65536)
+    bottleneck_dim: int = option(64, "both heads' bottleneck (L2-normalised) dimension", min=1, max=65536)
+    head_bn: bool = option(True, "BatchNorm in the heads' MLPs (keeps small data from collapsing)")
+    n_local: int = option(2, "local crops per image (student only, class token only)", min=0, max=64)
+    student_temp: float = option(0.1, "student temperature τ_s (both losses)", above=0.0, max=10.0)
+    teacher_temp: float = option(0.04, "class-token teacher temperature τ_t after warm-up", above=0.0, max=10.0)
+    teacher_temp_start: float = option(0.04, "class-token teacher temperature at the start", above=0.0, max=10.0)
+    patch_teacher_temp: float = option(0.04, "patch-token teacher temperature after warm-up (0.07 in the paper)",
+                                       above=0.0, max=10.0)
+    patch_teacher_temp_start: float = option(0.04, "patch-token teacher temperature at the start", above=0.0,
+                                             max=10.0)
+    teacher_temp_warmup: float = option(0.3, "fraction of training over which both teacher temperatures warm up "
+                                        "(linear)", min=0.0, max=1.0)
+    center_momentum: float = option(0.9, "EMA momentum of both teacher centres", min=0.0, max=1.0)
+    ema_momentum: float = option(0.99, "base EMA momentum of the teacher (rises to 1, cosine)", min=0.0, max=1.0)
+    mask_mode: str = option("block", "masking: block (random rectangles, as BEiT) or random (single patches)",
+                            choices=("block", "random"))
+    mask_ratio_min: float = option(0.1, "smallest fraction of patches masked in a masked view", min=0.0, max=0.95)
+    mask_ratio_max: float = option(0.5, "largest fraction of patches masked in a masked view", min=0.0, max=0.95)
+    mask_prob: float = option(0.5, "fraction of global views that get masked (the others: none)", min=0.0,
+                              max=1.0)
+    patch_weight: float = option(1.0, "weight λ of the masked patch loss (loss = dino + λ·patch)", min=0.0,
+                                 max=1000.0)
+
+    def check(self) -> None:
+        if self.mask_ratio_min > self.mask_ratio_max:
+            raise fail(f"mask-ratio-min {self.mask_ratio_min} is above mask-ratio-max {self.mask_ratio_max}; "
+                       "give min <= max")
+
+
+# ---------------------------------------------------------------- masks
+
+
+def masked_counts(n: int, num_patches: int, ratio_min: float, ratio_max: float, prob: float,
+                  generator: torch.Generator | None = None) -> list[int]:
+    """How many patches to mask in each of n views: 0 for a view left unmasked (probability
+    1 − prob), else round(r · L) with r ~ U[ratio_min, ratio_max], at least 1 and at most L − 1."""
+    device = generator.device if generator is not None else "cpu"
+    u = torch.rand(n, 2, generator=generator, device=device).cpu().tolist()
+    counts = []
+    for pick, r in u:
+        if pick >= prob or ratio_max <= 0:
+            counts.append(0)
+            continue
+        k = round((ratio_min + (ratio_max - ratio_min) * r) * num_patches)
+        counts.append(min(max(k, 1), num_patches - 1))
+    return counts
+
+
+def random_patch_mask(counts: list[int], grid: int, generator: torch.Generator | None = None) -> Tensor:
+    """(N, grid*grid) bool, True = masked: ``counts[i]`` patches of view i chosen uniformly."""
+    device = generator.device if generator is not None else "cpu"
+    noise = torch.rand(len(counts), grid * grid, generator=generator, device=device)
+    rank = noise.argsort(dim=1).argsort(dim=1)
+    return rank < torch.tensor(counts, device=device).unsqueeze(1)
+
+
+def block_patch_mask(counts: list[int], grid: int, generator: torch.Generator | None = None) -> Tensor:
+    """(N, grid*grid) bool, True = masked, with exactly ``counts[i]`` patches masked in view i.
+
+    Rectangles of area a ~ U[1, still to mask] and aspect ratio log-uniform in [0.3, 1/0.3] are
+    placed at random; one is kept if it masks at least one new patch and does not overshoot.
+    After ``BLOCK_ATTEMPTS`` tries the rest is masked patch by patch at random. Every random
+    number comes from ``generator`` (drawn up front), so the same seed gives the same masks.
+    """
+    device = generator.device if generator is not None else "cpu"
+    n, length = len(counts), grid * grid
+    draws = torch.rand(n, BLOCK_ATTEMPTS, 4, generator=generator, device=device).cpu().tolist()
+    fill = torch.rand(n, length, generator=generator, device=device).cpu().tolist()
+    log_lo, log_hi = math.log(BLOCK_ASPECT), math.log(1 / BLOCK_ASPECT)
+    rows = []
+    for i, target in enumerate(counts):
+        cells = [False] * length
+        done = 0
+        for u_area, u_aspect, u_top, u_left in draws[i]:
+            todo = target - done
+            if todo <= 0:
+                break
+            area = 1 + u_area * (todo - 1)
+            aspect = math.exp(log_lo + (log_hi - log_lo) * u_aspect)
+            h = min(grid, max(1, round(math.sqrt(area * aspect))))
+            w = min(grid, max(1, round(math.sqrt(area / aspect))))
+            top, left = int(u_top * (grid - h + 1)), int(u_left * (grid - w + 1))
+            block = [(top + r) * grid + left + c for r in range(h) for c in range(w)]
+            new = [j for j in block if not cells[j]]
+            if 0 < len(new) <= todo:
+                for j in new:
+                    cells[j] = True
+                done += len(new)
+        if done < target:  # the rest one patch at a time, in the order of the fill noise
+            free = sorted((v, j) for j, v in enumerate(fill[i]) if not cells[j])
+            for _, j in free[:target - done]:
+                cells[j] = True
+        rows.append(cells)
+    return torch.tensor(rows, dtype=torch.bool, device=device).reshape(n, length)
+
+
+# ---------------------------------------------------------------- the method
+
+
+@METHODS.register("ibot")
+class IBOT(Method):
+    Config = IBOTConfig
+    # tuned for 8x8 digits on a CPU (see README); --backbone vit-tiny for larger images
+    run_defaults = {"backbone": "vit-micro", "epochs": 40, "batch_size": 256, "lr": 2e-3, "warmup_epochs": 5}
+
+    def __init__(self, config: IBOTConfig, encoder, info, view_spec):
+        vit = encoder.backbone
+        if not isinstance(vit, VisionTransformer):
+            raise fail(f"ibot needs a ViT backbone (it masks patch tokens), got {type(vit).__name__}; "
+                       "use --backbone vit-micro (or vit-tiny / vit-small)")
+        super().__init__(config, encoder, info, view_spec)
+        self.grid, self.num_patches = vit.grid, vit.num_patches
+        self.head = DINOHead(vit.dim, config.out_dim, config.head_hidden, config.bottleneck_dim,
+                             batch_norm=config.head_bn)
+        self.patch_head = DINOHead(vit.dim, config.patch_out_dim, config.head_hidden, config.bottleneck_dim,
+                                   batch_norm=config.head_bn)
+        self.mask_token = nn.Parameter(torch.zeros(vit.dim))
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        self.teacher = momentum_copy(self._online())
+        self.register_buffer("center", torch.zeros(config.out_dim))
+        self.register_buffer("patch_center", torch.zeros(config.patch_out_dim))
+        # current teacher temperatures, set after each step (buffers: they resume with the checkpoint)
+        self.register_buffer("teacher_temp_now", torch.tensor(float(config.teacher_temp_start)))
+        self.register_buffer("patch_teacher_temp_now", torch.tensor(float(config.patch_teacher_temp_start)))
+        # the ViT's positional grid is fixed: local crops keep the global size
+        self.local_spec = replace(local_crop(view_spec, info.image_size), size=view_spec.size or info.image_size)
+
+    def _online(self) -> nn.ModuleDict:
+        """The student's parts the teacher mirrors (same order, so EMA pairs them up)."""
+        return nn.ModuleDict({"encoder": self.encoder, "head": self.head, "patch_head": self.patch_head})
+
+    # ---------------------------------------------------------------- views and masks
+    def masks(self, n: int, generator: torch.Generator | None) -> Tensor:
+        """(n, num_patches) bool masks for n global views, True = masked."""
+        c = self.config
+        counts = masked_counts(n, self.num_patches, c.mask_ratio_min, c.mask_ratio_max, c.mask_prob, generator)
+        make = block_patch_mask if c.mask_mode == "block" else random_patch_mask
+        return make(counts, self.grid, generator)
+
+    def views(self, images: Tensor, generator: torch.Generator) -> tuple[list[Tensor], Tensor]:
+        """(2 global + n_local local views, masks (2N, num_patches) for the two global views)."""
+        views = multi_crop(images, self.view_spec, self.local_spec, 2, self.config.n_local, generator)
+        return views, self.masks(2 * len(images), generator)
+
+    # ---------------------------------------------------------------- the networks
+    @staticmethod
+    def _tokens(parts: nn.ModuleDict, x: Tensor, mask: Tensor | None = None,
+                mask_token: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(image token (N, dim) by the ViT's pool, patch tokens (N, L, dim))."""
+        encoder = parts["encoder"]
+        vit = encoder.backbone
+        tokens = vit.forward_masked(encoder.normalize(x), mask, mask_token)
+        patches = tokens[:, 1:]
+        return (tokens[:, 0] if vit.pool == "cls" else patches.mean(dim=1)), patches
+
+    @staticmethod
+    def _heads(parts: nn.ModuleDict, image: Tensor, patches: Tensor) -> tuple[Tensor, Tensor]:
+        n, length, dim = patches.shape
+        return parts["head"](image), parts["patch_head"](patches.reshape(n * length, dim)).reshape(n, length, -1)
+
+    def student(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Class logits (N, K) and patch logits (N, L, K_patch) of the student, patches under ``mask`` masked."""
+        parts = self._online()
+        return self._heads(parts, *self._tokens(parts, x, mask, self.mask_token))
+
+    @torch.no_grad()
+    def teacher_logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self._heads(self.teacher, *self._tokens(self.teacher, x))
+
+    # ---------------------------------------------------------------- the objective
+    def loss(self, views: tuple[list[Tensor], Tensor]) -> dict[str, Tensor]:
+        c = self.config
+        crops, mask = views
+        globals_ = torch.cat(crops[:2])
+        t_cls, t_patch = self.teacher_logits(globals_)
+        s_cls, s_patch = self.student(globals_, mask)
+        student_cls = list(s_cls.chunk(2))
+        if len(crops) > 2:  # local crops: class token only, no masks
+            local = crops[2:]
+            student_cls += list(self.head(self.encoder(torch.cat(local))).chunk(len(local)))
+        teacher_cls = list(t_cls.chunk(2))
+        dino = dino_loss(student_cls, teacher_cls, self.center, c.student_temp, float(self.teacher_temp_now))
+        patch = ibot_patch_loss(s_patch, t_patch, mask, self.patch_center, c.student_temp,
+                                float(self.patch_teacher_temp_now))
+        if self.training:
+            update_center(self.center, teacher_cls, c.center_momentum)
+            update_center(self.patch_center, [t_patch.flatten(0, 1)], c.center_momentum)
+        return {"loss": dino + c.patch_weight * patch, "dino": dino.detach(), "patch": patch.detach(),
+                "masked": mask.float().mean().detach(), "teacher_temp": self.teacher_temp_now.detach().clone()}
+
+    @torch.no_grad()
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        c = self.config
+        ema_update(self.teacher, self._online(), cosine_momentum(step, total_steps, c.ema_momentum))
+        self.teacher_temp_now.fill_(teacher_temperature(step, total_steps, c.teacher_temp_start,
+                                                        c.teacher_temp, c.teacher_temp_warmup))
+        self.patch_teacher_temp_now.fill_(teacher_temperature(step, total_steps, c.patch_teacher_temp_start,
+                                                              c.patch_teacher_temp, c.teacher_temp_warmup))
