@@ -55,7 +55,10 @@ def digits():
     return load_source("digits"), load_source("digits:test")
 
 
-@pytest.mark.parametrize("method,extra", [(m, {}) for m in METHODS.names() if m not in NEEDS_COLOUR] + [
+IMAGE_ONLY = [m for m in METHODS.names() if m not in NEEDS_COLOUR and not METHODS.get(m).paired]  # image-text: test_image_text.py
+
+
+@pytest.mark.parametrize("method,extra", [(m, {}) for m in IMAGE_ONLY] + [
     ("simclr", {"loss": "margin"}), ("simclr", {"loss": "triplet"}), ("moco", {"loss": "triplet"})])
 def test_short_training_beats_random_init(tmp_path, digits, method, extra):
     train, test = digits

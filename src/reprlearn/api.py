@@ -13,6 +13,7 @@ import torch
 
 from .config import RunConfig, build, load_yaml, save_yaml
 from .data import ImageSet, load_source, stratified_split
+from .data.pairs import PairSet
 from .errors import fail
 from .methods import METHODS, DataInfo, Method
 from .nets import create_backbone
@@ -77,6 +78,66 @@ def load_data(cfg: RunConfig) -> tuple[ImageSet, ImageSet | None]:
         return train, None
     keep, held = stratified_split(train.labels, len(train), 0.1, seed=0)
     return train.subset(keep), train.subset(held, train.name + "[held-out 10%]")
+
+
+def load_pair_data(cfg: RunConfig) -> tuple[PairSet, PairSet | None]:
+    """(training pairs, held-out pairs) for the image-text methods.
+
+    The held-out pairs are ``--eval-data``, else the source's own test split (scenes
+    draws a disjoint set; digits and cifar10 have one), else a 10% hold-out.
+    """
+    from .data.pairs import load_pairs
+
+    train = _with_probe_labels(load_pairs(cfg.data, "train", cfg.image_size, cfg.skip_bad))
+    eval_spec = cfg.eval_data
+    if eval_spec is None and cfg.data.partition(":")[0] in ("scenes", "digits", "cifar10"):
+        eval_spec = cfg.data
+    if eval_spec is not None:
+        test = _with_probe_labels(load_pairs(eval_spec, "test", cfg.image_size or train.images.image_size,
+                                             cfg.skip_bad))
+        if test.images.images.shape[1:] != train.images.images.shape[1:]:
+            raise fail(f"evaluation images are {test.images.images.shape[1:]} but training images are "
+                       f"{train.images.images.shape[1:]}; pass --image-size N")
+        return train, test
+    if len(train) < 20:
+        return train, None
+    keep, held = stratified_split(None, len(train), 0.1, seed=0)
+    return train.subset(keep), train.subset(held)
+
+
+def _with_probe_labels(pairs: PairSet) -> PairSet:
+    """scenes: label each image by the shape of its first object, so the image tower gets the
+    same kNN / linear probes as every other method's encoder."""
+    if pairs.images.labels is None and pairs.attributes and "shape" in pairs.attributes:
+        pairs.images.labels = pairs.attributes["shape"].astype(np.int64)
+        pairs.images.class_names = list(pairs.attribute_names["shape"])
+    return pairs
+
+
+def make_tokenizer(method_cfg: Any, pairs: PairSet):
+    """The user's tokenizer.json, or a byte-level BPE trained on the training captions."""
+    from .text import TextTokenizer
+
+    if method_cfg.tokenizer:
+        return TextTokenizer.load(method_cfg.tokenizer)
+    return TextTokenizer.train((c for caps in pairs.captions for c in caps), vocab_size=method_cfg.vocab_size)
+
+
+def tokenizer_info(tokenizer) -> dict:
+    return {"vocab_size": tokenizer.vocab_size, "sot_id": tokenizer.sot_id, "eot_id": tokenizer.eot_id,
+            "pad_id": tokenizer.pad_id}
+
+
+def caption_tokens(captions: list[list[str]], tokenizer, context_length: int) -> dict[str, torch.Tensor]:
+    """``tokens`` (N, M, L): every image's captions tokenised (rows past its count are padding);
+    ``caption_counts`` (N,): how many captions each image has."""
+    counts = torch.tensor([len(c) for c in captions])
+    flat = tokenizer.encode([c for caps in captions for c in caps], context_length)
+    tokens = torch.zeros(len(captions), int(counts.max()), context_length, dtype=torch.long)
+    rows = torch.repeat_interleave(torch.arange(len(captions)), counts)
+    cols = torch.cat([torch.arange(int(n)) for n in counts])
+    tokens[rows, cols] = flat
+    return {"tokens": tokens, "caption_counts": counts}
 
 
 def data_info(train: ImageSet) -> DataInfo:
@@ -153,33 +214,50 @@ def _fit(cfg: RunConfig, method_cfg: Any, run_dir: Path, resume_from: Path | Non
 
     from .engine import Checkpointing, CollapseWatch, Interrupted, KNNMonitor, TrainModule, make_trainer
 
-    train_set, eval_set = load_data(cfg)
+    train_pairs = eval_pairs = tokenizer = None
+    if METHODS.get(cfg.method).paired:
+        if cfg.exclude_class is not None:
+            raise fail(f"--exclude-class is for image-only methods; {cfg.method} trains on (image, caption) pairs")
+        train_pairs, eval_pairs = load_pair_data(cfg)
+        train_set, eval_set = train_pairs.images, eval_pairs.images if eval_pairs is not None else None
+        tokenizer = make_tokenizer(method_cfg, train_pairs)
+    else:
+        train_set, eval_set = load_data(cfg)
     info = data_info(train_set)
+    if tokenizer is not None:
+        info.text = tokenizer_info(tokenizer)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     model = build_method(cfg, method_cfg, info)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_data = dataclasses.asdict(cfg)
     save_yaml(run_dir / CONFIG_FILE, config_data)
+    if tokenizer is not None:
+        model.tokenizer = tokenizer
+        tokenizer.save(run_dir / "tokenizer.json")
     if train_set.skipped:
         (run_dir / "skipped.txt").write_text("\n".join(train_set.skipped) + "\n")
         print(f"skipped {len(train_set.skipped)} unreadable items (listed in {run_dir / 'skipped.txt'}; "
               f"first: {train_set.skipped[0]})")
     meta = {"config": config_data, "data_info": dataclasses.asdict(info), "backbone": backbone_name(cfg, info),
             "skipped_items": len(train_set.skipped)}
+    if tokenizer is not None:  # the checkpoint alone must be enough to embed new captions
+        meta["tokenizer"] = tokenizer.to_json()
     if cfg.exclude_class is not None:  # anomaly detection: learn without one class, probes still see all
         if train_set.labels is None or cfg.exclude_class not in set(train_set.labels.tolist()):
             raise fail(f"--exclude-class {cfg.exclude_class} is not a label of {train_set.name}")
         fit_set = train_set.subset(np.flatnonzero(train_set.labels != cfg.exclude_class))
     else:
         fit_set = train_set
-    labels = None
+    fields: dict[str, torch.Tensor] = {}
     if model.needs_labels:
         if train_set.labels is None:
             raise fail(f"{cfg.method} is conditioned on labels, but {train_set.name} has none; "
                        "give --data with labels (KEY.cls members, class sub-folders or an npz 'labels' array)")
-        labels = torch.from_numpy(fit_set.labels)
+        fields["labels"] = torch.from_numpy(fit_set.labels)
+    if model.paired:
+        fields.update(caption_tokens(train_pairs.captions, model.tokenizer, method_cfg.context_length))
     fit_images = fit_set.tensor()  # one host copy (N, C, H, W) shared by the module and the collapse watch
-    module = TrainModule(model, cfg, fit_images, meta, labels)
+    module = TrainModule(model, cfg, fit_images, meta, fields)
     checkpointing = Checkpointing(run_dir / "checkpoints", cfg.checkpoint_every, cfg.checkpoint_steps)
     callbacks = [checkpointing, CollapseWatch(fit_images), *extra_callbacks]
     if cfg.knn_monitor and eval_set is not None and eval_set.labels is not None and train_set.labels is not None:
@@ -213,7 +291,7 @@ def _fit(cfg: RunConfig, method_cfg: Any, run_dir: Path, resume_from: Path | Non
         checkpointing.restore_signal_handlers()
     if cfg.eval and trainer.is_global_zero and eval_set is not None:
         result = evaluate_run(run_dir, method=model, cfg=cfg, info=info, train_set=train_set,
-                              eval_set=eval_set, anomaly_class=cfg.exclude_class)
+                              eval_set=eval_set, anomaly_class=cfg.exclude_class, eval_pairs=eval_pairs)
         from .evaluate import format_table
 
         print(format_table(result))
@@ -247,6 +325,10 @@ def load_method(run_dir: str | Path) -> tuple[Method, RunConfig, DataInfo]:
     method = build_method(cfg, method_cfg, info)
     prefix = "method."
     method.load_state_dict({k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)})
+    if meta.get("tokenizer"):
+        from .text import TextTokenizer
+
+        method.tokenizer = TextTokenizer.from_json(meta["tokenizer"])
     return method.eval(), cfg, info
 
 
@@ -278,9 +360,10 @@ def evaluate_run(run_dir: str | Path, *, method: Method | None = None, cfg: RunC
                  info: DataInfo | None = None, train_set: ImageSet | None = None,
                  eval_set: ImageSet | None = None, eval_data: str | None = None,
                  labels_per_class: int | None = None, finetune: bool | None = None,
-                 anomaly_class: int | None = None, iwae_k: int = 50) -> dict:
+                 anomaly_class: int | None = None, iwae_k: int = 50, eval_pairs: PairSet | None = None) -> dict:
     """Evaluate a run with the one harness; writes eval.json, umap.png and, for
-    generative methods, reconstruction / sample / interpolation figures into the run."""
+    generative methods, reconstruction / sample / interpolation figures into the run;
+    for image-text methods also zero-shot accuracy, retrieval Recall@K and CLIP-score AUROC."""
     from .augment import augment, preset
     from .evaluate import evaluate
 
@@ -290,7 +373,11 @@ def evaluate_run(run_dir: str | Path, *, method: Method | None = None, cfg: RunC
     if eval_data:
         cfg = dataclasses.replace(cfg, eval_data=eval_data)
     if train_set is None or eval_set is None:
-        train_set, eval_set = load_data(cfg)
+        if method.paired:
+            train_pairs, eval_pairs = load_pair_data(cfg)
+            train_set, eval_set = train_pairs.images, eval_pairs.images if eval_pairs is not None else None
+        else:
+            train_set, eval_set = load_data(cfg)
         if eval_set is None:
             raise fail(f"{cfg.data} is too small to hold out evaluation images; give --data with a test set")
     per_class = labels_per_class or cfg.labels_per_class
@@ -300,9 +387,15 @@ def evaluate_run(run_dir: str | Path, *, method: Method | None = None, cfg: RunC
     if finetune if finetune is not None else cfg.finetune:
         spec = preset(cfg.augment, info.image_size, info.channels)
         views = lambda x, g: augment(x, spec, g)  # noqa: E731
-    result = evaluate(method.encoder, build_encoder(cfg, info), train_set, eval_set, labels_per_class=per_class,
-                      seed=cfg.seed, max_train=cfg.eval_max_train, finetune_views=views, run_dir=run_dir,
-                      method=cfg.method)
+    if eval_set.labels is not None or not method.paired:
+        result = evaluate(method.encoder, build_encoder(cfg, info), train_set, eval_set, labels_per_class=per_class,
+                          seed=cfg.seed, max_train=cfg.eval_max_train, finetune_views=views, run_dir=run_dir,
+                          method=cfg.method)
+    else:  # captions but no labels (e.g. Flickr8k): no probe to fit; the joint space is scored below
+        result = {"method": cfg.method, "test_images": len(eval_set),
+                  "probes": "skipped: the evaluation pairs have no class labels"}
+    if method.paired:
+        result.update(image_text_metrics(method, eval_pairs, device))
     result["labels_per_class"] = per_class
     result["eval_data"] = eval_set.name
     result["skipped_items"] = {"train": len(train_set.skipped), "eval": len(eval_set.skipped)}
@@ -310,6 +403,128 @@ def evaluate_run(run_dir: str | Path, *, method: Method | None = None, cfg: RunC
         result.update(_generative_eval(method, cfg, info, eval_set, run_dir, anomaly_class, iwae_k, device))
     (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def image_text_metrics(method: Method, pairs: PairSet, device: str, max_images: int = 5000) -> dict:
+    """Zero-shot accuracy (held-out tasks of the pairs), retrieval Recall@1/5/10 with chance,
+    and the CLIP-score AUROC on held-out pairs.
+
+    Retrieval is skipped for pairs made from class prompts (every image of a class shares
+    its captions, so 'its own caption' means nothing there).
+    """
+    from .evaluate import extract
+    from .evaluate import image_text as it
+
+    out: dict[str, Any] = {}
+    method = method.to(device).eval()
+    image_emb = torch.from_numpy(extract(method.image_tower(), pairs.images.tensor(), 512))
+    zs = zero_shot_scores(method, pairs, image_emb)
+    if zs["zeroshot_tasks"]:
+        out.update(zs)
+    if pairs.images.labels is not None and pairs.attributes is None:  # captions made from class prompts
+        return out
+    keep = min(len(pairs), max_images)
+    text_image = torch.repeat_interleave(torch.arange(keep), torch.tensor([len(c) for c in pairs.captions[:keep]]))
+    text_emb = method.embed_texts([c for caps in pairs.captions[:keep] for c in caps]).cpu()
+    sim = image_emb[:keep] @ text_emb.T
+    out.update(it.recall_at_k(sim, text_image))
+    for k in (1, 5, 10):
+        chance = it.recall_chance(text_image.numpy(), keep, k)
+        out[f"i2t_recall@{k}_chance"], out[f"t2i_recall@{k}_chance"] = chance["i2t"], chance["t2i"]
+    out["recall@5_chance"] = out["t2i_recall@5_chance"]  # one caption's own image among N: K / N
+    auroc = it.clip_score_auroc(sim, text_image)
+    out["clip_score_auroc"], out["clip_score_auroc_per_image"] = auroc["pooled"], auroc["per_image"]
+    out["retrieval_images"], out["retrieval_texts"] = keep, len(text_image)
+    return out
+
+
+def zero_shot_scores(method: Method, pairs: PairSet, image_emb: torch.Tensor, tasks: list | None = None) -> dict:
+    """Top-1/top-5 of each zero-shot task with its chance level; their means as
+    ``zeroshot_top1`` / ``zeroshot_chance`` (None when the pairs hold no task)."""
+    from .data.scenes import zero_shot_tasks
+    from .evaluate import image_text as it
+
+    result: dict[str, Any] = {"tasks": {}}
+    for task in tasks if tasks is not None else zero_shot_tasks(pairs):
+        classifier = it.zero_shot_classifier(lambda t: method.embed_texts(t).cpu(), task.prompts())
+        acc = it.zero_shot_accuracy(image_emb[torch.from_numpy(task.index)], classifier, torch.from_numpy(task.labels))
+        n_classes = len(task.class_names)
+        result["tasks"][task.name] = {**acc, "chance": 1 / n_classes, "top5_chance": min(5, n_classes) / n_classes,
+                                      "images": len(task.index), "classes": n_classes}
+    if result["tasks"]:
+        result["zeroshot_top1"] = float(np.mean([t["top1"] for t in result["tasks"].values()]))
+        result["zeroshot_chance"] = float(np.mean([t["chance"] for t in result["tasks"].values()]))
+    else:
+        result["zeroshot_top1"] = result["zeroshot_chance"] = None
+    return {("zeroshot_tasks" if k == "tasks" else k): v for k, v in result.items()}
+
+
+def zeroshot(run_dir: str | Path, data: str | None = None, classes: str | list[str] | None = None,
+             templates: list[str] | None = None) -> dict:
+    """Zero-shot classification of ``data`` (default: the run's held-out pairs) with an image-text run.
+
+    ``classes``: names in label order, as a list, a comma list or a file with one per line
+    (default: the source's own class names). ``templates``: prompts with ``{}`` for the name.
+    """
+    from .data.pairs import PROMPT_TEMPLATES, load_pairs
+    from .evaluate import extract
+
+    method, cfg, info = load_method(run_dir)
+    if not method.paired:
+        raise fail(f"{run_dir} is a {cfg.method} run; zero-shot needs an image-text run (clip or siglip)")
+    if data is None:
+        pairs = load_pair_data(cfg)[1]
+        if pairs is None:
+            raise fail(f"{cfg.data} has no held-out pairs; give --data with labelled images")
+    else:
+        pairs = load_pairs(data, "test", info.image_size)
+    if pairs.images.images.shape[1:] != (info.image_size, info.image_size, info.channels):
+        raise fail(f"{data} images are {pairs.images.images.shape[1:]} but the run was trained on "
+                   f"{(info.image_size, info.image_size, info.channels)}; pass a source of that shape")
+    tasks = None
+    if classes is not None or templates:
+        names = _class_list(classes) if classes is not None else pairs.images.class_names
+        labels = pairs.images.labels
+        if labels is None or not names:
+            raise fail(f"{pairs.name} has no class labels; zero-shot with --classes needs labelled images "
+                       "(KEY.cls members, class sub-folders, digits, cifar10)")
+        if labels.max() >= len(names):
+            raise fail(f"{pairs.name} has labels up to {labels.max()} but only {len(names)} class names were given")
+        chosen = templates or PROMPT_TEMPLATES
+        for t in chosen:
+            if "{}" not in t:
+                raise fail(f"prompt template {t!r} has no {{}} for the class name")
+        tasks = [_PromptTask("class", np.arange(len(labels)), labels, list(names), list(chosen))]
+    method = method.to("cpu")
+    image_emb = torch.from_numpy(extract(method.image_tower(), pairs.images.tensor(), 512))
+    result = zero_shot_scores(method, pairs, image_emb, tasks)
+    if not result["zeroshot_tasks"]:
+        raise fail(f"{pairs.name} holds no zero-shot task (no labels); give --data with labelled images and --classes")
+    return {"tasks": result["zeroshot_tasks"], "zeroshot_top1": result["zeroshot_top1"],
+            "zeroshot_chance": result["zeroshot_chance"]}
+
+
+class _PromptTask:
+    """A zero-shot task with the user's class names and templates (same shape as scenes.ZeroShotTask)."""
+
+    def __init__(self, name, index, labels, class_names, templates):
+        self.name, self.index, self.labels, self.class_names, self.templates = name, index, labels, class_names, templates
+
+    def prompts(self) -> list[list[str]]:
+        return [[t.format(c) for t in self.templates] for c in self.class_names]
+
+
+def _class_list(classes: str | list[str]) -> list[str]:
+    if isinstance(classes, (list, tuple)):
+        names = [str(c).strip() for c in classes]
+    elif Path(classes).is_file():
+        names = [line.strip() for line in Path(classes).read_text().splitlines() if line.strip()]
+    else:
+        names = [c.strip() for c in str(classes).split(",")]
+    if not names or not all(names):
+        raise fail(f"--classes {classes!r} names no classes (or has an empty one); give a file with one name "
+                   "per line or a comma list")
+    return names
 
 
 def _generative_eval(method: Method, cfg: RunConfig, info: DataInfo, eval_set: ImageSet, run_dir: Path,

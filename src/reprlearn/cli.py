@@ -5,6 +5,8 @@
     reprlearn embed RUN_DIR --data SOURCE --out FILE.npy
     reprlearn sample RUN_DIR [--n 64] [--class C] --out FILE.png
     reprlearn reconstruct RUN_DIR --data SOURCE --out FILE.png
+    reprlearn zeroshot RUN_DIR --data SOURCE [--classes FILE_OR_LIST]   zero-shot classification (clip, siglip)
+    reprlearn search RUN_DIR --index SOURCE --query TEXT [--query-image PATH] [--k 8] [--out SHEET.png]
     reprlearn methods                    list the registered methods
 """
 
@@ -146,6 +148,50 @@ def _cmd_reconstruct(argv: list[str]) -> int:
     return 0
 
 
+def _cmd_zeroshot(argv: list[str]) -> int:
+    from .api import zeroshot
+
+    p = _Parser(prog="reprlearn zeroshot", description="Zero-shot classification with an image-text run: each "
+                "class's prompts are embedded by the text tower and every image gets the closest class.")
+    p.add_argument("run_dir")
+    p.add_argument("--data", help="labelled images (default: the run's held-out data; on scenes the shape and "
+                   "colour tasks of single-object images)")
+    p.add_argument("--classes", help="class names in label order: a file (one per line) or a comma list "
+                   "(default: the source's classes.txt / class names)")
+    p.add_argument("--template", action="append", dest="templates", metavar="TEXT",
+                   help="a prompt template with {} for the class name (repeatable; default: the built-in set)")
+    a = p.parse_args(argv)
+    result = zeroshot(a.run_dir, data=a.data, classes=a.classes, templates=a.templates)
+    for name, task in result["tasks"].items():
+        print(f"{name:12s} top1 {task['top1']:.3f}  top5 {task['top5']:.3f}  chance {task['chance']:.3f}  "
+              f"({task['images']} images, {task['classes']} classes)")
+    print(f"{'mean':12s} top1 {result['zeroshot_top1']:.3f}  chance {result['zeroshot_chance']:.3f}")
+    return 0
+
+
+def _cmd_search(argv: list[str]) -> int:
+    from .search import contact_sheet, search
+
+    p = _Parser(prog="reprlearn search", description="Semantic search: the images of --index closest to a text "
+                "or image query, from a FAISS index saved in RUN_DIR/search/ and reused.")
+    p.add_argument("run_dir")
+    p.add_argument("--index", required=True, metavar="SOURCE", help="images to search (any data source)")
+    p.add_argument("--query", action="append", default=[], metavar="TEXT", help="a text query (repeatable)")
+    p.add_argument("--query-image", action="append", default=[], metavar="PATH", help="an image query (repeatable)")
+    p.add_argument("--k", type=int, default=8, help="results per query (default 8)")
+    p.add_argument("--out", metavar="SHEET.png", help="also draw the results as a contact sheet")
+    a = p.parse_args(argv)
+    hits, images = search(a.run_dir, a.index, a.query, a.query_image, k=a.k)
+    titles = [*a.query, *a.query_image]
+    for title, row in zip(titles, hits):
+        print(f"query: {title}")
+        for h in row:
+            print(f"  {h.rank:3d}. item {h.index:6d}  score {h.score:.3f}" + (f"  {h.caption}" if h.caption else ""))
+    if a.out:
+        print(f"wrote {contact_sheet(titles, hits, images, a.out)}")
+    return 0
+
+
 def _cmd_methods(argv: list[str]) -> int:
     from .methods import METHODS
 
@@ -156,7 +202,8 @@ def _cmd_methods(argv: list[str]) -> int:
 
 
 COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "embed": _cmd_embed, "sample": _cmd_sample,
-            "reconstruct": _cmd_reconstruct, "methods": _cmd_methods}
+            "reconstruct": _cmd_reconstruct, "zeroshot": _cmd_zeroshot, "search": _cmd_search,
+            "methods": _cmd_methods}
 
 
 def _quiet_libraries() -> None:

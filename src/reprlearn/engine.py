@@ -96,15 +96,17 @@ class ResumableLoader(DataLoader):
 
 class TrainModule(L.LightningModule):
     def __init__(self, method: Method, cfg: RunConfig, images: torch.Tensor, meta: dict,
-                 labels: torch.Tensor | None = None):
+                 fields: dict[str, torch.Tensor] | None = None):
         super().__init__()
         self.method = method
         self.cfg = cfg
         self.meta = meta  # saved in every checkpoint: config, data info
         self._images_cpu = images  # uint8 (N, C, H, W); moved to the device in setup
-        self._labels_cpu = labels  # int64 (N,) for conditional methods, else None
+        # per-image tensors a method asks for besides the images (labels for cvae; caption
+        # tokens for clip/siglip), indexed like the images and passed to views() by name
+        self._fields_cpu = dict(fields or {})
         self.images: torch.Tensor | None = None
-        self.labels: torch.Tensor | None = None
+        self.fields: dict[str, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ data
     def setup(self, stage: str) -> None:
@@ -114,7 +116,7 @@ class TrainModule(L.LightningModule):
         device = self.device if self.device.type != "meta" else torch.device("cpu")
         if self.images is None or self.images.device != device:
             self.images = self._images_cpu.to(device)
-            self.labels = None if self._labels_cpu is None else self._labels_cpu.to(device)
+            self.fields = {name: value.to(device) for name, value in self._fields_cpu.items()}
 
     def per_device_batch(self) -> int:
         world = self.trainer.world_size if self._trainer is not None else 1
@@ -143,10 +145,8 @@ class TrainModule(L.LightningModule):
         (index,) = batch
         # counted here, not in on_train_batch_end: callbacks (which write checkpoints) run before that hook
         self.loader.trained_in_epoch += 1
-        if self.method.needs_labels:
-            views = self.method.views(self.images[index], self._generator(), self.labels[index])
-        else:
-            views = self.method.views(self.images[index], self._generator())
+        views = self.method.views(self.images[index], self._generator(),
+                                  **{name: value[index] for name, value in self.fields.items()})
         terms = self.method.loss(views)
         total = terms["loss"]
         for name, value in terms.items():

@@ -103,4 +103,26 @@ def format_table(result: dict) -> str:
     for m in rows:
         cells = [result[m]] + [result["baselines"][b].get(m) for b in columns[1:]]
         lines.append(m.ljust(18) + "".join(("-" if v is None else f"{v:.4f}").rjust(width) for v in cells))
+    if "probes" in result:
+        lines.append(f"probes: {result['probes']}")
+    lines += _image_text_lines(result)
     return "\n".join(lines)
+
+
+def _image_text_lines(result: dict) -> list[str]:
+    """Zero-shot and retrieval rows of image-text runs, each beside its chance level."""
+    lines = []
+    for name, task in (result.get("zeroshot_tasks") or {}).items():
+        lines.append(f"zeroshot {name:<9s} top1 {task['top1']:.4f}  top5 {task['top5']:.4f}  "
+                     f"(chance {task['chance']:.4f} / {task['top5_chance']:.4f}, {task['images']} images)")
+    if result.get("zeroshot_top1") is not None:
+        lines.append(f"zeroshot_top1      {result['zeroshot_top1']:.4f}  (chance {result['zeroshot_chance']:.4f})")
+    for direction in ("i2t", "t2i"):
+        if f"{direction}_recall@1" in result:
+            cells = "  ".join(f"R@{k} {result[f'{direction}_recall@{k}']:.4f} "
+                              f"(chance {result[f'{direction}_recall@{k}_chance']:.4f})" for k in (1, 5, 10))
+            lines.append(f"{direction}_recall  {cells}")
+    if "clip_score_auroc" in result:
+        lines.append(f"clip_score_auroc   {result['clip_score_auroc']:.4f} pooled, "
+                     f"{result['clip_score_auroc_per_image']:.4f} per image (chance 0.5)")
+    return lines

@@ -28,14 +28,19 @@ class DataInfo:
     num_classes: int
     mean: list[float]
     std: list[float]
+    # image-text methods: the tokenizer's sizes {"vocab_size", "sot_id", "eot_id", "pad_id"}
+    text: dict | None = None
 
 
 class Method(nn.Module):
     Config: ClassVar[type]
     # run options this method trains best with by default (the user's flags still win)
     run_defaults: ClassVar[dict] = {}
-    # conditional methods (cvae) get the batch's labels: views(images, generator, labels)
+    # conditional methods (cvae) get the batch's labels: views(images, generator, labels=...)
     needs_labels: ClassVar[bool] = False
+    # image-text methods (clip, siglip) train on (image, caption) pairs and get the batch's
+    # captions: views(images, generator, tokens=..., caption_counts=...)
+    paired: ClassVar[bool] = False
 
     def __init__(self, config: Any, encoder: Encoder, info: DataInfo, view_spec: ViewSpec):
         super().__init__()

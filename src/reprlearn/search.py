@@ -1,0 +1,165 @@
+"""Semantic search over a folder/shard/set of images with a trained image-text run.
+
+The images of ``--index SOURCE`` are embedded once by the run's image tower and kept
+in a FAISS inner-product index (unit embeddings, so the score is the cosine
+similarity): exact (``IndexFlatIP``) up to ``EXACT_LIMIT`` items, an inverted-file
+index (``IndexIVFFlat``, approximate, ``nprobe`` lists searched) beyond. The index is
+saved under ``RUN_DIR/search/`` keyed by the source and the checkpoint, and reused by
+the next query.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import fail
+
+EXACT_LIMIT = 50_000  # below this an exact search is fast enough (a 50k x 128 matmul per query)
+
+
+@dataclass
+class Hit:
+    rank: int
+    index: int  # position of the item in the index source
+    score: float  # cosine similarity of query and item
+    caption: str | None = None  # the item's first caption, when the source has captions
+
+
+def build_index(embeddings: np.ndarray, exact_limit: int = EXACT_LIMIT, nprobe: int = 16):
+    """A FAISS inner-product index of (N, D) unit embeddings: exact when small, IVF when large."""
+    import faiss
+
+    x = np.ascontiguousarray(embeddings, dtype=np.float32)
+    n, d = x.shape
+    if n <= exact_limit:
+        index = faiss.IndexFlatIP(d)
+    else:
+        nlist = int(4 * np.sqrt(n))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(x)
+        index.nprobe = nprobe
+    index.add(x)
+    return index
+
+
+def query_index(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, ids), each (Q, k), best first."""
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    return index.search(q, min(k, index.ntotal))
+
+
+def _atomic_write_index(index, path: Path) -> None:
+    import faiss
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        faiss.write_index(index, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def index_key(run_dir: Path, spec: str) -> str:
+    """Changes when the source spec or the checkpoint changes (a retrained run re-embeds)."""
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    st = ckpt.stat()
+    return hashlib.sha1(json.dumps([spec, st.st_size, st.st_mtime_ns]).encode()).hexdigest()[:16]
+
+
+def search(run_dir: str | Path, index_source: str, queries: list[str] | None = None,
+           query_images: list[str] | None = None, k: int = 8) -> tuple[list[list[Hit]], np.ndarray]:
+    """Top-``k`` items of ``index_source`` for each text query and each query image.
+
+    Returns one list of hits per query (texts first, then images) and the index source's
+    uint8 images (N, H, W, C) for drawing results.
+    """
+    from .api import load_method
+    from .data.decode import BadItem, decode_image
+    from .data.pairs import is_pair_source, load_pairs
+    from .data.sources import load_source
+    from .evaluate import extract
+
+    queries, query_images = list(queries or []), list(query_images or [])
+    if not queries and not query_images:
+        raise fail("nothing to search for; give --query TEXT or --query-image PATH")
+    if k < 1:
+        raise fail(f"--k must be at least 1, got {k}")
+    run_dir = Path(run_dir)
+    method, cfg, info = load_method(run_dir)
+    if not getattr(method, "paired", False):
+        raise fail(f"{run_dir} is a {cfg.method} run; search needs an image-text run (clip or siglip)")
+    captions = None
+    if is_pair_source(index_source):
+        pairs = load_pairs(index_source, split="test", image_size=info.image_size)
+        images, captions = pairs.images, pairs.first_captions()
+    else:
+        images = load_source(index_source, info.image_size)
+    if images.images.shape[1:] != (info.image_size, info.image_size, info.channels):
+        raise fail(f"{index_source} images are {images.images.shape[1:]} but the run was trained on "
+                   f"{(info.image_size, info.image_size, info.channels)}; pass a source of that shape")
+    path = run_dir / "search" / f"{index_key(run_dir, index_source)}.faiss"
+    import faiss
+
+    if path.is_file():
+        index = faiss.read_index(str(path))
+    else:
+        emb = extract(method.image_tower(), images.tensor(), 512)
+        index = build_index(emb)
+        _atomic_write_index(index, path)
+    query_emb = []
+    if queries:
+        query_emb.append(method.embed_texts(queries).cpu().numpy())
+    for p in query_images:
+        try:
+            img = decode_image(Path(p).read_bytes(), p, info.image_size)
+        except FileNotFoundError:
+            raise fail(f"query image {p} does not exist") from None
+        except BadItem as e:
+            raise fail(str(e)) from None
+        if img.shape[-1] != info.channels:
+            img = np.repeat(img, 3, -1) if info.channels == 3 else img.mean(-1, keepdims=True).astype(np.uint8)
+        x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
+        with torch.no_grad():
+            query_emb.append(method.encode_image(x).cpu().numpy())
+    scores, ids = query_index(index, np.concatenate(query_emb), k)
+    hits = [[Hit(r + 1, int(i), float(s), captions[int(i)] if captions else None)
+             for r, (s, i) in enumerate(zip(row_s, row_i)) if i >= 0] for row_s, row_i in zip(scores, ids)]
+    return hits, images.images
+
+
+def contact_sheet(titles: list[str], hits: list[list[Hit]], images: np.ndarray, path: str | Path) -> Path:
+    """A PNG with one row per query: its top hits with their scores."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = max(len(h) for h in hits)
+    fig, axes = plt.subplots(len(hits), cols, figsize=(1.6 * cols, 1.9 * len(hits)), squeeze=False)
+    for row, (title, row_hits) in enumerate(zip(titles, hits)):
+        for col in range(cols):
+            ax = axes[row, col]
+            ax.axis("off")
+            if col < len(row_hits):
+                img = images[row_hits[col].index]
+                ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None)
+                ax.set_title(f"{row_hits[col].score:.2f}", fontsize=7)
+        axes[row, 0].text(-0.1, 0.5, title, transform=axes[row, 0].transAxes, ha="right", va="center", fontsize=8,
+                          wrap=True)
+    fig.subplots_adjust(left=0.22, wspace=0.05, hspace=0.35)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
