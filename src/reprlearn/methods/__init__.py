@@ -6,7 +6,7 @@ METHODS = Registry("method")
 
 # importing a method module registers it
 from . import (  # noqa: E402,F401
-    ae, byol, clip, colorization, contractive_ae, cvae, denoising_ae, dino, hvae, inpainting, jigsaw, mae, moco,
+    ae, byol, clip, colorization, contractive_ae, cvae, denoising_ae, dino, hvae, ibot, inpainting, jigsaw, mae, moco,
     robust_ae, rotation, siglip, simclr, sparse_ae, vae,
 )
 
