@@ -52,7 +52,8 @@ class IBOTConfig:
     head_hidden: int = option(512, "hidden width of both heads' MLPs", min=1, max=65536)
     bottleneck_dim: int = option(64, "both heads' bottleneck (L2-normalised) dimension", min=1, max=65536)
     head_bn: bool = option(True, "BatchNorm in the heads' MLPs (keeps small data from collapsing)")
-    n_local: int = option(2, "local crops per image (student only, class token only)", min=0, max=64)
+    n_local: int = option(0, "local crops per image (student only, class token only; each costs as much as a "
+                          "global view, as the ViT's positional grid keeps them at the global size)", min=0, max=64)
     student_temp: float = option(0.1, "student temperature τ_s (both losses)", above=0.0, max=10.0)
     teacher_temp: float = option(0.04, "class-token teacher temperature τ_t after warm-up", above=0.0, max=10.0)
     teacher_temp_start: float = option(0.04, "class-token teacher temperature at the start", above=0.0, max=10.0)
@@ -153,7 +154,7 @@ def block_patch_mask(counts: list[int], grid: int, generator: torch.Generator | 
 class IBOT(Method):
     Config = IBOTConfig
     # tuned for 8x8 digits on a CPU (see README); --backbone vit-tiny for larger images
-    run_defaults = {"backbone": "vit-micro", "epochs": 40, "batch_size": 256, "lr": 2e-3, "warmup_epochs": 5}
+    run_defaults = {"backbone": "vit-micro", "epochs": 12, "batch_size": 256, "lr": 5e-4, "warmup_epochs": 5}
 
     def __init__(self, config: IBOTConfig, encoder, info, view_spec):
         vit = encoder.backbone
