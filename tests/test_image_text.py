@@ -192,3 +192,19 @@ def test_image_only_run_is_refused_by_zeroshot_and_search(tmp_path):
         zeroshot(run)
     with pytest.raises(ReprlearnError, match="needs an image-text run"):
         search(run, "digits", ["a digit"])
+
+
+@pytest.mark.parametrize("method", ["clip", "siglip"])
+def test_short_training_on_scenes_beats_chance_in_zero_shot_and_retrieval(tmp_path, method):
+    from reprlearn.api import image_text_metrics, load_pair_data
+
+    run = reprlearn.train(method, out=tmp_path / "run", data="scenes:n=1200,test_n=500", epochs=10, batch_size=128,
+                          text_width=64, text_layers=1, embed_dim=64, eval=False, progress=False)
+    trained, cfg, _ = load_method(run)
+    held_out = load_pair_data(cfg)[1]
+    got = image_text_metrics(trained, held_out, "cpu")
+    print(method, {k: round(v, 3) for k, v in got.items() if isinstance(v, float)})
+    assert got["zeroshot_top1"] > got["zeroshot_chance"] + 0.2
+    for direction in ("i2t", "t2i"):
+        assert got[f"{direction}_recall@5"] > 10 * got[f"{direction}_recall@5_chance"]
+    assert got["clip_score_auroc"] > 0.9
