@@ -35,8 +35,9 @@ class ImageTextConfig:
                                  min=4, max=4096)
     vocab_size: int = option(4096, "byte-level BPE vocabulary trained on the training captions", min=300, max=1 << 20)
     tokenizer: str | None = option(None, "a Hugging Face tokenizer.json to use instead of training one")
-    text_width: int = option(128, "text transformer width", min=8, max=65536)
-    text_layers: int = option(3, "text transformer layers", min=1, max=256)
+    text_width: int = option(64, "text transformer width (small by default: scenes' captions use ~400 tokens; "
+                             "real captions such as Flickr8k's want 128 or more)", min=8, max=65536)
+    text_layers: int = option(2, "text transformer layers", min=1, max=256)
     text_heads: int = option(4, "text transformer attention heads", min=1, max=256)
     image_aug: str = option("none", "image views: none, or crop (random resized crop of 60-100% of the area; no flips "
                             "or colour changes, which would contradict captions such as 'red' or 'left of')",
