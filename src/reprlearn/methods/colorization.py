@@ -3,7 +3,13 @@
 Every RGB image is split into luma and chroma with the YUV transform (:func:`rgb_to_yuv`):
 the encoder sees the luma Y replicated to three channels (so the backbone is the ordinary
 RGB one and ``self.encoder`` evaluates colour images unchanged), and a decoder
-(``build_decoder`` from the backbone's features) predicts the chroma (U, V) of every pixel:
+(``build_decoder`` from the backbone's features) predicts the chroma (U, V) on a coarse
+``chroma-size`` x ``chroma-size`` grid: the target is the chroma average-pooled to that grid
+(chroma varies slowly; Zhang et al. also predict it at a quarter of the resolution). The coarse
+grid keeps the decoder a small MLP: a transposed-conv decoder up to 32x32 cost about seven times
+the small CNN encoder's compute and learnt less (README). The decoder reads the pooled features,
+the ones evaluated; a per-location decoder on the feature map before the pool was tried and
+gave worse features (local colour cues rather than image-level ones).
 
 * ``--target l2``: regression of U and V, mean squared error;
 * ``--target classes``: each of U and V is quantised into ``num-bins`` equal bins over its
@@ -38,6 +44,8 @@ class ColorizationConfig:
     target: str = option("l2", "chroma target: l2 regression of (U, V) or per-pixel classes of quantised (U, V)",
                          choices=("l2", "classes"))
     num_bins: int = option(8, "bins per chroma axis for --target classes (num-bins² classes)", min=2, max=64)
+    chroma_size: int = option(8, "side of the predicted chroma grid (the target chroma is average-pooled to it; "
+                              "at most the image side)", min=1, max=1024)
 
 
 def rgb_to_yuv(x: Tensor) -> Tensor:
@@ -62,7 +70,7 @@ def chroma_classes(uv: Tensor, num_bins: int) -> Tensor:
 @METHODS.register("colorization")
 class Colorization(Method):
     Config = ColorizationConfig
-    run_defaults = {"epochs": 3, "warmup_epochs": 0}
+    run_defaults = {"epochs": 4, "warmup_epochs": 0}
 
     def __init__(self, config, encoder, info, view_spec):
         if info.channels != 3:
@@ -70,18 +78,21 @@ class Colorization(Method):
                        f"{'s' if info.channels != 1 else ''} (grayscale); give --data with RGB images, e.g. cifar10")
         super().__init__(config, encoder, info, view_spec)
         out = 2 if config.target == "l2" else config.num_bins ** 2
-        self.decoder = build_decoder(encoder.feature_dim, out, info.image_size)
+        self.chroma_size = min(config.chroma_size, info.image_size)
+        self.decoder = build_decoder(encoder.feature_dim, out, self.chroma_size)
 
     def views(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         x = images.float() / 255
         flip = torch.rand(len(x), generator=generator, device=x.device) < 0.5
         x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
         yuv = rgb_to_yuv(x)
-        target = yuv[:, 1:] if self.config.target == "l2" else chroma_classes(yuv[:, 1:], self.config.num_bins)
+        uv = F.adaptive_avg_pool2d(yuv[:, 1:], self.chroma_size)
+        target = uv if self.config.target == "l2" else chroma_classes(uv, self.config.num_bins)
         return yuv[:, :1].expand(-1, 3, -1, -1).contiguous(), target
 
     def predict(self, gray: Tensor) -> Tensor:
-        """Grey input (N, 3, H, W) -> chroma (N, 2, H, W) for l2, class logits (N, bins², H, W) for classes."""
+        """Grey input (N, 3, H, W) -> chroma (N, 2, S, S) for l2, class logits (N, bins², S, S) for classes,
+        S = ``chroma_size``."""
         return self.decoder(self.encoder(gray))
 
     def loss(self, views):
