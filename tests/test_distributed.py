@@ -78,3 +78,23 @@ def test_cli_trains_with_two_ddp_processes(tmp_path):
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 1438 // 128  # 11 steps of a 128 global batch: 64 per rank
     assert reprlearn.embed(out, "digits:test").shape[0] == 359
+
+
+def test_cli_trains_siglip_with_two_ddp_processes(tmp_path):
+    """The ring exchange of SigLIP's distributed loss inside Lightning's DDP: two CPU ranks train
+    on scenes, every step passes caption embeddings between them, and the run loads."""
+    import subprocess
+    import sys
+
+    from reprlearn.api import load_method
+
+    out = tmp_path / "ddp-siglip"
+    proc = subprocess.run([sys.executable, "-m", "reprlearn.cli", "train", "siglip", "--data", "scenes:n=256",
+                           "--devices", "2", "--strategy", "ddp", "--accelerator", "cpu", "--epochs", "1",
+                           "--batch-size", "64", "--text-width", "32", "--text-layers", "1", "--no-eval",
+                           "--no-progress", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 256 // 64
+    method, _, _ = load_method(out)
+    assert method.embed_texts(["a red circle."]).shape == (1, method.config.embed_dim)
