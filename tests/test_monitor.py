@@ -1,5 +1,6 @@
 """Collapse metrics on collapsed and healthy embeddings, and the warning in a real run."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -41,3 +42,19 @@ def test_collapse_metrics_logged_during_training(tmp_path):
     run = reprlearn.train("simclr", out=tmp_path / "r", epochs=2, batch_size=128, eval=False, progress=False)
     header = (run / "logs" / "metrics.csv").read_text().splitlines()[0]
     assert "collapse/embedding_std" in header and "collapse/effective_rank" in header
+
+
+def test_umap_figure_leaves_torch_thread_count_alone(tmp_path):
+    # numba (UMAP) shares torch's OpenMP runtime and used to raise its thread count to all cores
+    import torch
+
+    from reprlearn.evaluate.figures import umap_plot
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        x = np.random.default_rng(0).random((200, 8)).astype(np.float32)
+        umap_plot(x, np.arange(200) % 4, ["a", "b", "c", "d"], tmp_path / "u.png")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

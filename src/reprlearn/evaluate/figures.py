@@ -16,7 +16,16 @@ def umap_plot(features: np.ndarray, labels: np.ndarray, class_names: list[str], 
     import matplotlib.pyplot as plt
     import umap
 
-    xy = umap.UMAP(n_components=2, metric="cosine", random_state=seed, n_jobs=1).fit_transform(features)
+    import torch
+
+    # numba's OpenMP layer (UMAP, pynndescent) shares torch's libgomp and sets its thread count
+    # to all cores; put torch's back, or a later training step in this process (tests, notebooks)
+    # runs with more threads than asked for, slower on a shared machine and with other rounding
+    threads = torch.get_num_threads()
+    try:
+        xy = umap.UMAP(n_components=2, metric="cosine", random_state=seed, n_jobs=1).fit_transform(features)
+    finally:
+        torch.set_num_threads(threads)
     fig, ax = plt.subplots(figsize=(6.5, 5.5), dpi=110)
     cmap = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20")
     for c, name in enumerate(class_names):
