@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from reprlearn.monitor import collapse_report, effective_rank, embedding_std
+from reprlearn.monitor import collapse_report, effective_rank, embedding_std, relative_floors
 
 
 def test_healthy_embedding_is_spread_and_full_rank():
@@ -58,3 +58,32 @@ def test_umap_figure_leaves_torch_thread_count_alone(tmp_path):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_floors_follow_an_init_that_is_already_narrow():
+    # a random ViT's tokens: one large shared component plus small per-image parts (std ~0.1)
+    g = torch.Generator().manual_seed(3)
+    common = torch.randn(1, 64, generator=g)
+    init = common + 0.012 * torch.randn(2048, 64, generator=g)
+    start, _ = collapse_report(init)
+    assert start["embedding_std"] < 0.1 and collapse_report(init)[1] is not None  # fixed floors: a false alarm
+    floors = relative_floors(start)
+    assert floors[0] == pytest.approx(0.5 * start["embedding_std"]) and floors[1] == 2.0
+    assert collapse_report(init, *floors)[1] is None  # training starts healthy by its own measure
+    shrunk = common + 0.004 * torch.randn(2048, 64, generator=g)  # a third of the start's spread
+    assert "collapsed" in collapse_report(shrunk, *floors)[1]
+    # a healthy init keeps the usual floors
+    assert relative_floors(collapse_report(torch.randn(2048, 64, generator=g))[0]) == (0.1, 2.0)
+
+
+def test_collapse_floors_are_kept_in_the_checkpoint(tmp_path):
+    import reprlearn
+    from reprlearn.engine import CollapseWatch
+
+    run = reprlearn.train("simclr", out=tmp_path / "r", epochs=1, batch_size=128, eval=False, progress=False)
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    (state,) = [v for k, v in ckpt["callbacks"].items() if "CollapseWatch" in k]
+    assert state["floors"] is not None and 0 < state["floors"][0] <= 0.1
+    watch = CollapseWatch(torch.zeros(4, 1, 8, 8, dtype=torch.uint8))
+    watch.load_state_dict(state)
+    assert watch.floors == tuple(state["floors"])

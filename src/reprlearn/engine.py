@@ -362,20 +362,40 @@ class KNNMonitor(L.Callback):
 
 class CollapseWatch(L.Callback):
     """Logs collapse metrics of the encoder features on a fixed sample after every epoch and
-    warns once per run when they fall below their floors (see monitor.py)."""
+    warns once per run when they fall below their floors (see monitor.py). The floors are
+    lowered to half the values of the weights training started from where those are already
+    low (a random ViT), and kept in the checkpoint so a resumed run judges by the same start."""
 
     def __init__(self, images: torch.Tensor, sample: int = 1024):
         self.images = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:sample]]
         self.warned = False
+        self.floors: tuple[float, float] | None = None
+
+    def _metrics(self, pl_module):
+        from .evaluate import extract
+        from .monitor import collapse_report
+
+        z = torch.from_numpy(extract(pl_module.method.encoder, self.images))
+        return collapse_report(z, *(self.floors or ()))
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        from .monitor import relative_floors
+
+        if self.floors is None and trainer.is_global_zero:
+            self.floors = relative_floors(self._metrics(pl_module)[0])
+
+    def state_dict(self) -> dict:
+        return {"floors": list(self.floors) if self.floors else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.floors = tuple(state["floors"]) if state.get("floors") else None
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        from .evaluate import extract
-        from .monitor import collapse_report, warn_collapse
+        from .monitor import warn_collapse
 
         if not trainer.is_global_zero:
             return
-        z = torch.from_numpy(extract(pl_module.method.encoder, self.images))
-        metrics, warning = collapse_report(z)
+        metrics, warning = self._metrics(pl_module)
         pl_module.log_dict({f"collapse/{k}": v for k, v in metrics.items()}, rank_zero_only=True)
         if warning and not self.warned:
             self.warned = True

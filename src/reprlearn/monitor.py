@@ -43,5 +43,18 @@ def collapse_report(z: torch.Tensor, std_floor: float = 0.1, rank_floor: float =
     return metrics, None
 
 
+def relative_floors(initial: dict, std_floor: float = 0.1, rank_floor: float = 2.0,
+                    fraction: float = 0.5) -> tuple[float, float]:
+    """Floors that a network's own random init does not already fail.
+
+    A random ViT's class tokens share a large common component (embedding std about 0.1
+    at init), so the fixed floors would call every ViT run collapsed from epoch 1. The
+    floors are lowered to ``fraction`` of the initial values where those are already low:
+    collapse then means falling well below where training started.
+    """
+    return (min(std_floor, fraction * initial["embedding_std"]),
+            min(rank_floor, fraction * initial["effective_rank"]))
+
+
 def warn_collapse(message: str) -> None:
     warnings.warn(message, RuntimeWarning, stacklevel=2)
