@@ -34,7 +34,6 @@ import re
 import tarfile
 import tempfile
 import zlib
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -43,9 +42,9 @@ import numpy as np
 
 from ..errors import ReprlearnError, fail
 from .cache import cache_dir, content_key
-from .decode import BadItem, Collector, decode_image, parse_label
+from .decode import BadItem, Collector, decode_image
 from .imageset import ImageSet
-from .sources import SHARD_SUFFIXES, _class_names, _expand, _file_digest, load_source
+from .sources import SHARD_SUFFIXES, _class_names, _expand, _file_digest, decode_shards, load_source
 
 PROMPT_TEMPLATES = [
     "a photo of a {}.",
@@ -59,7 +58,6 @@ DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "e
 IMAGE_COLUMNS = ("image", "image_path", "filepath", "file_path", "filename", "file", "path", "img")
 CAPTION_COLUMNS = ("caption", "text", "title", "sentence", "description")
 PAIRS_CACHE_VERSION = 1  # bump when pair decoding changes
-_IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp", "bmp")
 
 
 @dataclass
@@ -394,19 +392,11 @@ def load_pair_shards(paths: list[Path], image_size: int | None = None, skip_bad:
     key = content_key("pairs-shards", PAIRS_CACHE_VERSION, [_file_digest(p) for p in paths], image_size, skip_bad)
 
     def decode() -> PairSet:
-        jobs = [(str(p), image_size, skip_bad) for p in paths]
-        if len(jobs) > 1:  # Pillow decoding is CPU-bound: one process per shard
-            with ProcessPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as pool:
-                parts = list(pool.map(_decode_pair_shard, jobs))
-        else:
-            parts = [_decode_pair_shard(jobs[0])]
         out = Collector(name, skip_bad)
         captions: list[list[str]] = []
-        for part in parts:
-            if isinstance(part, str):  # an error message from the worker
-                raise fail(part)
+        for part in decode_shards(paths, image_size, skip_bad, read_extra=_shard_captions):
             out.skipped.extend(part["skipped"])
-            for k, img, caps, label in part["items"]:
+            for k, img, label, caps in part["items"]:
                 before = len(out.images)
                 out.add(k, img, label)
                 if len(out.images) > before:
@@ -445,35 +435,3 @@ def _shard_captions(sample: dict, where: str) -> list[str]:
             raise BadItem(f"{where}.txt is an empty caption")
         return caps
     raise BadItem(f"{where} has no caption member (KEY.txt or KEY.json)")
-
-
-def _decode_pair_shard(job: tuple[str, int | None, bool]) -> dict | str:
-    """Decode one caption shard; items (key, image, captions, label) and skips, or an error message."""
-    import webdataset as wds
-
-    path, image_size, skip_bad = job
-    items, skipped = [], []
-
-    def bad(message: str) -> None:
-        if not skip_bad:
-            raise BadItem(message)
-        skipped.append(message)
-
-    try:
-        try:
-            for sample in wds.WebDataset(path, shardshuffle=False, empty_check=False):
-                where = f"{path}:{sample['__key__']}"
-                data = next((sample[k] for k in _IMAGE_MEMBERS if k in sample), None)
-                try:
-                    if data is None:
-                        raise BadItem(f"{where} has no image member (.jpg/.png)")
-                    caps = _shard_captions(sample, where)
-                    label = parse_label(sample["cls"], where) if "cls" in sample else None
-                    items.append((where, decode_image(data, where, image_size), caps, label))
-                except BadItem as e:
-                    bad(str(e))
-        except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError) as e:
-            bad(f"shard {path} is corrupt or cut short after {len(items)} images ({type(e).__name__})")
-    except BadItem as e:
-        return f"{e}; fix or remove it, or pass --skip-bad to skip unreadable items"
-    return {"items": items, "skipped": skipped}

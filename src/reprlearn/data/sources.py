@@ -22,6 +22,7 @@ import tarfile
 import zlib
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -29,6 +30,8 @@ from ..errors import fail
 from .cache import cached, content_key
 from .decode import IMAGE_EXTENSIONS, BadItem, Collector, decode_image, parse_label
 from .imageset import ImageSet, stratified_split
+
+IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp", "bmp")  # a shard sample's image member, by extension
 
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -160,17 +163,9 @@ def load_shards(paths: list[Path], image_size: int | None, skip_bad: bool, name:
     key = content_key("shards", [_file_digest(p) for p in paths], image_size, skip_bad)
 
     def decode() -> ImageSet:
-        jobs = [(str(p), image_size, skip_bad) for p in paths]
-        if len(jobs) > 1:  # decoding is CPU-bound Pillow work: one process per shard
-            with ProcessPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as pool:
-                parts = list(pool.map(_decode_shard, jobs))
-        else:
-            parts = [_decode_shard(jobs[0])]
         out = Collector(name, skip_bad)
-        for part in parts:
-            if isinstance(part, str):  # an error message from the worker
-                raise fail(part)
-            for k, img, label in part["items"]:
+        for part in decode_shards(paths, image_size, skip_bad):
+            for k, img, label, _ in part["items"]:
                 out.add(k, img, label)
             out.skipped.extend(part["skipped"])
         images, labels = out.arrays()
@@ -179,11 +174,31 @@ def load_shards(paths: list[Path], image_size: int | None, skip_bad: bool, name:
     return cached(key, decode)
 
 
-def _decode_shard(job: tuple[str, int | None, bool]) -> dict | str:
+def decode_shards(paths: list[Path], image_size: int | None, skip_bad: bool,
+                  read_extra: Callable[[dict, str], Any] | None = None) -> list[dict]:
+    """Decode every shard, one process per shard: a list of {"items", "skipped"} per shard.
+
+    Each item is (where, image, label, extra), ``extra`` what ``read_extra(sample, where)``
+    returns (e.g. captions; a module-level function, so it pickles) or None. A bad item
+    stops with one line, or is skipped and counted with ``skip_bad``.
+    """
+    jobs = [(str(p), image_size, skip_bad, read_extra) for p in paths]
+    if len(jobs) > 1:  # decoding is CPU-bound Pillow work: one process per shard
+        with ProcessPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as pool:
+            parts = list(pool.map(_decode_shard, jobs))
+    else:
+        parts = [_decode_shard(jobs[0])]
+    for part in parts:
+        if isinstance(part, str):  # an error message from the worker
+            raise fail(part)
+    return parts
+
+
+def _decode_shard(job: tuple) -> dict | str:
     """Decode one shard; returns items and skips, or an error message (picklable)."""
     import webdataset as wds
 
-    path, image_size, skip_bad = job
+    path, image_size, skip_bad, read_extra = job
     items, skipped = [], []
 
     def bad(message: str) -> None:
@@ -195,13 +210,13 @@ def _decode_shard(job: tuple[str, int | None, bool]) -> dict | str:
         try:
             for sample in wds.WebDataset(path, shardshuffle=False, empty_check=False):
                 where = f"{path}:{sample['__key__']}"
-                data = next((sample[k] for k in ("jpg", "jpeg", "png", "webp", "bmp") if k in sample), None)
-                if data is None:
-                    bad(f"{where} has no image member (.jpg/.png)")
-                    continue
+                data = next((sample[k] for k in IMAGE_MEMBERS if k in sample), None)
                 try:
+                    if data is None:
+                        raise BadItem(f"{where} has no image member (.jpg/.png)")
+                    extra = read_extra(sample, where) if read_extra is not None else None
                     label = parse_label(sample["cls"], where) if "cls" in sample else None
-                    items.append((where, decode_image(data, where, image_size), label))
+                    items.append((where, decode_image(data, where, image_size), label, extra))
                 except BadItem as e:
                     bad(str(e))
         except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError) as e:
