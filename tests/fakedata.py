@@ -6,7 +6,23 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
+
+from reprlearn.errors import ReprlearnError
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"  # ../shared/data beside the repo
+
+
+def one_line_error(fn, *words) -> str:
+    """Call ``fn``; it must raise a one-line ReprlearnError containing every word."""
+    with pytest.raises(ReprlearnError) as e:
+        fn()
+    message = str(e.value)
+    assert "\n" not in message
+    for w in words:
+        assert w in message, message
+    return message
 
 
 def png_bytes(array: np.ndarray) -> bytes:

@@ -1,31 +1,18 @@
 """Data sources: each source kind loads, and each kind of bad input is a clear one-line error."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from fakedata import good_members, jpg_bytes, png_bytes, rgb, write_shard
+from fakedata import SHARED, good_members, jpg_bytes, one_line_error, png_bytes, rgb, write_shard
 from reprlearn.data import load_source
-from reprlearn.errors import ReprlearnError
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("REPRLEARN_CACHE", str(tmp_path / "cache"))
-
-
-def one_line_error(fn, *words):
-    with pytest.raises(ReprlearnError) as e:
-        fn()
-    message = str(e.value)
-    assert "\n" not in message
-    for w in words:
-        assert w in message, message
-    return message
 
 
 # ------------------------------------------------------------------ sources that work

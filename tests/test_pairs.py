@@ -7,28 +7,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fakedata import jpg_bytes, png_bytes, rgb, write_shard
+from fakedata import SHARED, jpg_bytes, one_line_error, png_bytes, rgb, write_shard
 from reprlearn.data.pairs import PROMPT_TEMPLATES, PairSet, fill_template, is_pair_source, load_pairs
 from reprlearn.data.scenes import COLOURS, SHAPES, ZERO_SHOT_TEMPLATES, make_scenes, zero_shot_tasks
-from reprlearn.errors import ReprlearnError
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 FLICKR = SHARED / "flickr8k"
 
 
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("REPRLEARN_CACHE", str(tmp_path / "cache"))
-
-
-def one_line_error(fn, *words):
-    with pytest.raises(ReprlearnError) as e:
-        fn()
-    message = str(e.value)
-    assert "\n" not in message
-    for w in words:
-        assert w in message, message
-    return message
 
 
 # ------------------------------------------------------------------ CSV / TSV
