@@ -2,12 +2,11 @@
 on the same global batch, and so do the gradients DDP hands the optimiser."""
 
 import os
-import socket
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from gloo_ranks import run_on_ranks
 from reprlearn.losses import nt_xent
 
 N_PER_RANK, DIM_IN, DIM_OUT, T = 6, 5, 4, 0.3
@@ -25,32 +24,21 @@ def _model():
     return torch.nn.Linear(DIM_IN, DIM_OUT).double()
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        x_a, x_b = _data()
-        local = slice(rank * N_PER_RANK, (rank + 1) * N_PER_RANK)
-        model = torch.nn.parallel.DistributedDataParallel(_model())
-        loss = nt_xent(model(x_a[local]), model(x_b[local]), temperature=T, gather=True)
-        loss.backward()  # DDP averages the parameter gradients over ranks
-        mean_loss = loss.detach().clone()
-        dist.all_reduce(mean_loss)
-        mean_loss /= world
-        torch.save({"loss": mean_loss, "grad_w": model.module.weight.grad, "grad_b": model.module.bias.grad},
-                   os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _worker(rank: int, world: int, out_dir: str) -> None:
+    x_a, x_b = _data()
+    local = slice(rank * N_PER_RANK, (rank + 1) * N_PER_RANK)
+    model = torch.nn.parallel.DistributedDataParallel(_model())
+    loss = nt_xent(model(x_a[local]), model(x_b[local]), temperature=T, gather=True)
+    loss.backward()  # DDP averages the parameter gradients over ranks
+    mean_loss = loss.detach().clone()
+    dist.all_reduce(mean_loss)
+    mean_loss /= world
+    torch.save({"loss": mean_loss, "grad_w": model.module.weight.grad, "grad_b": model.module.bias.grad},
+               os.path.join(out_dir, f"rank{rank}.pt"))
 
 
 def test_ddp_nt_xent_equals_single_process(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    run_on_ranks(_worker, 2, tmp_path)
     x_a, x_b = _data()
     model = _model()
     loss = nt_xent(model(x_a), model(x_b), temperature=T)

@@ -4,14 +4,13 @@ the global batch, for the loss and for every gradient (towers, scale, bias)."""
 
 import math
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from gloo_ranks import run_on_ranks
 from reprlearn.losses import clip_loss, siglip_loss  # the public names (defined in reprlearn.image_text_losses)
 
 
@@ -131,35 +130,23 @@ def _grads(model):
     return {name: p.grad.clone() for name, p in model.named_parameters()}
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        x_image, x_text = _data(world)
-        local = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
-        out = {}
-        for name, sigmoid in (("clip", False), ("siglip", True)):
-            model = torch.nn.parallel.DistributedDataParallel(_TwoTowers(sigmoid))
-            loss = model(x_image[local], x_text[local], distributed=True)
-            loss.backward()  # DDP averages the parameter gradients over ranks
-            mean_loss = loss.detach().clone()
-            dist.all_reduce(mean_loss)
-            out[name] = {"loss": mean_loss / world, "grads": _grads(model.module)}
-        torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _worker(rank: int, world: int, out_dir: str) -> None:
+    x_image, x_text = _data(world)
+    local = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
+    out = {}
+    for name, sigmoid in (("clip", False), ("siglip", True)):
+        model = torch.nn.parallel.DistributedDataParallel(_TwoTowers(sigmoid))
+        loss = model(x_image[local], x_text[local], distributed=True)
+        loss.backward()  # DDP averages the parameter gradients over ranks
+        mean_loss = loss.detach().clone()
+        dist.all_reduce(mean_loss)
+        out[name] = {"loss": mean_loss / world, "grads": _grads(model.module)}
+    torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_ddp_equals_single_process(world, tmp_path):
-    mp.spawn(_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world, join=True)
+    run_on_ranks(_worker, world, tmp_path)
     x_image, x_text = _data(world)
     for name, sigmoid in (("clip", False), ("siglip", True)):
         model = _TwoTowers(sigmoid)
