@@ -31,8 +31,6 @@ class CLIPConfig(ImageTextConfig):
 @METHODS.register("clip")
 class CLIP(ImageTextMethod):
     Config = CLIPConfig
-    run_defaults = {"data": "scenes", "epochs": 20, "batch_size": 256, "lr": 2e-3, "warmup_epochs": 2,
-                    "weight_decay": 0.1, "eval_max_train": 2000}
 
     def __init__(self, config, encoder, info, view_spec):
         super().__init__(config, encoder, info, view_spec)
