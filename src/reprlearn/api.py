@@ -444,19 +444,15 @@ def zero_shot_scores(method: Method, pairs: PairSet, image_emb: torch.Tensor, ta
     from .data.scenes import zero_shot_tasks
     from .evaluate import image_text as it
 
-    result: dict[str, Any] = {"tasks": {}}
+    scores: dict[str, dict] = {}
     for task in tasks if tasks is not None else zero_shot_tasks(pairs):
         classifier = it.zero_shot_classifier(lambda t: method.embed_texts(t).cpu(), task.prompts())
         acc = it.zero_shot_accuracy(image_emb[torch.from_numpy(task.index)], classifier, torch.from_numpy(task.labels))
         n_classes = len(task.class_names)
-        result["tasks"][task.name] = {**acc, "chance": 1 / n_classes, "top5_chance": min(5, n_classes) / n_classes,
-                                      "images": len(task.index), "classes": n_classes}
-    if result["tasks"]:
-        result["zeroshot_top1"] = float(np.mean([t["top1"] for t in result["tasks"].values()]))
-        result["zeroshot_chance"] = float(np.mean([t["chance"] for t in result["tasks"].values()]))
-    else:
-        result["zeroshot_top1"] = result["zeroshot_chance"] = None
-    return {("zeroshot_tasks" if k == "tasks" else k): v for k, v in result.items()}
+        scores[task.name] = {**acc, "chance": 1 / n_classes, "top5_chance": min(5, n_classes) / n_classes,
+                             "images": len(task.index), "classes": n_classes}
+    means = {key: float(np.mean([t[key] for t in scores.values()])) if scores else None for key in ("top1", "chance")}
+    return {"zeroshot_tasks": scores, "zeroshot_top1": means["top1"], "zeroshot_chance": means["chance"]}
 
 
 def zeroshot(run_dir: str | Path, data: str | None = None, classes: str | list[str] | None = None,
