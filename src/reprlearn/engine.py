@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import signal
-import tempfile
 import threading
 from dataclasses import asdict
 from pathlib import Path
@@ -28,6 +27,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from .config import RunConfig
 from .errors import ReprlearnError, fail
+from .files import atomic_write
 from .methods import Method
 from .optim import build_optimizer, warmup_cosine
 
@@ -42,23 +42,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # the rename itself survives a power cut
-        finally:
-            os.close(dir_fd)
+        with atomic_write(path, "wb", durable=True) as f:
+            torch.save(checkpoint, f)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)

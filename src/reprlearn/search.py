@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import numpy as np
 import torch
 
 from .errors import fail
+from .files import atomic_write
 
 EXACT_LIMIT = 50_000  # below this an exact search is fast enough (a 50k x 128 matmul per query)
 
@@ -54,20 +53,6 @@ def query_index(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndar
     """(scores, ids), each (Q, k), best first."""
     q = np.ascontiguousarray(queries, dtype=np.float32)
     return index.search(q, min(k, index.ntotal))
-
-
-def _atomic_write_index(index, path: Path) -> None:
-    import faiss
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        faiss.write_index(index, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def index_key(run_dir: Path, spec: str) -> str:
@@ -116,7 +101,8 @@ def search(run_dir: str | Path, index_source: str, queries: list[str] | None = N
     else:
         emb = extract(method.image_tower(), images.tensor(), 512)
         index = build_index(emb)
-        _atomic_write_index(index, path)
+        with atomic_write(path) as f:
+            f.write(faiss.serialize_index(index).tobytes())
     query_emb = []
     if queries:
         query_emb.append(method.embed_texts(queries).cpu().numpy())

@@ -10,12 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from ..files import atomic_write
 from .imageset import ImageSet
 
 CACHE_VERSION = 1  # bump when decoding changes, so stale entries are not reused
@@ -43,16 +43,13 @@ def cached(key: str, decode: Callable[[], ImageSet]) -> ImageSet:
         except (OSError, ValueError, KeyError):
             path.unlink(missing_ok=True)  # unreadable entry: decode again
     result = decode()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_write(path) as f:
             np.savez(f, images=result.images,
                      labels=result.labels if result.labels is not None else np.zeros(0, np.int64),
                      has_labels=result.labels is not None,
                      class_names=np.asarray(result.class_names or [], dtype=str),
                      skipped=np.asarray(result.skipped, dtype=str), name=result.name)
-        os.replace(tmp, path)
     except OSError:
-        Path(tmp).unlink(missing_ok=True)  # a cache we cannot write only costs time
+        pass  # a cache we cannot write only costs time
     return result

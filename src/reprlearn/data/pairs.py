@@ -32,7 +32,6 @@ import json
 import os
 import re
 import tarfile
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import ReprlearnError, fail
+from ..files import atomic_write
 from .cache import cache_dir, content_key
 from .decode import BadItem, Collector, decode_image
 from .imageset import ImageSet
@@ -265,10 +265,8 @@ def _cached_pairs(key: str, decode: Callable[[], PairSet]) -> PairSet:
             path.unlink(missing_ok=True)  # unreadable entry: decode again
     result = decode()
     encoded = [c.encode("utf-8") for caps in result.captions for c in caps]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_write(path) as f:
             im = result.images
             np.savez(f, images=im.images,
                      labels=im.labels if im.labels is not None else np.zeros(0, np.int64),
@@ -278,9 +276,8 @@ def _cached_pairs(key: str, decode: Callable[[], PairSet]) -> PairSet:
                      caption_bytes=np.frombuffer(b"".join(encoded), dtype=np.uint8),
                      caption_ends=np.cumsum([len(b) for b in encoded], dtype=np.int64),
                      caption_counts=np.asarray([len(c) for c in result.captions], dtype=np.int64))
-        os.replace(tmp, path)
     except OSError:
-        Path(tmp).unlink(missing_ok=True)  # a cache we cannot write only costs time
+        pass  # a cache we cannot write only costs time
     return result
 
 

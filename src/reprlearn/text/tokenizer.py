@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import unicodedata
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -23,6 +22,7 @@ from typing import Iterable, Sequence
 import torch
 
 from ..errors import fail
+from ..files import atomic_write
 
 PAD, SOT, EOT = "<|pad|>", "<|startoftext|>", "<|endoftext|>"
 SPECIAL_TOKENS = (PAD, SOT, EOT)  # ids 0, 1, 2 in tokenizers trained here
@@ -112,16 +112,8 @@ class TextTokenizer:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write tokenizer.json atomically (temporary file, then rename)."""
-        path = Path(path).expanduser()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.to_json())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(Path(path).expanduser(), "w") as f:
+            f.write(self.to_json())
 
     # ------------------------------------------------------------ using
 
