@@ -148,7 +148,11 @@ class TrainModule(L.LightningModule):
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         self.method.after_optimizer_step(self.global_step, self.total_steps())
 
+    def on_after_backward(self) -> None:
+        self.method.after_micro_batch()
+
     def on_before_optimizer_step(self, optimizer) -> None:
+        self.method.before_optimizer_step(self.global_step, self.total_steps())
         norms = [p.grad.detach().norm() for p in self.method.parameters() if p.grad is not None]
         if norms:
             self.log("train/grad_norm", torch.stack(norms).norm(), on_step=True, on_epoch=False)
@@ -163,6 +167,7 @@ class TrainModule(L.LightningModule):
 
     def configure_optimizers(self):
         c = self.cfg
+        self.method.steps_per_epoch = self.steps_per_epoch()
         opt = build_optimizer(c.optimizer, self.method, c.lr, c.weight_decay, c.momentum)
         warmup = min(c.warmup_epochs * self.steps_per_epoch(), self.total_steps() // 2)
         total = self.total_steps()

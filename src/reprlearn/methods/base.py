@@ -3,8 +3,10 @@
 A method is an ``nn.Module`` holding its networks. It declares its options as a
 dataclass (``Config``), says which views it needs (``views``), and turns views into
 named loss terms (``loss``). The engine owns optimisers, schedules, precision,
-distribution and checkpoints; the method only gets a hook after each optimiser
-step (EMA teachers, queues). Evaluation only needs ``encoder``.
+distribution and checkpoints; the method gets hooks after each micro-batch
+(queues that must see every micro-batch's keys under gradient accumulation), before
+each optimiser step (freezing a layer's gradients) and after it (EMA teachers,
+schedules). Evaluation only needs ``encoder``.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ class Method(nn.Module):
 
     def __init__(self, config: Any, encoder: Encoder, info: DataInfo, view_spec: ViewSpec):
         super().__init__()
+        # optimiser steps per epoch, set by the engine before training (schedules given in epochs)
+        self.steps_per_epoch = 1
         self.config = config
         self.encoder = encoder  # evaluated; heads live beside it and are dropped
         self.info = info
@@ -57,5 +61,13 @@ class Method(nn.Module):
         """Named loss terms; the total under "loss"."""
         raise NotImplementedError
 
+    def after_micro_batch(self) -> None:
+        """Called by the engine after the backward pass of every micro-batch (``--accumulate N``
+        runs N of them per optimiser step): collect what the step must see from each of them."""
+
+    def before_optimizer_step(self, step: int, total_steps: int) -> None:
+        """Called by the engine once the step's gradients are complete, before the optimiser
+        (and gradient clipping) uses them: e.g. zero a layer's gradients to keep it frozen."""
+
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
-        """Called by the engine after every optimiser step (EMA updates, schedules)."""
+        """Called by the engine after every optimiser step (EMA updates, queues, schedules)."""
