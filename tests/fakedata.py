@@ -14,6 +14,25 @@ from reprlearn.errors import ReprlearnError
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"  # ../shared/data beside the repo
 
 
+def epoch_losses(run: Path) -> list[float]:
+    """The mean training loss of every epoch, read from the run's CSV log (``train/loss_epoch``)."""
+    import csv
+
+    losses = {}
+    for log in sorted(Path(run).glob("logs*/metrics.csv")):
+        for row in csv.DictReader(log.open()):
+            if row.get("train/loss_epoch"):
+                losses[int(row["epoch"])] = float(row["train/loss_epoch"])
+    return [losses[e] for e in sorted(losses)]
+
+
+def assert_loss_went_down(run: Path) -> None:
+    """A smoke run learned something: its last epoch's mean loss is below its first's."""
+    losses = epoch_losses(run)
+    assert len(losses) >= 2, f"need two epochs of logged loss, got {losses}"
+    assert losses[-1] < losses[0], f"training loss did not go down: {losses}"
+
+
 def one_line_error(fn, *words) -> str:
     """Call ``fn``; it must raise a one-line ReprlearnError containing every word."""
     with pytest.raises(ReprlearnError) as e:

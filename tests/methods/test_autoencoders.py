@@ -9,6 +9,7 @@ from scipy.linalg import subspace_angles
 from torch import nn
 
 import reprlearn
+from fakedata import assert_loss_went_down
 from reprlearn import api, losses
 from reprlearn.data import load_source
 from reprlearn.methods.autoencoder import reconstruction_error
@@ -192,7 +193,8 @@ def test_contractive_modes_agree_and_keep_train_mode():
 
 
 @pytest.mark.parametrize("name", AE_METHODS)
-def test_one_epoch_smoke(name, tmp_path):
-    run = reprlearn.train(name, out=tmp_path / "r", epochs=1, eval=False, progress=False, batch_size=128)
+def test_smoke(name, tmp_path):
+    run = reprlearn.train(name, out=tmp_path / "r", epochs=2, eval=False, progress=False, batch_size=128)
+    assert_loss_went_down(run)
     features = api.embed(run, "digits:test")
     assert features.shape[0] > 0 and np.isfinite(features).all()

@@ -5,6 +5,7 @@ import math
 import torch
 
 import reprlearn
+from fakedata import assert_loss_went_down
 from reprlearn.api import build_method, resolve_config
 from reprlearn.losses import byol_loss
 from reprlearn.methods import DataInfo
@@ -95,6 +96,7 @@ def test_target_gets_no_gradients_and_moves_by_ema():
         torch.testing.assert_close(t1, 0.5 * t0 + 0.5 * s)
 
 
-def test_byol_smoke_one_epoch(tmp_path):
-    run = reprlearn.train("byol", out=tmp_path / "r", epochs=1, eval=False, progress=False, batch_size=128)
+def test_byol_smoke(tmp_path):
+    run = reprlearn.train("byol", out=tmp_path / "r", epochs=2, eval=False, progress=False, batch_size=128)
+    assert_loss_went_down(run)
     assert (run / "config.yaml").is_file()

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import reprlearn
+from fakedata import assert_loss_went_down
 from reprlearn.api import build_method, resolve_config
 from reprlearn.losses import dino_loss
 from reprlearn.methods import DataInfo
@@ -126,12 +127,14 @@ def test_teacher_gets_no_gradients(backbone):
     assert float(method.teacher_temp_now) == pytest.approx(method.config.teacher_temp)
 
 
-def test_dino_smoke_one_epoch(tmp_path):
-    run = reprlearn.train("dino", out=tmp_path / "r", epochs=1, eval=False, progress=False, batch_size=128)
+def test_dino_smoke(tmp_path):
+    run = reprlearn.train("dino", out=tmp_path / "r", epochs=2, eval=False, progress=False, batch_size=128)
+    assert_loss_went_down(run)
     assert (run / "config.yaml").is_file()
 
 
-def test_dino_smoke_one_epoch_vit(tmp_path):
-    run = reprlearn.train("dino", out=tmp_path / "r", epochs=1, eval=False, progress=False, batch_size=128,
+def test_dino_smoke_vit(tmp_path):
+    run = reprlearn.train("dino", out=tmp_path / "r", epochs=2, eval=False, progress=False, batch_size=128,
                           backbone="vit-micro")
+    assert_loss_went_down(run)
     assert (run / "config.yaml").is_file()

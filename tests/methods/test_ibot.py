@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import reprlearn
+from fakedata import assert_loss_went_down
 from reprlearn.api import build_method, resolve_config
 from reprlearn.errors import ReprlearnError
 from reprlearn.losses import ibot_patch_loss
@@ -166,8 +167,9 @@ def test_refuses_mask_ratio_min_above_max():
         small_ibot(mask_ratio_min=0.6, mask_ratio_max=0.2)
 
 
-def test_ibot_smoke_one_epoch(tmp_path):
-    run = reprlearn.train("ibot", out=tmp_path / "r", epochs=1, eval=False, progress=False, batch_size=128)
+def test_ibot_smoke(tmp_path):
+    run = reprlearn.train("ibot", out=tmp_path / "r", epochs=2, eval=False, progress=False, batch_size=128)
+    assert_loss_went_down(run)
     assert (run / "config.yaml").is_file()
     assert "vit-micro" in (run / "config.yaml").read_text()
     encoder = reprlearn.load(run)

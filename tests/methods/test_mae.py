@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import reprlearn
+from fakedata import assert_loss_went_down
 from reprlearn.api import build_method, resolve_config
 from reprlearn.errors import ReprlearnError
 from reprlearn.losses import masked_patch_mse
@@ -118,9 +119,10 @@ def test_non_vit_backbone_fails():
         small_mae(backbone="cnn")
 
 
-def test_smoke_one_epoch(tmp_path):
-    run = reprlearn.train("mae", out=tmp_path / "r", epochs=1, eval=False, progress=False, batch_size=128,
+def test_smoke(tmp_path):
+    run = reprlearn.train("mae", out=tmp_path / "r", epochs=2, eval=False, progress=False, batch_size=128,
                           decoder_dim=32, decoder_depth=1, decoder_heads=2)
+    assert_loss_went_down(run)
     assert (run / "checkpoints" / "last.ckpt").is_file()
     encoder = reprlearn.load(run)
     assert encoder(torch.rand(2, 1, 8, 8)).shape == (2, encoder.feature_dim)

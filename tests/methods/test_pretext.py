@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import reprlearn
+from fakedata import assert_loss_went_down
 from reprlearn.api import build_method, resolve_config
 from reprlearn.errors import ReprlearnError
 from reprlearn.methods import DataInfo
@@ -179,7 +180,8 @@ def _disc_loss(m, views):
 
 @pytest.mark.parametrize("name", ["rotation", "jigsaw", "inpainting"])
 def test_smoke(tmp_path, name):
-    run = reprlearn.train(name, out=tmp_path / "r", epochs=1, eval=False, progress=False, batch_size=128)
+    run = reprlearn.train(name, out=tmp_path / "r", epochs=2, eval=False, progress=False, batch_size=128)
+    assert_loss_went_down(run)
     assert (run / "checkpoints").is_dir()
 
 
@@ -188,6 +190,7 @@ def test_smoke_colorization(tmp_path):
     path = tmp_path / "colour.npz"
     np.savez(path, images=rng.integers(0, 256, (200, 8, 8, 3), dtype=np.uint8),
              labels=rng.integers(0, 4, 200))
-    run = reprlearn.train("colorization", data=str(path), out=tmp_path / "r", epochs=1, eval=False,
+    run = reprlearn.train("colorization", data=str(path), out=tmp_path / "r", epochs=2, eval=False,
                           progress=False, batch_size=128)
+    assert_loss_went_down(run)
     assert (run / "checkpoints").is_dir()

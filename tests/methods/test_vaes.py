@@ -9,6 +9,7 @@ import torch
 from torch.distributions import Bernoulli, Normal, kl_divergence
 
 import reprlearn
+from fakedata import assert_loss_went_down
 from reprlearn.api import build_method, data_info, load_data, resolve_config
 from reprlearn.errors import ReprlearnError
 from reprlearn.losses import bernoulli_log_prob, gaussian_kl, gaussian_kl_between, gaussian_log_prob
@@ -195,6 +196,7 @@ def test_reparameterisation_reproducible_with_generator(digits, name):
 
 
 @pytest.mark.parametrize("name", VAES)
-def test_one_epoch_run(tmp_path, name):
-    run = reprlearn.train(name, out=tmp_path / "r", epochs=1, eval=False, progress=False, batch_size=128)
+def test_smoke(tmp_path, name):
+    run = reprlearn.train(name, out=tmp_path / "r", epochs=2, eval=False, progress=False, batch_size=128)
+    assert_loss_went_down(run)
     assert (run / "checkpoints" / "last.ckpt").is_file()
