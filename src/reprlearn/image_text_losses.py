@@ -21,17 +21,12 @@ Every rank must hold the same number of pairs.
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from .distributed import gather_with_grad, ring_shift, world_and_rank
+
 __all__ = ["clip_loss", "siglip_loss"]
-
-
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
 
 
 def clip_loss(image: Tensor, text: Tensor, logit_scale: Tensor | float, gather: bool = False) -> Tensor:
@@ -51,9 +46,7 @@ def clip_loss(image: Tensor, text: Tensor, logit_scale: Tensor | float, gather: 
     gradients are its gradients (including t's, each rank's local copy of t receiving
     ∂L_r/∂t).
     """
-    from .losses import gather_with_grad  # lazily: reprlearn.losses imports this module
-
-    world, rank = _world() if gather else (1, 0)
+    world, rank = world_and_rank() if gather else (1, 0)
     b = image.shape[0]
     if world > 1:
         all_image, all_text = gather_with_grad(image), gather_with_grad(text)
@@ -63,36 +56,6 @@ def clip_loss(image: Tensor, text: Tensor, logit_scale: Tensor | float, gather: 
     logits_i2t = logit_scale * image @ all_text.T  # (B_local, B): local images, all texts
     logits_t2i = logit_scale * text @ all_image.T  # (B_local, B): local texts, all images
     return 0.5 * (F.cross_entropy(logits_i2t, targets) + F.cross_entropy(logits_t2i, targets))
-
-
-class _RingShift(torch.autograd.Function):
-    """Send x to the right neighbour (rank + 1), return what arrives from the left (rank − 1).
-
-    The output of rank r is x of rank r − 1, so the gradient of that output belongs to
-    rank r − 1: the backward sends it to the left and receives, from the right, the
-    gradient of our own x.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        return _exchange(x, to_right=True)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        return _exchange(grad, to_right=False)
-
-
-def _exchange(x: Tensor, to_right: bool) -> Tensor:
-    """Send x one step round the ring (to the right or to the left) and receive from the other side."""
-    world, rank = _world()
-    right, left = (rank + 1) % world, (rank - 1) % world
-    dst, src = (right, left) if to_right else (left, right)
-    x = x.contiguous()
-    out = torch.empty_like(x)
-    ops = [dist.P2POp(dist.isend, x, dst), dist.P2POp(dist.irecv, out, src)]
-    for req in dist.batch_isend_irecv(ops):
-        req.wait()
-    return out
 
 
 def _siglip_sum(image: Tensor, text: Tensor, logit_scale, logit_bias, positives_on_diagonal: bool) -> Tensor:
@@ -131,11 +94,11 @@ def siglip_loss(image: Tensor, text: Tensor, logit_scale: Tensor | float, logit_
     so that (1/W) Σ_r L_r = L, and DDP's average (1/W) Σ_r ∂L_r/∂θ = ∂L/∂θ for every
     parameter θ, t and b included (each rank's copies of t and b get ∂L_r/∂t, ∂L_r/∂b).
     """
-    world, _ = _world() if distributed else (1, 0)
+    world, _ = world_and_rank() if distributed else (1, 0)
     b_local = image.shape[0]
     total = _siglip_sum(image, text, logit_scale, logit_bias, positives_on_diagonal=True)
     held = text
     for _ in range(world - 1):
-        held = _RingShift.apply(held)
+        held = ring_shift(held)
         total = total + _siglip_sum(image, held, logit_scale, logit_bias, positives_on_diagonal=False)
     return -total / b_local

@@ -16,12 +16,12 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from .distributed import gather_with_grad, world_and_rank
+
 __all__ = [
-    "gather_with_grad",
     "info_nce",
     "nt_xent",
     "margin_contrastive",
@@ -42,27 +42,6 @@ __all__ = [
     "siglip_loss",
     "ibot_patch_loss",
 ]
-
-
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
-
-
-def gather_with_grad(x: Tensor) -> Tensor:
-    """Concatenate ``x`` from all ranks along dim 0, keeping gradients.
-
-    ``torch.distributed.nn.all_gather`` sums the incoming gradients back to each
-    rank's own slice, so anchors on other ranks still push on our embeddings.
-    Identity when not distributed.
-    """
-    world, _ = _world()
-    if world == 1:
-        return x
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(x), dim=0)
 
 
 def info_nce(query: Tensor, key: Tensor, queue: Tensor | None = None, temperature: float = 0.07) -> Tensor:
@@ -96,7 +75,7 @@ def nt_xent(z_a: Tensor, z_b: Tensor, temperature: float = 0.5, gather: bool = F
     all 2N anchors. With ``gather=True`` under torch.distributed the candidates
     are the views of the global batch.
     """
-    world, rank = _world() if gather else (1, 0)
+    world, rank = world_and_rank() if gather else (1, 0)
     n = z_a.shape[0]
     local = F.normalize(torch.cat([z_a, z_b], dim=0), dim=1)  # (2n, D): anchors
     if world > 1:

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from ..augment import ViewSpec, augment
 from ..config import option
+from ..distributed import is_distributed
 from ..errors import fail
 from ..nets.text import TextTransformer
 from .base import Method
@@ -50,12 +51,6 @@ CROP = ViewSpec(crop_scale=(0.6, 1.0), hflip_p=0.0, jitter_p=0.0, grayscale_p=0.
 class _UnitNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return F.normalize(x, dim=-1)
-
-
-def _distributed() -> bool:
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 class ImageTextMethod(Method):
@@ -122,7 +117,7 @@ class ImageTextMethod(Method):
 
     def loss(self, views):
         images, text = views
-        return self.pair_loss(self.encode_image(images), self.encode_text(text), _distributed())
+        return self.pair_loss(self.encode_image(images), self.encode_text(text), is_distributed())
 
     def pair_loss(self, image: Tensor, text: Tensor, distributed: bool) -> dict[str, Tensor]:
         raise NotImplementedError
