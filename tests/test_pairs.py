@@ -8,7 +8,9 @@ import pytest
 from PIL import Image
 
 from fakedata import SHARED, jpg_bytes, one_line_error, png_bytes, rgb, write_shard
-from reprlearn.data.pairs import PROMPT_TEMPLATES, PairSet, fill_template, is_pair_source, load_pairs
+from reprlearn.data.pairs import is_pair_source, load_pairs
+from reprlearn.data.pairset import PairSet
+from reprlearn.data.prompts import PROMPT_TEMPLATES, fill_template
 from reprlearn.data.scenes import COLOURS, SHAPES, ZERO_SHOT_TEMPLATES, make_scenes, zero_shot_tasks
 
 FLICKR = SHARED / "flickr8k"

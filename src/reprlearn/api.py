@@ -13,7 +13,7 @@ import torch
 
 from .config import RunConfig, build, load_yaml, save_yaml
 from .data import ImageSet, load_source, stratified_split
-from .data.pairs import PairSet
+from .data.pairset import PairSet
 from .errors import fail
 from .methods import METHODS, DataInfo, Method
 from .nets import create_backbone
@@ -462,7 +462,8 @@ def zeroshot(run_dir: str | Path, data: str | None = None, classes: str | list[s
     ``classes``: names in label order, as a list, a comma list or a file with one per line
     (default: the source's own class names). ``templates``: prompts with ``{}`` for the name.
     """
-    from .data.pairs import PROMPT_TEMPLATES, load_pairs
+    from .data.pairs import load_pairs
+    from .data.prompts import PROMPT_TEMPLATES
     from .evaluate import extract
 
     method, cfg, info = load_method(run_dir)

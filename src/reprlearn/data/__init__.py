@@ -1,7 +1,8 @@
 """Data sources: every source yields an :class:`ImageSet` of decoded uint8 images."""
 
 from .imageset import ImageSet, stratified_split
-from .pairs import PairSet, is_pair_source, load_pairs
+from .pairs import is_pair_source, load_pairs
+from .pairset import PairSet
 from .sources import load_source
 
 __all__ = ["ImageSet", "PairSet", "is_pair_source", "load_pairs", "load_source", "stratified_split"]

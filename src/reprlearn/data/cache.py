@@ -11,10 +11,11 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
+from ..errors import ReprlearnError
 from ..files import atomic_write
 from .imageset import ImageSet
 
@@ -31,25 +32,40 @@ def content_key(*parts) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:20]
 
 
-def cached(key: str, decode: Callable[[], ImageSet]) -> ImageSet:
-    path = cache_dir() / "decoded" / f"{key}.npz"
+def image_set_arrays(images: ImageSet) -> dict[str, np.ndarray]:
+    """The cache's arrays for an ImageSet."""
+    return {"images": images.images,
+            "labels": images.labels if images.labels is not None else np.zeros(0, np.int64),
+            "has_labels": images.labels is not None,
+            "class_names": np.asarray(images.class_names or [], dtype=str),
+            "skipped": np.asarray(images.skipped, dtype=str), "name": images.name}
+
+
+def image_set_from(f) -> ImageSet:
+    """Inverse of :func:`image_set_arrays` on an opened .npz."""
+    labels = f["labels"] if f["has_labels"] else None
+    return ImageSet(f["images"], labels, [str(n) for n in f["class_names"]] or None, str(f["name"]),
+                    [str(s) for s in f["skipped"]])
+
+
+def cached(key: str, decode: Callable[[], Any], encode: Callable[[Any], dict] = image_set_arrays,
+           restore: Callable[[Any], Any] = image_set_from, prefix: str = "") -> Any:
+    """``decode()``'s result, read back from ``cache_dir()/decoded/PREFIXKEY.npz`` when present.
+
+    ``encode`` turns a result into named arrays and ``restore`` rebuilds it from the opened
+    file: ImageSets by default; PairSets add their captions (data/pairset.py).
+    """
+    path = cache_dir() / "decoded" / f"{prefix}{key}.npz"
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as f:
-                labels = f["labels"] if f["has_labels"] else None
-                names = [str(n) for n in f["class_names"]] or None
-                skipped = [str(s) for s in f["skipped"]]
-                return ImageSet(f["images"], labels, names, str(f["name"]), skipped)
-        except (OSError, ValueError, KeyError):
+                return restore(f)
+        except (OSError, ValueError, KeyError, UnicodeDecodeError, ReprlearnError):
             path.unlink(missing_ok=True)  # unreadable entry: decode again
     result = decode()
     try:
         with atomic_write(path) as f:
-            np.savez(f, images=result.images,
-                     labels=result.labels if result.labels is not None else np.zeros(0, np.int64),
-                     has_labels=result.labels is not None,
-                     class_names=np.asarray(result.class_names or [], dtype=str),
-                     skipped=np.asarray(result.skipped, dtype=str), name=result.name)
+            np.savez(f, **encode(result))
     except OSError:
         pass  # a cache we cannot write only costs time
     return result

@@ -33,96 +33,21 @@ import os
 import re
 import tarfile
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-import numpy as np
 
 from ..errors import ReprlearnError, fail
-from ..files import atomic_write
-from .cache import cache_dir, content_key
+from .cache import cached, content_key
 from .decode import BadItem, Collector, decode_image
 from .imageset import ImageSet
-from .sources import SHARD_SUFFIXES, _class_names, _expand, _file_digest, decode_shards, load_source
+from .pairset import PairSet, pair_set_arrays, pair_set_from
+from .prompts import DIGIT_NAMES, prompts_for
+from .scenes import TEST_SEED_OFFSET, make_scenes
+from .sources import SHARD_SUFFIXES, class_names_beside, decode_shards, expand_spec, file_digest, load_source
 
-PROMPT_TEMPLATES = [
-    "a photo of a {}.",
-    "a picture of the {}.",
-    "an image of a {}.",
-    "a close-up photo of a {}.",
-    "a blurry photo of the {}.",
-    "a drawing of a {}.",
-]
-DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 IMAGE_COLUMNS = ("image", "image_path", "filepath", "file_path", "filename", "file", "path", "img")
 CAPTION_COLUMNS = ("caption", "text", "title", "sentence", "description")
 PAIRS_CACHE_VERSION = 1  # bump when pair decoding changes
-
-
-@dataclass
-class PairSet:
-    """Images (an :class:`ImageSet`, uint8 (N, H, W, C)) and, per image, one or more captions."""
-
-    images: ImageSet
-    captions: list[list[str]]
-    name: str = ""
-    corrupted: np.ndarray | None = None  # bool (N,): the captions belong to another image (scenes)
-    attributes: dict[str, np.ndarray] | None = None  # per-image ints (scenes: n_objects, shape, colour, size)
-    attribute_names: dict[str, list[str]] | None = None  # attribute -> names of its values
-
-    def __post_init__(self) -> None:
-        n = len(self.images)
-        if len(self.captions) != n:
-            raise fail(f"{self.name or 'pairs'}: {len(self.captions)} caption lists for {n} images; "
-                       "give every image its captions")
-        for i, caps in enumerate(self.captions):
-            if not caps or not all(isinstance(c, str) and c.strip() for c in caps):
-                raise fail(f"{self.name or 'pairs'}: image {i} has no caption or an empty one")
-        if self.corrupted is not None:
-            self.corrupted = np.asarray(self.corrupted, dtype=bool)
-            if self.corrupted.shape != (n,):
-                raise fail(f"{self.name}: corrupted has shape {self.corrupted.shape}, expected ({n},)")
-        for k, v in (self.attributes or {}).items():
-            if np.shape(v) != (n,):
-                raise fail(f"{self.name}: attribute {k!r} has shape {np.shape(v)}, expected ({n},)")
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def subset(self, index) -> "PairSet":
-        index = np.asarray(index)
-        if index.dtype == bool:
-            index = np.flatnonzero(index)
-        return PairSet(self.images.subset(index), [list(self.captions[i]) for i in index], self.name,
-                       None if self.corrupted is None else self.corrupted[index],
-                       None if self.attributes is None else {k: v[index] for k, v in self.attributes.items()},
-                       self.attribute_names)
-
-    def first_captions(self) -> list[str]:
-        return [caps[0] for caps in self.captions]
-
-    def all_captions(self) -> tuple[list[str], np.ndarray]:
-        """Every caption, flat, and the index of its image (for retrieval and tokenizer training)."""
-        texts = [c for caps in self.captions for c in caps]
-        owner = np.repeat(np.arange(len(self.captions)), [len(c) for c in self.captions])
-        return texts, owner
-
-
-def fill_template(template: str, name: str) -> str:
-    """``template.format(name)`` with the article before the name agreeing: 'an apple', 'a cat'."""
-    before, _, after = template.partition("{}")
-    m = re.search(r"(^|\s)(a|an|A|An) $", before)
-    if m:
-        a = m.group(2)
-        vowel = name[:1].lower() in "aeiou"
-        fixed = ("an" if vowel else "a") if a.islower() else ("An" if vowel else "A")
-        before = before[: m.start(2)] + fixed + " "
-    return f"{before}{name}{after.replace('{}', name)}"
-
-
-def prompts_for(name: str, templates: list[str] | None = None) -> list[str]:
-    return [fill_template(t, name) for t in (templates or PROMPT_TEMPLATES)]
 
 
 # ------------------------------------------------------------------ entry points
@@ -144,7 +69,7 @@ def load_pairs(spec: str, split: str = "train", image_size: int | None = None, s
         return _from_labels(load_source(f"{head}:{options or split}", image_size, skip_bad))
     shards = _shards(spec, split)
     if shards and _has_captions(shards[0]):
-        named = _expand(spec)
+        named = expand_spec(spec)
         name = f"{spec} ({split})" if len(named) == 1 and named[0].is_dir() else spec
         return load_pair_shards(shards, image_size, skip_bad, name)
     if shards:
@@ -172,7 +97,7 @@ def _is_table(spec: str) -> bool:
 
 def _shards(spec: str, split: str) -> list[Path]:
     """The shards a spec names ([] when it names something else); a folder gives its ``split`` shards."""
-    paths = _expand(spec)
+    paths = expand_spec(spec)
     if len(paths) == 1 and paths[0].is_dir():
         shards = sorted(p for p in paths[0].iterdir() if p.name.endswith(SHARD_SUFFIXES))
         mine = [p for p in shards if re.match(rf"{split}[-_.]", p.name)]
@@ -203,8 +128,6 @@ _SCENE_OPTIONS = {"n": int, "test_n": int, "seed": int, "size": int, "corrupt": 
 
 
 def _scenes(options: str, split: str, image_size: int | None) -> PairSet:
-    from .scenes import TEST_SEED_OFFSET, make_scenes
-
     opts: dict = {"n": 4000, "test_n": 1000, "seed": 0, "size": 32, "corrupt": 0.0, "single": None, "captions": 3}
     for item in (x.strip() for x in options.split(",") if x.strip()):
         if item in ("train", "test"):
@@ -240,45 +163,6 @@ def _from_labels(images: ImageSet) -> PairSet:
     captions = [list(prompts[int(y)]) for y in images.labels]
     images = ImageSet(images.images, images.labels, names, images.name, images.skipped)
     return PairSet(images, captions, images.name)
-
-
-# ------------------------------------------------------------------ cache of images + captions
-
-
-def _cached_pairs(key: str, decode: Callable[[], PairSet]) -> PairSet:
-    """Like data/cache.py's ``cached``, for images and their captions (utf-8 bytes + counts)."""
-    path = cache_dir() / "decoded" / f"pairs-{key}.npz"
-    if path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                blob = f["caption_bytes"].tobytes()
-                ends, counts = f["caption_ends"], f["caption_counts"]
-                starts = np.concatenate([[0], ends[:-1]])
-                flat = [blob[s:e].decode("utf-8") for s, e in zip(starts, ends)]
-                bounds = np.concatenate([[0], np.cumsum(counts)])
-                captions = [flat[bounds[i]:bounds[i + 1]] for i in range(len(counts))]
-                images = ImageSet(f["images"], f["labels"] if f["has_labels"] else None,
-                                  [str(n) for n in f["class_names"]] or None, str(f["name"]),
-                                  [str(s) for s in f["skipped"]])
-                return PairSet(images, captions, str(f["name"]))
-        except (OSError, ValueError, KeyError, UnicodeDecodeError, ReprlearnError):
-            path.unlink(missing_ok=True)  # unreadable entry: decode again
-    result = decode()
-    encoded = [c.encode("utf-8") for caps in result.captions for c in caps]
-    try:
-        with atomic_write(path) as f:
-            im = result.images
-            np.savez(f, images=im.images,
-                     labels=im.labels if im.labels is not None else np.zeros(0, np.int64),
-                     has_labels=im.labels is not None,
-                     class_names=np.asarray(im.class_names or [], dtype=str),
-                     skipped=np.asarray(im.skipped, dtype=str), name=result.name,
-                     caption_bytes=np.frombuffer(b"".join(encoded), dtype=np.uint8),
-                     caption_ends=np.cumsum([len(b) for b in encoded], dtype=np.int64),
-                     caption_counts=np.asarray([len(c) for c in result.captions], dtype=np.int64))
-    except OSError:
-        pass  # a cache we cannot write only costs time
-    return result
 
 
 # ------------------------------------------------------------------ CSV / TSV
@@ -329,7 +213,7 @@ def load_csv(spec: str, image_size: int | None = None, skip_bad: bool = False) -
         else:
             groups[resolved] = (where, image, [caption])
     stats = [(r, os.stat(r).st_size, os.stat(r).st_mtime_ns) for r in groups]
-    key = content_key("pairs-table", PAIRS_CACHE_VERSION, _file_digest(table), str(base), stats, problems,
+    key = content_key("pairs-table", PAIRS_CACHE_VERSION, file_digest(table), str(base), stats, problems,
                       image_size, skip_bad)
 
     def decode() -> PairSet:
@@ -351,7 +235,7 @@ def load_csv(spec: str, image_size: int | None = None, skip_bad: bool = False) -
         images, _ = out.arrays()
         return PairSet(ImageSet(images, None, None, str(table), out.skipped), captions, str(table))
 
-    return _cached_pairs(key, decode)
+    return cached(key, decode, pair_set_arrays, pair_set_from, prefix="pairs-")
 
 
 def _read_table(table: Path) -> tuple[list[tuple[int, int, list[str]]], list[str]]:
@@ -386,7 +270,7 @@ def _column(header: list[str], accepted: tuple[str, ...]) -> int | None:
 
 def load_pair_shards(paths: list[Path], image_size: int | None = None, skip_bad: bool = False,
                      name: str = "") -> PairSet:
-    key = content_key("pairs-shards", PAIRS_CACHE_VERSION, [_file_digest(p) for p in paths], image_size, skip_bad)
+    key = content_key("pairs-shards", PAIRS_CACHE_VERSION, [file_digest(p) for p in paths], image_size, skip_bad)
 
     def decode() -> PairSet:
         out = Collector(name, skip_bad)
@@ -399,10 +283,10 @@ def load_pair_shards(paths: list[Path], image_size: int | None = None, skip_bad:
                 if len(out.images) > before:
                     captions.append(caps)
         images, labels = out.arrays()
-        classes = _class_names(paths[0].parent) if labels is not None else None
+        classes = class_names_beside(paths[0].parent) if labels is not None else None
         return PairSet(ImageSet(images, labels, classes, name, out.skipped), captions, name)
 
-    return _cached_pairs(key, decode)
+    return cached(key, decode, pair_set_arrays, pair_set_from, prefix="pairs-")
 
 
 def _shard_captions(sample: dict, where: str) -> list[str]:

@@ -25,6 +25,8 @@ import numpy as np
 
 from ..errors import fail
 from .imageset import ImageSet
+from .pairset import PairSet
+from .prompts import PROMPT_TEMPLATES, fill_template
 
 SHAPES = ["circle", "square", "triangle", "cross", "ring"]
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange"]
@@ -67,14 +69,10 @@ class ZeroShotTask(NamedTuple):
     @property
     def templates(self) -> list[str]:
         """Prompt templates for this task (``.format(class_name)``; fix the article with :func:`article`)."""
-        from .pairs import PROMPT_TEMPLATES
-
         return ZERO_SHOT_TEMPLATES.get(self.name, PROMPT_TEMPLATES)
 
     def prompts(self) -> list[list[str]]:
         """For each class, its prompts, grammatical ('an orange object', not 'a orange object')."""
-        from .pairs import fill_template
-
         return [[fill_template(t, c) for t in self.templates] for c in self.class_names]
 
 
@@ -169,8 +167,6 @@ def make_scenes(n: int, seed: int = 0, size: int = 32, corrupt: float = 0.0,
     all its captions from another image with different content; ``corrupted`` marks them,
     while ``attributes`` always describe the image itself.
     """
-    from .pairs import PairSet
-
     if n < 1:
         raise fail(f"scenes: n={n}; ask for at least one image")
     if size < 16:

@@ -48,7 +48,7 @@ def load_source(spec: str, image_size: int | None = None, skip_bad: bool = False
         split = split or "train"
         images = _digits(split) if name == "digits" else _cifar10(split, skip_bad)
         return _maybe_resize(images, image_size)
-    paths = _expand(spec)
+    paths = expand_spec(spec)
     if len(paths) == 1 and paths[0].is_dir():
         folder = paths[0]
         shards = sorted(p for p in folder.iterdir() if p.name.endswith(SHARD_SUFFIXES))
@@ -64,7 +64,8 @@ def load_source(spec: str, image_size: int | None = None, skip_bad: bool = False
     return load_shards(paths, image_size, skip_bad, name=spec)
 
 
-def _expand(spec: str) -> list[Path]:
+def expand_spec(spec: str) -> list[Path]:
+    """A source spec's paths: comma-separated parts, globs expanded (sorted); a one-line error for a missing one."""
     paths: list[Path] = []
     for part in (p.strip() for p in spec.split(",") if p.strip()):
         part = os.path.expanduser(part)
@@ -160,7 +161,7 @@ def load_folder(folder: Path, image_size: int | None, skip_bad: bool) -> ImageSe
 
 
 def load_shards(paths: list[Path], image_size: int | None, skip_bad: bool, name: str) -> ImageSet:
-    key = content_key("shards", [_file_digest(p) for p in paths], image_size, skip_bad)
+    key = content_key("shards", [file_digest(p) for p in paths], image_size, skip_bad)
 
     def decode() -> ImageSet:
         out = Collector(name, skip_bad)
@@ -169,7 +170,7 @@ def load_shards(paths: list[Path], image_size: int | None, skip_bad: bool, name:
                 out.add(k, img, label)
             out.skipped.extend(part["skipped"])
         images, labels = out.arrays()
-        return ImageSet(images, labels, _class_names(paths[0].parent), name, out.skipped)
+        return ImageSet(images, labels, class_names_beside(paths[0].parent), name, out.skipped)
 
     return cached(key, decode)
 
@@ -226,7 +227,8 @@ def _decode_shard(job: tuple) -> dict | str:
     return {"items": items, "skipped": skipped}
 
 
-def _file_digest(path: Path) -> str:
+def file_digest(path: Path) -> str:
+    """SHA-1 of a file's bytes (cache keys follow content, not names or times)."""
     import hashlib
 
     h = hashlib.sha1()
@@ -236,7 +238,8 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _class_names(folder: Path) -> list[str] | None:
+def class_names_beside(folder: Path) -> list[str] | None:
+    """The class names in ``folder/classes.txt`` (one a line, in label order), or None."""
     names = folder / "classes.txt"
     if names.is_file():
         return [line.strip() for line in names.read_text().splitlines() if line.strip()]
