@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import fail
-from . import register_backbone
+from .registry import register_backbone
 
 
 def conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:

@@ -7,7 +7,7 @@ from typing import Sequence
 from torch import Tensor, nn
 
 from ..errors import fail
-from . import register_backbone
+from .registry import register_backbone
 
 
 class MLPBackbone(nn.Module):

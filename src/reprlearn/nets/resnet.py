@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from . import register_backbone
+from .registry import register_backbone
 
 
 def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import fail
-from . import register_backbone
+from .registry import register_backbone
 
 
 class Attention(nn.Module):
