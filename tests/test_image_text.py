@@ -9,13 +9,13 @@ import pytest
 import torch
 
 import reprlearn
-from reprlearn.api import load_method, zeroshot
+from reprlearn.api import load_method, search, zeroshot
 from reprlearn.cli import main
 from reprlearn.errors import ReprlearnError
 from reprlearn.evaluate.image_text import (clip_score_auroc, recall_at_k, recall_chance, zero_shot_accuracy,
                                            zero_shot_classifier)
 from reprlearn.nets.text import TextTransformer
-from reprlearn.search import build_index, query_index, search
+from reprlearn.search import build_index, query_index
 
 # ------------------------------------------------------------------ text tower
 

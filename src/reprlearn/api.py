@@ -455,6 +455,20 @@ def zero_shot_scores(method: Method, pairs: PairSet, image_emb: torch.Tensor, ta
     return {"zeroshot_tasks": scores, "zeroshot_top1": means["top1"], "zeroshot_chance": means["chance"]}
 
 
+def search(run_dir: str | Path, index: str, queries: list[str] | None = None,
+           query_images: list[str] | None = None, k: int = 8):
+    """Semantic search of an image-text run: the top-``k`` images of source ``index`` per query
+    (see :func:`reprlearn.search.search`); returns (hits per query, the index's uint8 images)."""
+    from . import search as semantic
+
+    if not (queries or query_images):
+        raise fail("nothing to search for; give --query TEXT or --query-image PATH")
+    method, cfg, info = load_method(run_dir)
+    if not getattr(method, "paired", False):
+        raise fail(f"{run_dir} is a {cfg.method} run; search needs an image-text run (clip or siglip)")
+    return semantic.search(method, info, run_dir, index, queries, query_images, k)
+
+
 def zeroshot(run_dir: str | Path, data: str | None = None, classes: str | list[str] | None = None,
              templates: list[str] | None = None) -> dict:
     """Zero-shot classification of ``data`` (default: the run's held-out pairs) with an image-text run.

@@ -170,7 +170,8 @@ def _cmd_zeroshot(argv: list[str]) -> int:
 
 
 def _cmd_search(argv: list[str]) -> int:
-    from .search import contact_sheet, search
+    from .api import search
+    from .search import contact_sheet
 
     p = _Parser(prog="reprlearn search", description="Semantic search: the images of --index closest to a text "
                 "or image query, from a FAISS index saved in RUN_DIR/search/ and reused.")

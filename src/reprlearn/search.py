@@ -62,14 +62,15 @@ def index_key(run_dir: Path, spec: str) -> str:
     return hashlib.sha1(json.dumps([spec, st.st_size, st.st_mtime_ns]).encode()).hexdigest()[:16]
 
 
-def search(run_dir: str | Path, index_source: str, queries: list[str] | None = None,
+def search(method, info, run_dir: str | Path, index_source: str, queries: list[str] | None = None,
            query_images: list[str] | None = None, k: int = 8) -> tuple[list[list[Hit]], np.ndarray]:
     """Top-``k`` items of ``index_source`` for each text query and each query image.
 
-    Returns one list of hits per query (texts first, then images) and the index source's
-    uint8 images (N, H, W, C) for drawing results.
+    ``method`` is a loaded image-text method (``embed_texts``, ``image_tower``, ``encode_image``)
+    with its :class:`DataInfo`; its index is kept in ``run_dir/search/``. Returns one list of
+    hits per query (texts first, then images) and the index source's uint8 images
+    (N, H, W, C) for drawing results.
     """
-    from .api import load_method
     from .data.decode import BadItem, decode_image
     from .data.pairs import is_pair_source, load_pairs
     from .data.sources import load_source
@@ -81,9 +82,6 @@ def search(run_dir: str | Path, index_source: str, queries: list[str] | None = N
     if k < 1:
         raise fail(f"--k must be at least 1, got {k}")
     run_dir = Path(run_dir)
-    method, cfg, info = load_method(run_dir)
-    if not getattr(method, "paired", False):
-        raise fail(f"{run_dir} is a {cfg.method} run; search needs an image-text run (clip or siglip)")
     captions = None
     if is_pair_source(index_source):
         pairs = load_pairs(index_source, split="test", image_size=info.image_size)
