@@ -14,8 +14,9 @@ import torch
 from .config import RunConfig, build, load_yaml, save_yaml
 from .data import ImageSet, load_source, stratified_split
 from .data.pairset import PairSet
-from .errors import fail
+from .errors import ReprlearnError, fail
 from .methods import METHODS, DataInfo, Method
+from .methods.lookup import is_user_method, method_class, method_spec, short_name
 from .nets import create_backbone
 from .nets.encoder import Encoder
 
@@ -32,22 +33,23 @@ def methods() -> list[str]:
 
 
 def resolve_config(method: str, overrides: dict[str, Any], config_file: str | None = None,
-                   base: dict | None = None) -> tuple[RunConfig, Any]:
+                   base: dict | None = None, method_file: str | Path | None = None) -> tuple[RunConfig, Any]:
     """Merge base (a saved run) <- config file <- overrides; validate both config levels.
 
     Keys that are not run options are the method's options (e.g. ``temperature``).
+    ``method`` is a registered name or a user's ``FILE.py:ClassName`` (see methods/lookup.py).
     """
     merged: dict[str, Any] = {}
     options: dict[str, Any] = {}
     name = method or (base or {}).get("method") or "simclr"
-    defaults = {} if base else METHODS.get(name).run_defaults  # a saved run already holds its values
+    method_cls = method_class(name, method_file)
+    defaults = {} if base else method_cls.run_defaults  # a saved run already holds its values
     for layer in (defaults, base or {}, load_yaml(config_file) if config_file else {}, overrides):
         layer = dict(layer)
         options.update(layer.pop("options", None) or {})
         for key, value in layer.items():
             (merged if key.replace("-", "_") in RUN_FIELDS else options)[key] = value
     merged["method"] = name
-    method_cls = METHODS.get(merged["method"])
     cfg = build(RunConfig, merged)
     method_cfg = build(method_cls.Config, options, where=f" for method {cfg.method} (or the run)")
     cfg.options = dataclasses.asdict(method_cfg)
@@ -162,11 +164,11 @@ def build_encoder(cfg: RunConfig, info: DataInfo) -> Encoder:
     return Encoder(backbone, info.mean, info.std)
 
 
-def build_method(cfg: RunConfig, method_cfg: Any, info: DataInfo) -> Method:
+def build_method(cfg: RunConfig, method_cfg: Any, info: DataInfo, method_file: str | Path | None = None) -> Method:
     from .augment import preset
 
     view_spec = preset(cfg.augment, info.image_size, info.channels)
-    return METHODS.get(cfg.method)(method_cfg, build_encoder(cfg, info), info, view_spec)
+    return method_class(cfg.method, method_file)(method_cfg, build_encoder(cfg, info), info, view_spec)
 
 
 # ---------------------------------------------------------------- train
@@ -182,17 +184,20 @@ def _new_run_dir(method: str) -> Path:
     return path
 
 
-def train(method: str = "simclr", *, out: str | Path | None = None, config: str | None = None,
+def train(method: str | type = "simclr", *, out: str | Path | None = None, config: str | None = None,
           resume: bool = False, callbacks: list | None = None, **options: Any) -> Path:
     """Train ``method`` and return its run directory.
 
+    ``method`` is a registered name, a user's ``FILE.py:ClassName``, or a :class:`Method`
+    subclass itself (defined at the top level of a file the run can import again).
     ``options`` are run options (``data``, ``epochs``, ``batch_size`` ...) or the
     method's own (``temperature`` ...), as in ``reprlearn train --help``;
     ``callbacks`` are extra Lightning callbacks.
     """
     from .engine import CHECKPOINT, RunLock
 
-    run_dir = Path(out) if out else _new_run_dir(method)
+    method = method_spec(method) if method else method
+    run_dir = Path(out) if out else _new_run_dir(short_name(method or "simclr"))
     ckpt = run_dir / "checkpoints" / CHECKPOINT
     with RunLock(run_dir):
         base = None
@@ -215,7 +220,7 @@ def _fit(cfg: RunConfig, method_cfg: Any, run_dir: Path, resume_from: Path | Non
     from .engine import Checkpointing, CollapseWatch, Interrupted, KNNMonitor, TrainModule, make_trainer
 
     train_pairs = eval_pairs = tokenizer = None
-    if METHODS.get(cfg.method).paired:
+    if method_class(cfg.method).paired:
         if cfg.exclude_class is not None:
             raise fail(f"--exclude-class is for image-only methods; {cfg.method} trains on (image, caption) pairs")
         train_pairs, eval_pairs = load_pair_data(cfg)
@@ -314,17 +319,39 @@ def read_checkpoint(run_dir: str | Path) -> dict:
         raise fail(f"checkpoint {path} cannot be loaded safely ({type(e).__name__}: {str(e)[:80]})") from None
 
 
-def load_method(run_dir: str | Path) -> tuple[Method, RunConfig, DataInfo]:
-    """The whole trained method of a run (heads, decoders, teachers), in eval mode."""
+def load_method(run_dir: str | Path, method_file: str | Path | None = None) -> tuple[Method, RunConfig, DataInfo]:
+    """The whole trained method of a run (heads, decoders, teachers), in eval mode.
+
+    A run of a method in a user's file imports that file again, from the path the run
+    recorded or from ``method_file``; a checkpoint never carries code.
+    """
+    import sys
+
     ckpt = read_checkpoint(run_dir)
     meta = ckpt.get("reprlearn")
     if not meta:
         raise fail(f"{run_dir} is not a reprlearn checkpoint (no reprlearn metadata)")
-    cfg, method_cfg = resolve_config(meta["config"]["method"], {}, base=meta["config"])
+    spec = meta["config"]["method"]
+    if is_user_method(spec):
+        file, _, cls_name = spec.rpartition(":")
+        print(f"loading method {cls_name} from {method_file or file} (a user file, not part of reprlearn)",
+              file=sys.stderr)
+    try:
+        cfg, method_cfg = resolve_config(spec, {}, base=meta["config"], method_file=method_file)
+    except ReprlearnError as e:
+        if not is_user_method(spec) or "unknown option" not in str(e):
+            raise
+        raise fail(f"{spec.rpartition(':')[2]} no longer matches the config this run was saved with ({e}); "
+                   "restore the class as it was, or pass --method-file with the file the run used") from None
     info = DataInfo(**meta["data_info"])
-    method = build_method(cfg, method_cfg, info)
+    method = build_method(cfg, method_cfg, info, method_file)
     prefix = "method."
-    method.load_state_dict({k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)})
+    try:
+        method.load_state_dict({k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)})
+    except RuntimeError as e:
+        first = " ".join(str(e).split())[:160]
+        raise fail(f"the weights of {run_dir} do not fit {short_name(spec)} as it is defined now ({first}); "
+                   "restore the class as it was when the run was trained") from None
     if meta.get("tokenizer"):
         from .text import TextTokenizer
 
@@ -332,12 +359,13 @@ def load_method(run_dir: str | Path) -> tuple[Method, RunConfig, DataInfo]:
     return method.eval(), cfg, info
 
 
-def load(run_dir: str | Path) -> Encoder:
+def load(run_dir: str | Path, method_file: str | Path | None = None) -> Encoder:
     """The trained encoder of a run (heads dropped), in eval mode.
 
     It takes float images in [0, 1] shaped (N, C, H, W) and returns (N, feature_dim).
+    ``method_file``: where a run of a user-file method finds its file now (see load_method).
     """
-    method, cfg, info = load_method(run_dir)
+    method, cfg, info = load_method(run_dir, method_file)
     encoder = method.encoder
     encoder.run_config = cfg  # what it was trained with, for evaluation
     encoder.data_info = info
@@ -360,7 +388,8 @@ def evaluate_run(run_dir: str | Path, *, method: Method | None = None, cfg: RunC
                  info: DataInfo | None = None, train_set: ImageSet | None = None,
                  eval_set: ImageSet | None = None, eval_data: str | None = None,
                  labels_per_class: int | None = None, finetune: bool | None = None,
-                 anomaly_class: int | None = None, iwae_k: int = 50, eval_pairs: PairSet | None = None) -> dict:
+                 anomaly_class: int | None = None, iwae_k: int = 50, eval_pairs: PairSet | None = None,
+                 method_file: str | Path | None = None) -> dict:
     """Evaluate a run with the one harness; writes eval.json, umap.png and, for
     generative methods, reconstruction / sample / interpolation figures into the run;
     for image-text methods also zero-shot accuracy, retrieval Recall@K and CLIP-score AUROC."""
@@ -369,7 +398,7 @@ def evaluate_run(run_dir: str | Path, *, method: Method | None = None, cfg: RunC
 
     run_dir = Path(run_dir)
     if method is None:
-        method, cfg, info = load_method(run_dir)
+        method, cfg, info = load_method(run_dir, method_file)
     if eval_data:
         cfg = dataclasses.replace(cfg, eval_data=eval_data)
     if train_set is None or eval_set is None:
@@ -390,7 +419,7 @@ def evaluate_run(run_dir: str | Path, *, method: Method | None = None, cfg: RunC
     if eval_set.labels is not None or not method.paired:
         result = evaluate(method.encoder, build_encoder(cfg, info), train_set, eval_set, labels_per_class=per_class,
                           seed=cfg.seed, max_train=cfg.eval_max_train, finetune_views=views, run_dir=run_dir,
-                          method=cfg.method)
+                          method=short_name(cfg.method))
     else:  # captions but no labels (e.g. Flickr8k): no probe to fit; the joint space is scored below
         result = {"method": cfg.method, "test_images": len(eval_set),
                   "probes": "skipped: the evaluation pairs have no class labels"}

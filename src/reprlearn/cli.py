@@ -54,15 +54,17 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
 def _train_parser(method: str | None) -> argparse.ArgumentParser:
     from .config import RunConfig
     from .methods import METHODS
+    from .methods.lookup import is_user_method, method_class, short_name
 
     p = _Parser(prog="reprlearn train", description="Train a method, then evaluate it (unless --no-eval).")
-    p.add_argument("method", nargs="?", help=f"one of: {', '.join(METHODS.names())}")
+    p.add_argument("method", nargs="?", help=f"one of: {', '.join(METHODS.names())}; or FILE.py:ClassName, "
+                   "a Method subclass in your own file (see docs/adding-a-method.md)")
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (default: runs/METHOD-TIMESTAMP)")
     p.add_argument("--config", metavar="FILE.yaml", help="options from a YAML file (flags override it)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     _add_fields(p, RunConfig, "run options")
-    if method and method in METHODS:
-        _add_fields(p, METHODS.get(method).Config, f"{method} options")
+    if method and (method in METHODS or is_user_method(method)):
+        _add_fields(p, method_class(method).Config, f"{short_name(method)} options")
     return p
 
 
@@ -90,13 +92,16 @@ def _cmd_eval(argv: list[str]) -> int:
     p.add_argument("--anomaly-class", type=int, help="score test images by reconstruction error / negative ELBO "
                    "and report the AUROC of this class (train with --exclude-class C)")
     p.add_argument("--iwae-k", type=int, default=50, help="importance samples for the IWAE bound (VAEs)")
+    p.add_argument("--method-file", metavar="FILE.py", help="a run of a method in a user file: import it from here "
+                   "instead of the path the run recorded")
     a = p.parse_args(argv)
     if a.labels_per_class is not None and a.labels_per_class < 1:
         p.error(f"--labels-per-class must be >= 1, got {a.labels_per_class}")
     if a.iwae_k < 1:
         p.error(f"--iwae-k must be >= 1, got {a.iwae_k}")
     result = evaluate_run(a.run_dir, eval_data=a.data, labels_per_class=a.labels_per_class,
-                          finetune=a.finetune or None, anomaly_class=a.anomaly_class, iwae_k=a.iwae_k)
+                          finetune=a.finetune or None, anomaly_class=a.anomaly_class, iwae_k=a.iwae_k,
+                          method_file=a.method_file)
     print(format_table(result))
     return 0
 
@@ -104,14 +109,15 @@ def _cmd_eval(argv: list[str]) -> int:
 def _cmd_embed(argv: list[str]) -> int:
     import numpy as np
 
-    from .api import embed
+    from .api import embed, load
 
     p = _Parser(prog="reprlearn embed", description="Write the (N, D) features of a data source to a .npy file.")
     p.add_argument("run_dir")
     p.add_argument("--data", required=True, help="images to embed (any data source)")
     p.add_argument("--out", required=True, metavar="FILE.npy")
+    p.add_argument("--method-file", metavar="FILE.py", help="a run of a method in a user file: import it from here")
     a = p.parse_args(argv)
-    features = embed(a.run_dir, a.data)
+    features = embed(load(a.run_dir, a.method_file), a.data)
     np.save(a.out, features)
     print(f"wrote {features.shape[0]} x {features.shape[1]} features to {a.out}")
     return 0
