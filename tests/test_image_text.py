@@ -15,7 +15,10 @@ from reprlearn.errors import ReprlearnError
 from reprlearn.evaluate.image_text import (clip_score_auroc, recall_at_k, recall_chance, zero_shot_accuracy,
                                            zero_shot_classifier)
 from reprlearn.nets.text import TextTransformer
+from reprlearn.methods import METHODS
 from reprlearn.search import build_index, query_index
+
+IMAGE_TEXT = [m for m in METHODS.names() if METHODS.get(m).paired]  # every image-text method in the registry
 
 # ------------------------------------------------------------------ text tower
 
@@ -194,7 +197,7 @@ def test_image_only_run_is_refused_by_zeroshot_and_search(tmp_path):
         search(run, "digits", ["a digit"])
 
 
-@pytest.mark.parametrize("method", ["clip", "siglip"])
+@pytest.mark.parametrize("method", IMAGE_TEXT)
 def test_short_training_on_scenes_beats_chance_in_zero_shot_and_retrieval(tmp_path, method):
     from reprlearn.api import image_text_metrics, load_pair_data
 
