@@ -199,7 +199,8 @@ def test_image_only_run_is_refused_by_zeroshot_and_search(tmp_path):
 
 @pytest.mark.parametrize("method", IMAGE_TEXT)
 def test_short_training_on_scenes_beats_chance_in_zero_shot_and_retrieval(tmp_path, method):
-    from reprlearn.api import image_text_metrics, load_pair_data
+    from reprlearn.api import load_pair_data
+    from reprlearn.evaluate.image_text_harness import image_text_metrics
 
     run = reprlearn.train(method, out=tmp_path / "run", data="scenes:n=1200,test_n=500", epochs=10, batch_size=128,
                           text_width=64, text_layers=1, embed_dim=64, eval=False, progress=False)

@@ -11,7 +11,8 @@ from fakedata import SHARED, jpg_bytes, one_line_error, png_bytes, rgb, write_sh
 from reprlearn.data.pairs import is_pair_source, load_pairs
 from reprlearn.data.pairset import PairSet
 from reprlearn.data.prompts import PROMPT_TEMPLATES, fill_template
-from reprlearn.data.scenes import COLOURS, SHAPES, ZERO_SHOT_TEMPLATES, make_scenes, zero_shot_tasks
+from reprlearn.data.scenes import COLOURS, SHAPES, ZERO_SHOT_TEMPLATES, make_scenes
+from reprlearn.evaluate.zero_shot import zero_shot_tasks
 
 FLICKR = SHARED / "flickr8k"
 
@@ -234,7 +235,7 @@ def test_zero_shot_tasks_on_the_test_split():
     assert len(single) == 120  # 40% single-object images
     tasks = zero_shot_tasks(test)
     assert [t.name for t in tasks] == ["shape", "colour"]
-    for name, index, labels, class_names in tasks:
+    for name, index, labels, class_names, _ in tasks:
         np.testing.assert_array_equal(index, single)
         np.testing.assert_array_equal(labels, test.attributes[name][single])
         assert class_names == test.attribute_names[name]

@@ -424,6 +424,8 @@ def evaluate_run(run_dir: str | Path, *, method: Method | None = None, cfg: RunC
         result = {"method": cfg.method, "test_images": len(eval_set),
                   "probes": "skipped: the evaluation pairs have no class labels"}
     if method.paired:
+        from .evaluate.image_text_harness import image_text_metrics
+
         result.update(image_text_metrics(method, eval_pairs, device))
     result["labels_per_class"] = per_class
     result["eval_data"] = eval_set.name
@@ -432,56 +434,6 @@ def evaluate_run(run_dir: str | Path, *, method: Method | None = None, cfg: RunC
         result.update(_generative_eval(method, cfg, info, eval_set, run_dir, anomaly_class, iwae_k, device))
     (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
     return result
-
-
-def image_text_metrics(method: Method, pairs: PairSet, device: str, max_images: int = 5000) -> dict:
-    """Zero-shot accuracy (held-out tasks of the pairs), retrieval Recall@1/5/10 with chance,
-    and the CLIP-score AUROC on held-out pairs.
-
-    Retrieval is skipped for pairs made from class prompts (every image of a class shares
-    its captions, so 'its own caption' means nothing there).
-    """
-    from .evaluate import extract
-    from .evaluate import image_text as it
-
-    out: dict[str, Any] = {}
-    method = method.to(device).eval()
-    image_emb = torch.from_numpy(extract(method.image_tower(), pairs.images.tensor(), 512))
-    zs = zero_shot_scores(method, pairs, image_emb)
-    if zs["zeroshot_tasks"]:
-        out.update(zs)
-    if pairs.images.labels is not None and pairs.attributes is None:  # captions made from class prompts
-        return out
-    keep = min(len(pairs), max_images)
-    text_image = torch.repeat_interleave(torch.arange(keep), torch.tensor([len(c) for c in pairs.captions[:keep]]))
-    text_emb = method.embed_texts([c for caps in pairs.captions[:keep] for c in caps]).cpu()
-    sim = image_emb[:keep] @ text_emb.T
-    out.update(it.recall_at_k(sim, text_image))
-    for k in (1, 5, 10):
-        chance = it.recall_chance(text_image.numpy(), keep, k)
-        out[f"i2t_recall@{k}_chance"], out[f"t2i_recall@{k}_chance"] = chance["i2t"], chance["t2i"]
-    out["recall@5_chance"] = out["t2i_recall@5_chance"]  # one caption's own image among N: K / N
-    auroc = it.clip_score_auroc(sim, text_image)
-    out["clip_score_auroc"], out["clip_score_auroc_per_image"] = auroc["pooled"], auroc["per_image"]
-    out["retrieval_images"], out["retrieval_texts"] = keep, len(text_image)
-    return out
-
-
-def zero_shot_scores(method: Method, pairs: PairSet, image_emb: torch.Tensor, tasks: list | None = None) -> dict:
-    """Top-1/top-5 of each zero-shot task with its chance level; their means as
-    ``zeroshot_top1`` / ``zeroshot_chance`` (None when the pairs hold no task)."""
-    from .data.scenes import zero_shot_tasks
-    from .evaluate import image_text as it
-
-    scores: dict[str, dict] = {}
-    for task in tasks if tasks is not None else zero_shot_tasks(pairs):
-        classifier = it.zero_shot_classifier(lambda t: method.embed_texts(t).cpu(), task.prompts())
-        acc = it.zero_shot_accuracy(image_emb[torch.from_numpy(task.index)], classifier, torch.from_numpy(task.labels))
-        n_classes = len(task.class_names)
-        scores[task.name] = {**acc, "chance": 1 / n_classes, "top5_chance": min(5, n_classes) / n_classes,
-                             "images": len(task.index), "classes": n_classes}
-    means = {key: float(np.mean([t[key] for t in scores.values()])) if scores else None for key in ("top1", "chance")}
-    return {"zeroshot_tasks": scores, "zeroshot_top1": means["top1"], "zeroshot_chance": means["chance"]}
 
 
 def search(run_dir: str | Path, index: str, queries: list[str] | None = None,
@@ -506,8 +458,8 @@ def zeroshot(run_dir: str | Path, data: str | None = None, classes: str | list[s
     (default: the source's own class names). ``templates``: prompts with ``{}`` for the name.
     """
     from .data.pairs import load_pairs
-    from .data.prompts import PROMPT_TEMPLATES
     from .evaluate import extract
+    from .evaluate.zero_shot import class_task, zero_shot_scores, zero_shot_tasks
 
     method, cfg, info = load_method(run_dir)
     if not method.paired:
@@ -521,50 +473,14 @@ def zeroshot(run_dir: str | Path, data: str | None = None, classes: str | list[s
     if pairs.images.images.shape[1:] != (info.image_size, info.image_size, info.channels):
         raise fail(f"{data} images are {pairs.images.images.shape[1:]} but the run was trained on "
                    f"{(info.image_size, info.image_size, info.channels)}; pass a source of that shape")
-    tasks = None
-    if classes is not None or templates:
-        names = _class_list(classes) if classes is not None else pairs.images.class_names
-        labels = pairs.images.labels
-        if labels is None or not names:
-            raise fail(f"{pairs.name} has no class labels; zero-shot with --classes needs labelled images "
-                       "(KEY.cls members, class sub-folders, digits, cifar10)")
-        if labels.max() >= len(names):
-            raise fail(f"{pairs.name} has labels up to {labels.max()} but only {len(names)} class names were given")
-        chosen = templates or PROMPT_TEMPLATES
-        for t in chosen:
-            if "{}" not in t:
-                raise fail(f"prompt template {t!r} has no {{}} for the class name")
-        tasks = [_PromptTask("class", np.arange(len(labels)), labels, list(names), list(chosen))]
+    tasks = [class_task(pairs, classes, templates)] if classes is not None or templates else zero_shot_tasks(pairs)
     method = method.to("cpu")
     image_emb = torch.from_numpy(extract(method.image_tower(), pairs.images.tensor(), 512))
-    result = zero_shot_scores(method, pairs, image_emb, tasks)
+    result = zero_shot_scores(method.embed_texts, image_emb, tasks)
     if not result["zeroshot_tasks"]:
         raise fail(f"{pairs.name} holds no zero-shot task (no labels); give --data with labelled images and --classes")
     return {"tasks": result["zeroshot_tasks"], "zeroshot_top1": result["zeroshot_top1"],
             "zeroshot_chance": result["zeroshot_chance"]}
-
-
-class _PromptTask:
-    """A zero-shot task with the user's class names and templates (same shape as scenes.ZeroShotTask)."""
-
-    def __init__(self, name, index, labels, class_names, templates):
-        self.name, self.index, self.labels, self.class_names, self.templates = name, index, labels, class_names, templates
-
-    def prompts(self) -> list[list[str]]:
-        return [[t.format(c) for t in self.templates] for c in self.class_names]
-
-
-def _class_list(classes: str | list[str]) -> list[str]:
-    if isinstance(classes, (list, tuple)):
-        names = [str(c).strip() for c in classes]
-    elif Path(classes).is_file():
-        names = [line.strip() for line in Path(classes).read_text().splitlines() if line.strip()]
-    else:
-        names = [c.strip() for c in str(classes).split(",")]
-    if not names or not all(names):
-        raise fail(f"--classes {classes!r} names no classes (or has an empty one); give a file with one name "
-                   "per line or a comma list")
-    return names
 
 
 def _generative_eval(method: Method, cfg: RunConfig, info: DataInfo, eval_set: ImageSet, run_dir: Path,

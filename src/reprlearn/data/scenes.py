@@ -13,20 +13,17 @@ Each image gets ``captions_per_image`` different wordings (training samples one 
 ``size`` of its first object as indices into ``SHAPES``, ``COLOURS`` and ``SIZES``; the first
 object is the one the captions' relations start from ("a {first} to the left of a {second}").
 
-Held-out zero-shot tasks (:func:`zero_shot_tasks`): the shape, and the colour, of single-object
+Held-out zero-shot tasks (:func:`reprlearn.evaluate.zero_shot.zero_shot_tasks`): the shape, and the colour, of single-object
 images, each prompt naming only that one attribute ("a picture of a triangle.").
 """
 
 from __future__ import annotations
-
-from typing import NamedTuple
 
 import numpy as np
 
 from ..errors import fail
 from .imageset import ImageSet
 from .pairset import PairSet
-from .prompts import PROMPT_TEMPLATES, fill_template
 
 SHAPES = ["circle", "square", "triangle", "cross", "ring"]
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange"]
@@ -56,24 +53,6 @@ TEST_SEED_OFFSET = 1_000_003  # load_pairs("scenes", split="test") draws with se
 def article(phrase: str) -> str:
     """'a red circle', 'an orange ring'."""
     return ("an " if phrase[:1] in "aeiou" else "a ") + phrase
-
-
-class ZeroShotTask(NamedTuple):
-    """One held-out classification task: images ``index`` of the set, true ``labels``, ``class_names``."""
-
-    name: str
-    index: np.ndarray
-    labels: np.ndarray
-    class_names: list[str]
-
-    @property
-    def templates(self) -> list[str]:
-        """Prompt templates for this task (``.format(class_name)``; fix the article with :func:`article`)."""
-        return ZERO_SHOT_TEMPLATES.get(self.name, PROMPT_TEMPLATES)
-
-    def prompts(self) -> list[list[str]]:
-        """For each class, its prompts, grammatical ('an orange object', not 'a orange object')."""
-        return [[fill_template(t, c) for t in self.templates] for c in self.class_names]
 
 
 # ------------------------------------------------------------------ drawing
@@ -235,22 +214,3 @@ def make_scenes(n: int, seed: int = 0, size: int = 32, corrupt: float = 0.0,
     name = f"scenes:n={n},seed={seed},size={size}" + (f",corrupt={corrupt:g}" if corrupt else "")
     return PairSet(ImageSet(images, None, None, name), captions, name, corrupted, attrs,
                    {"shape": list(SHAPES), "colour": list(COLOURS), "size": list(SIZES)})
-
-
-def zero_shot_tasks(pairs) -> list[ZeroShotTask]:
-    """Held-out zero-shot classification tasks of a pair set.
-
-    scenes: "shape" and "colour" of the single-object images (prompts name only that attribute,
-    see :data:`ZERO_SHOT_TEMPLATES`). A labelled set (digits, cifar10 ...): one task "class"
-    over all images with :data:`reprlearn.data.pairs.PROMPT_TEMPLATES`. Otherwise: none.
-    """
-    attrs, names = pairs.attributes, pairs.attribute_names
-    if attrs is not None and names and "n_objects" in attrs:
-        index = np.flatnonzero(attrs["n_objects"] == 1)
-        if not len(index):
-            return []
-        return [ZeroShotTask(task, index, attrs[task][index], list(names[task])) for task in ("shape", "colour")]
-    labels, classes = pairs.images.labels, pairs.images.class_names
-    if labels is not None and classes:
-        return [ZeroShotTask("class", np.arange(len(labels)), labels, list(classes))]
-    return []

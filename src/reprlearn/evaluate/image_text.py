@@ -1,7 +1,8 @@
 """Using a joint image-text space: retrieval Recall@K, zero-shot classification, CLIP-score AUROC.
 
 Everything here takes unit embeddings (so a dot product is the cosine similarity,
-the "CLIP score") and plain index arrays; the models are not needed.
+the "CLIP score") and plain index arrays; the models are not needed (the harness that
+runs a method over held-out pairs is image_text_harness.py).
 """
 
 from __future__ import annotations
