@@ -217,7 +217,7 @@ def train(method: str | type = "simclr", *, out: str | Path | None = None, confi
 def _fit(cfg: RunConfig, method_cfg: Any, run_dir: Path, resume_from: Path | None, extra_callbacks: list) -> None:
     import lightning as L
 
-    from .engine import Checkpointing, CollapseWatch, Interrupted, KNNMonitor, TrainModule, make_trainer
+    from .engine import CollapseWatch, KNNMonitor, TrainModule, fit
 
     train_pairs = eval_pairs = tokenizer = None
     if method_class(cfg.method).paired:
@@ -263,37 +263,12 @@ def _fit(cfg: RunConfig, method_cfg: Any, run_dir: Path, resume_from: Path | Non
         fields.update(caption_tokens(train_pairs.captions, model.tokenizer, method_cfg.context_length))
     fit_images = fit_set.tensor()  # one host copy (N, C, H, W) shared by the module and the collapse watch
     module = TrainModule(model, cfg, fit_images, meta, fields)
-    checkpointing = Checkpointing(run_dir / "checkpoints", cfg.checkpoint_every, cfg.checkpoint_steps)
-    callbacks = [checkpointing, CollapseWatch(fit_images), *extra_callbacks]
+    callbacks = [CollapseWatch(fit_images), *extra_callbacks]
     if cfg.knn_monitor and eval_set is not None and eval_set.labels is not None and train_set.labels is not None:
         callbacks.append(KNNMonitor(train_set.tensor(), train_set.labels, eval_set.tensor(), eval_set.labels))
-    trainer = make_trainer(cfg, run_dir, callbacks)
     print(f"training {cfg.method} on {train_set.name} ({len(fit_set)} images "
           f"{info.image_size}x{info.image_size}x{info.channels}), backbone {meta['backbone']}, run {run_dir}")
-    resume_hint = f"resume with: reprlearn train {cfg.method} --out {run_dir} --resume"
-    checkpointing.install_signal_handlers()
-    try:
-        trainer.fit(module, ckpt_path=str(resume_from) if resume_from else None)
-    except Interrupted as e:
-        raise Interrupted(f"{e}; {resume_hint}", e.exit_code - 128) from None
-    except FloatingPointError as e:
-        raise fail(f"{e}; {resume_hint} after changing it") from None
-    except (torch.cuda.OutOfMemoryError, MemoryError) as e:
-        raise fail(f"out of memory at batch size {cfg.batch_size} ({type(e).__name__}); use a smaller "
-                   f"--batch-size (e.g. {max(2, cfg.batch_size // 2)}), or --accumulate 2 to keep the "
-                   "effective batch") from None
-    except RuntimeError as e:
-        if "out of memory" in str(e) or "can't allocate memory" in str(e):
-            raise fail(f"out of memory at batch size {cfg.batch_size}; use a smaller --batch-size "
-                       f"(e.g. {max(2, cfg.batch_size // 2)}), or --accumulate 2 to keep the effective batch") from None
-        raise
-    except OSError as e:
-        if e.errno == 28:  # ENOSPC: the atomic write left the previous checkpoint intact
-            raise fail(f"no space left on the disk of {run_dir}; the previous checkpoint is intact; "
-                       f"free some space, then {resume_hint}") from None
-        raise
-    finally:
-        checkpointing.restore_signal_handlers()
+    trainer = fit(module, cfg, run_dir, callbacks, resume_from)
     if cfg.eval and trainer.is_global_zero and eval_set is not None:
         result = evaluate_run(run_dir, method=model, cfg=cfg, info=info, train_set=train_set,
                               eval_set=eval_set, anomaly_class=cfg.exclude_class, eval_pairs=eval_pairs)

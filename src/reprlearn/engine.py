@@ -390,3 +390,39 @@ class CollapseWatch(L.Callback):
         if warning and not self.warned:
             self.warned = True
             warn_collapse(f"epoch {trainer.current_epoch + 1}: {warning}")
+
+
+def fit(module: TrainModule, cfg: RunConfig, run_dir: Path, callbacks: list, resume_from: Path | None) -> L.Trainer:
+    """Train ``module`` with Lightning, writing checkpoints into ``run_dir/checkpoints``.
+
+    Every failure a user can act on becomes one line with the fix (and, where the run can
+    continue, the command that resumes it): SIGINT/SIGTERM, a non-finite loss, out of
+    memory, a full disk.
+    """
+    checkpointing = Checkpointing(run_dir / "checkpoints", cfg.checkpoint_every, cfg.checkpoint_steps)
+    trainer = make_trainer(cfg, run_dir, [checkpointing, *callbacks])
+    resume_hint = f"resume with: reprlearn train {cfg.method} --out {run_dir} --resume"
+    checkpointing.install_signal_handlers()
+    try:
+        trainer.fit(module, ckpt_path=str(resume_from) if resume_from else None)
+    except Interrupted as e:
+        raise Interrupted(f"{e}; {resume_hint}", e.exit_code - 128) from None
+    except FloatingPointError as e:
+        raise fail(f"{e}; {resume_hint} after changing it") from None
+    except (torch.cuda.OutOfMemoryError, MemoryError) as e:
+        raise fail(f"out of memory at batch size {cfg.batch_size} ({type(e).__name__}); use a smaller "
+                   f"--batch-size (e.g. {max(2, cfg.batch_size // 2)}), or --accumulate 2 to keep the "
+                   "effective batch") from None
+    except RuntimeError as e:
+        if "out of memory" in str(e) or "can't allocate memory" in str(e):
+            raise fail(f"out of memory at batch size {cfg.batch_size}; use a smaller --batch-size "
+                       f"(e.g. {max(2, cfg.batch_size // 2)}), or --accumulate 2 to keep the effective batch") from None
+        raise
+    except OSError as e:
+        if e.errno == 28:  # ENOSPC: the atomic write left the previous checkpoint intact
+            raise fail(f"no space left on the disk of {run_dir}; the previous checkpoint is intact; "
+                       f"free some space, then {resume_hint}") from None
+        raise
+    finally:
+        checkpointing.restore_signal_handlers()
+    return trainer
