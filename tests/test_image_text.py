@@ -199,13 +199,13 @@ def test_image_only_run_is_refused_by_zeroshot_and_search(tmp_path):
 
 @pytest.mark.parametrize("method", IMAGE_TEXT)
 def test_short_training_on_scenes_beats_chance_in_zero_shot_and_retrieval(tmp_path, method):
-    from reprlearn.api import load_pair_data
+    from reprlearn.data.run_data import load_run_data
     from reprlearn.evaluate.image_text_harness import image_text_metrics
 
     run = reprlearn.train(method, out=tmp_path / "run", data="scenes:n=1200,test_n=500", epochs=10, batch_size=128,
                           text_width=64, text_layers=1, embed_dim=64, eval=False, progress=False)
     trained, cfg, _ = load_method(run)
-    held_out = load_pair_data(cfg)[1]
+    held_out = load_run_data(cfg, paired=True).eval_pairs
     got = image_text_metrics(trained, held_out, "cpu")
     print(method, {k: round(v, 3) for k, v in got.items() if isinstance(v, float)})
     assert got["zeroshot_top1"] > got["zeroshot_chance"] + 0.2

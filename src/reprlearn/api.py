@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from .config import RunConfig, build, load_yaml, save_yaml
-from .data import ImageSet, load_source, stratified_split
-from .data.pairset import PairSet
+from .data import ImageSet, load_source
+from .data.run_data import RunData, load_run_data
 from .errors import ReprlearnError, fail
 from .methods import METHODS, DataInfo, Method
 from .methods.lookup import is_user_method, method_class, method_spec, short_name
@@ -57,89 +57,6 @@ def resolve_config(method: str, overrides: dict[str, Any], config_file: str | No
 
 
 # ---------------------------------------------------------------- data
-
-
-def default_eval_spec(data: str) -> str | None:
-    name, _, split = data.partition(":")
-    if name in ("digits", "cifar10") and split in ("", "train"):
-        return f"{name}:test"
-    return None
-
-
-def load_data(cfg: RunConfig) -> tuple[ImageSet, ImageSet | None]:
-    """(training set, evaluation set); a 10% stratified hold-out when there is no test split."""
-    train = load_source(cfg.data, cfg.image_size, cfg.skip_bad)
-    eval_spec = cfg.eval_data or default_eval_spec(cfg.data)
-    if eval_spec:
-        test = load_source(eval_spec, cfg.image_size or train.image_size, cfg.skip_bad)
-        if test.images.shape[1:] != train.images.shape[1:]:
-            raise fail(f"evaluation images are {test.images.shape[1:]} but training images are "
-                       f"{train.images.shape[1:]}; pass --image-size N")
-        return train, test
-    if len(train) < 20:
-        return train, None
-    keep, held = stratified_split(train.labels, len(train), 0.1, seed=0)
-    return train.subset(keep), train.subset(held, train.name + "[held-out 10%]")
-
-
-def load_pair_data(cfg: RunConfig) -> tuple[PairSet, PairSet | None]:
-    """(training pairs, held-out pairs) for the image-text methods.
-
-    The held-out pairs are ``--eval-data``, else the source's own test split (scenes
-    draws a disjoint set; digits and cifar10 have one), else a 10% hold-out.
-    """
-    from .data.pairs import load_pairs
-
-    train = _with_probe_labels(load_pairs(cfg.data, "train", cfg.image_size, cfg.skip_bad))
-    eval_spec = cfg.eval_data
-    if eval_spec is None and cfg.data.partition(":")[0] in ("scenes", "digits", "cifar10"):
-        eval_spec = cfg.data
-    if eval_spec is not None:
-        test = _with_probe_labels(load_pairs(eval_spec, "test", cfg.image_size or train.images.image_size,
-                                             cfg.skip_bad))
-        if test.images.images.shape[1:] != train.images.images.shape[1:]:
-            raise fail(f"evaluation images are {test.images.images.shape[1:]} but training images are "
-                       f"{train.images.images.shape[1:]}; pass --image-size N")
-        return train, test
-    if len(train) < 20:
-        return train, None
-    keep, held = stratified_split(None, len(train), 0.1, seed=0)
-    return train.subset(keep), train.subset(held)
-
-
-def _with_probe_labels(pairs: PairSet) -> PairSet:
-    """scenes: label each image by the shape of its first object, so the image tower gets the
-    same kNN / linear probes as every other method's encoder."""
-    if pairs.images.labels is None and pairs.attributes and "shape" in pairs.attributes:
-        pairs.images.labels = pairs.attributes["shape"].astype(np.int64)
-        pairs.images.class_names = list(pairs.attribute_names["shape"])
-    return pairs
-
-
-def make_tokenizer(method_cfg: Any, pairs: PairSet):
-    """The user's tokenizer.json, or a byte-level BPE trained on the training captions."""
-    from .text import TextTokenizer
-
-    if method_cfg.tokenizer:
-        return TextTokenizer.load(method_cfg.tokenizer)
-    return TextTokenizer.train((c for caps in pairs.captions for c in caps), vocab_size=method_cfg.vocab_size)
-
-
-def tokenizer_info(tokenizer) -> dict:
-    return {"vocab_size": tokenizer.vocab_size, "sot_id": tokenizer.sot_id, "eot_id": tokenizer.eot_id,
-            "pad_id": tokenizer.pad_id}
-
-
-def caption_tokens(captions: list[list[str]], tokenizer, context_length: int) -> dict[str, torch.Tensor]:
-    """``tokens`` (N, M, L): every image's captions tokenised (rows past its count are padding);
-    ``caption_counts`` (N,): how many captions each image has."""
-    counts = torch.tensor([len(c) for c in captions])
-    flat = tokenizer.encode([c for caps in captions for c in caps], context_length)
-    tokens = torch.zeros(len(captions), int(counts.max()), context_length, dtype=torch.long)
-    rows = torch.repeat_interleave(torch.arange(len(captions)), counts)
-    cols = torch.cat([torch.arange(int(n)) for n in counts])
-    tokens[rows, cols] = flat
-    return {"tokens": tokens, "caption_counts": counts}
 
 
 def data_info(train: ImageSet) -> DataInfo:
@@ -218,51 +135,31 @@ def _fit(cfg: RunConfig, method_cfg: Any, run_dir: Path, resume_from: Path | Non
     import lightning as L
 
     from .engine import CollapseWatch, KNNMonitor, TrainModule, fit
+    from .files import atomic_write
 
-    train_pairs = eval_pairs = tokenizer = None
-    if method_class(cfg.method).paired:
-        if cfg.exclude_class is not None:
-            raise fail(f"--exclude-class is for image-only methods; {cfg.method} trains on (image, caption) pairs")
-        train_pairs, eval_pairs = load_pair_data(cfg)
-        train_set, eval_set = train_pairs.images, eval_pairs.images if eval_pairs is not None else None
-        tokenizer = make_tokenizer(method_cfg, train_pairs)
-    else:
-        train_set, eval_set = load_data(cfg)
+    method_cls = method_class(cfg.method)
+    data = load_run_data(cfg, method_cls.paired)
+    train_set, eval_set = data.train, data.eval
     info = data_info(train_set)
-    if tokenizer is not None:
-        info.text = tokenizer_info(tokenizer)
+    data.artifacts = method_cls.prepare(method_cfg, data, info)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     model = build_method(cfg, method_cfg, info)
+    model.restore(data.artifacts)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_data = dataclasses.asdict(cfg)
     save_yaml(run_dir / CONFIG_FILE, config_data)
-    if tokenizer is not None:
-        model.tokenizer = tokenizer
-        tokenizer.save(run_dir / "tokenizer.json")
+    for name, text in data.artifacts.items():  # e.g. tokenizer.json, beside the config
+        with atomic_write(run_dir / name, "w") as f:
+            f.write(text)
     if train_set.skipped:
         (run_dir / "skipped.txt").write_text("\n".join(train_set.skipped) + "\n")
         print(f"skipped {len(train_set.skipped)} unreadable items (listed in {run_dir / 'skipped.txt'}; "
               f"first: {train_set.skipped[0]})")
     meta = {"config": config_data, "data_info": dataclasses.asdict(info), "backbone": backbone_name(cfg, info),
-            "skipped_items": len(train_set.skipped)}
-    if tokenizer is not None:  # the checkpoint alone must be enough to embed new captions
-        meta["tokenizer"] = tokenizer.to_json()
-    if cfg.exclude_class is not None:  # anomaly detection: learn without one class, probes still see all
-        if train_set.labels is None or cfg.exclude_class not in set(train_set.labels.tolist()):
-            raise fail(f"--exclude-class {cfg.exclude_class} is not a label of {train_set.name}")
-        fit_set = train_set.subset(np.flatnonzero(train_set.labels != cfg.exclude_class))
-    else:
-        fit_set = train_set
-    fields: dict[str, torch.Tensor] = {}
-    if model.needs_labels:
-        if train_set.labels is None:
-            raise fail(f"{cfg.method} is conditioned on labels, but {train_set.name} has none; "
-                       "give --data with labels (KEY.cls members, class sub-folders or an npz 'labels' array)")
-        fields["labels"] = torch.from_numpy(fit_set.labels)
-    if model.paired:
-        fields.update(caption_tokens(train_pairs.captions, model.tokenizer, method_cfg.context_length))
+            "skipped_items": len(train_set.skipped), "artifacts": data.artifacts}
+    fit_set = data.fit
     fit_images = fit_set.tensor()  # one host copy (N, C, H, W) shared by the module and the collapse watch
-    module = TrainModule(model, cfg, fit_images, meta, fields)
+    module = TrainModule(model, cfg, fit_images, meta, model.training_fields(data))
     callbacks = [CollapseWatch(fit_images), *extra_callbacks]
     if cfg.knn_monitor and eval_set is not None and eval_set.labels is not None and train_set.labels is not None:
         callbacks.append(KNNMonitor(train_set.tensor(), train_set.labels, eval_set.tensor(), eval_set.labels))
@@ -270,8 +167,7 @@ def _fit(cfg: RunConfig, method_cfg: Any, run_dir: Path, resume_from: Path | Non
           f"{info.image_size}x{info.image_size}x{info.channels}), backbone {meta['backbone']}, run {run_dir}")
     trainer = fit(module, cfg, run_dir, callbacks, resume_from)
     if cfg.eval and trainer.is_global_zero and eval_set is not None:
-        result = evaluate_run(run_dir, method=model, cfg=cfg, info=info, train_set=train_set,
-                              eval_set=eval_set, anomaly_class=cfg.exclude_class, eval_pairs=eval_pairs)
+        result = evaluate_run(run_dir, method=model, cfg=cfg, info=info, data=data, anomaly_class=cfg.exclude_class)
         from .evaluate import format_table
 
         print(format_table(result))
@@ -327,10 +223,7 @@ def load_method(run_dir: str | Path, method_file: str | Path | None = None) -> t
         first = " ".join(str(e).split())[:160]
         raise fail(f"the weights of {run_dir} do not fit {short_name(spec)} as it is defined now ({first}); "
                    "restore the class as it was when the run was trained") from None
-    if meta.get("tokenizer"):
-        from .text import TextTokenizer
-
-        method.tokenizer = TextTokenizer.from_json(meta["tokenizer"])
+    method.restore(meta.get("artifacts", {}))
     return method.eval(), cfg, info
 
 
@@ -360,11 +253,9 @@ def embed(run_or_encoder: str | Path | torch.nn.Module, source: str | ImageSet, 
 
 
 def evaluate_run(run_dir: str | Path, *, method: Method | None = None, cfg: RunConfig | None = None,
-                 info: DataInfo | None = None, train_set: ImageSet | None = None,
-                 eval_set: ImageSet | None = None, eval_data: str | None = None,
+                 info: DataInfo | None = None, data: RunData | None = None, eval_data: str | None = None,
                  labels_per_class: int | None = None, finetune: bool | None = None,
-                 anomaly_class: int | None = None, iwae_k: int = 50, eval_pairs: PairSet | None = None,
-                 method_file: str | Path | None = None) -> dict:
+                 anomaly_class: int | None = None, iwae_k: int = 50, method_file: str | Path | None = None) -> dict:
     """Evaluate a run with the one harness; writes eval.json, umap.png and, for
     generative methods, reconstruction / sample / interpolation figures into the run;
     for image-text methods also zero-shot accuracy, retrieval Recall@K and CLIP-score AUROC."""
@@ -376,14 +267,11 @@ def evaluate_run(run_dir: str | Path, *, method: Method | None = None, cfg: RunC
         method, cfg, info = load_method(run_dir, method_file)
     if eval_data:
         cfg = dataclasses.replace(cfg, eval_data=eval_data)
-    if train_set is None or eval_set is None:
-        if method.paired:
-            train_pairs, eval_pairs = load_pair_data(cfg)
-            train_set, eval_set = train_pairs.images, eval_pairs.images if eval_pairs is not None else None
-        else:
-            train_set, eval_set = load_data(cfg)
-        if eval_set is None:
-            raise fail(f"{cfg.data} is too small to hold out evaluation images; give --data with a test set")
+    if data is None:
+        data = load_run_data(dataclasses.replace(cfg, exclude_class=None), method.paired)
+    train_set, eval_set, eval_pairs = data.train, data.eval, data.eval_pairs
+    if eval_set is None:
+        raise fail(f"{cfg.data} is too small to hold out evaluation images; give --data with a test set")
     per_class = labels_per_class or cfg.labels_per_class
     device = "cuda" if torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda") else "cpu"
     method = method.to(device).eval()
@@ -440,7 +328,7 @@ def zeroshot(run_dir: str | Path, data: str | None = None, classes: str | list[s
     if not method.paired:
         raise fail(f"{run_dir} is a {cfg.method} run; zero-shot needs an image-text run (clip or siglip)")
     if data is None:
-        pairs = load_pair_data(cfg)[1]
+        pairs = load_run_data(cfg, True).eval_pairs
         if pairs is None:
             raise fail(f"{cfg.data} has no held-out pairs; give --data with labelled images")
     else:

@@ -9,6 +9,7 @@ from scipy.linalg import subspace_angles
 from torch import nn
 
 import reprlearn
+from reprlearn.data.run_data import load_run_data
 from fakedata import assert_loss_went_down
 from reprlearn import api, losses
 from reprlearn.data import load_source
@@ -19,7 +20,8 @@ AE_METHODS = ["sparse-ae", "denoising-ae", "contractive-ae", "robust-ae"]
 
 def build(name, **options):
     cfg, method_cfg = api.resolve_config(name, options)
-    train, test = api.load_data(cfg)
+    data = load_run_data(cfg, paired=False)
+    train, test = data.train, data.eval
     method = api.build_method(cfg, method_cfg, api.data_info(train))
     return method, train.tensor(), test.tensor()
 

@@ -10,7 +10,8 @@ from torch.distributions import Bernoulli, Normal, kl_divergence
 
 import reprlearn
 from fakedata import assert_loss_went_down
-from reprlearn.api import build_method, data_info, load_data, resolve_config
+from reprlearn.api import build_method, data_info, resolve_config
+from reprlearn.data.run_data import load_run_data
 from reprlearn.errors import ReprlearnError
 from reprlearn.losses import bernoulli_log_prob, gaussian_kl, gaussian_kl_between, gaussian_log_prob
 
@@ -30,7 +31,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def digits():
     cfg, _ = resolve_config("vae", {})
-    train, _ = load_data(cfg)
+    train = load_run_data(cfg, paired=False).train
     return train.tensor(), torch.from_numpy(train.labels).long(), data_info(train)
 
 

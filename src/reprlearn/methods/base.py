@@ -18,6 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from ..augment import ViewSpec, two_views
+from ..data.run_data import RunData
+from ..errors import fail
 from ..nets.encoder import Encoder
 
 
@@ -53,6 +55,29 @@ class Method(nn.Module):
         self.info = info
         self.view_spec = view_spec
 
+    # ------------------------------------------------------------------ data
+    @classmethod
+    def prepare(cls, config: Any, data: RunData, info: DataInfo) -> dict[str, str]:
+        """Before the method is built: learn what its networks need from the training data
+        (image-text methods: a tokenizer), put the sizes into ``info`` (saved with the run), and
+        return text artifacts by file name; they are saved in the run folder and in every
+        checkpoint, and handed to :meth:`restore` after training and after loading."""
+        return {}
+
+    def restore(self, artifacts: dict[str, str]) -> None:
+        """Take back what :meth:`prepare` returned (from the checkpoint when a run is loaded)."""
+
+    def training_fields(self, data: RunData) -> dict[str, Tensor]:
+        """Per-image tensors ``views`` takes by name, indexed like ``data.fit`` (labels for
+        conditional methods, caption tokens for image-text methods)."""
+        if not self.needs_labels:
+            return {}
+        if data.fit.labels is None:
+            raise fail(f"{type(self).__name__.lower()} is conditioned on labels, but {data.train.name} has none; "
+                       "give --data with labels (KEY.cls members, class sub-folders or an npz 'labels' array)")
+        return {"labels": torch.from_numpy(data.fit.labels)}
+
+    # ------------------------------------------------------------------ training
     def views(self, images: Tensor, generator: torch.Generator) -> Any:
         """uint8 batch (N, C, H, W) on the device -> whatever ``loss`` takes. Two views by default."""
         return two_views(images, self.view_spec, generator)

@@ -74,7 +74,41 @@ class ImageTextMethod(Method):
         self.text_proj = nn.Linear(c.text_width, c.embed_dim, bias=False)
         for proj in (self.image_proj, self.text_proj):
             nn.init.normal_(proj.weight, std=proj.in_features ** -0.5)
-        self.tokenizer = None  # set by the API after construction (needed for prompts at evaluation)
+        self.tokenizer = None  # set by restore() (needed for prompts at evaluation)
+
+    # ------------------------------------------------------------------ data
+    @classmethod
+    def prepare(cls, config, data, info):
+        """The user's tokenizer.json, or a byte-level BPE trained on the training captions."""
+        from ..text import TextTokenizer
+
+        if data.train_pairs is None:
+            raise fail(f"{cls.__name__.lower()} trains on (image, caption) pairs; give paired --data")
+        if config.tokenizer:
+            tokenizer = TextTokenizer.load(config.tokenizer)
+        else:
+            tokenizer = TextTokenizer.train((c for caps in data.train_pairs.captions for c in caps),
+                                            vocab_size=config.vocab_size)
+        info.text = {"vocab_size": tokenizer.vocab_size, "sot_id": tokenizer.sot_id, "eot_id": tokenizer.eot_id,
+                     "pad_id": tokenizer.pad_id}
+        return {"tokenizer.json": tokenizer.to_json()}  # the run alone must be enough to embed new captions
+
+    def restore(self, artifacts):
+        from ..text import TextTokenizer
+
+        self.tokenizer = TextTokenizer.from_json(artifacts["tokenizer.json"])
+
+    def training_fields(self, data):
+        """``tokens`` (N, M, L): every image's captions tokenised (rows past its count are padding);
+        ``caption_counts`` (N,): how many captions each image has."""
+        captions = data.train_pairs.captions
+        counts = torch.tensor([len(c) for c in captions])
+        flat = self.tokenize([c for caps in captions for c in caps])
+        tokens = torch.zeros(len(captions), int(counts.max()), self.config.context_length, dtype=torch.long)
+        rows = torch.repeat_interleave(torch.arange(len(captions)), counts)
+        cols = torch.cat([torch.arange(int(n)) for n in counts])
+        tokens[rows, cols] = flat
+        return {"tokens": tokens, "caption_counts": counts}
 
     # ------------------------------------------------------------------ towers
     def encode_image(self, images: Tensor) -> Tensor:
