@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import RunConfig, build, load_yaml, save_yaml
+from .config import RunConfig, load_yaml, merge_config, save_yaml
 from .data import ImageSet, load_source
 from .data.run_data import RunData, load_run_data
 from .errors import ReprlearnError, fail
@@ -21,7 +21,6 @@ from .nets import create_backbone
 from .nets.encoder import Encoder
 
 CONFIG_FILE = "config.yaml"
-RUN_FIELDS = {f.name for f in dataclasses.fields(RunConfig)} - {"options"}
 
 
 def methods() -> list[str]:
@@ -39,21 +38,11 @@ def resolve_config(method: str, overrides: dict[str, Any], config_file: str | No
     Keys that are not run options are the method's options (e.g. ``temperature``).
     ``method`` is a registered name or a user's ``FILE.py:ClassName`` (see methods/lookup.py).
     """
-    merged: dict[str, Any] = {}
-    options: dict[str, Any] = {}
     name = method or (base or {}).get("method") or "simclr"
     method_cls = method_class(name, method_file)
     defaults = {} if base else method_cls.run_defaults  # a saved run already holds its values
-    for layer in (defaults, base or {}, load_yaml(config_file) if config_file else {}, overrides):
-        layer = dict(layer)
-        options.update(layer.pop("options", None) or {})
-        for key, value in layer.items():
-            (merged if key.replace("-", "_") in RUN_FIELDS else options)[key] = value
-    merged["method"] = name
-    cfg = build(RunConfig, merged)
-    method_cfg = build(method_cls.Config, options, where=f" for method {cfg.method} (or the run)")
-    cfg.options = dataclasses.asdict(method_cfg)
-    return cfg, method_cfg
+    layers = [defaults, base or {}, load_yaml(config_file) if config_file else {}, overrides]
+    return merge_config(name, method_cls.Config, layers)
 
 
 # ---------------------------------------------------------------- data

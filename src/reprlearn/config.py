@@ -204,6 +204,28 @@ class RunConfig:
             raise fail("option 'precision' 16-mixed is not supported with fsdp here; use bf16-mixed or 32")
 
 
+def merge_config(method: str, method_config: type, layers: list[dict]) -> tuple[RunConfig, Any]:
+    """Merge option layers, each later one winning (a method's run defaults, a saved run, a
+    config file, the flags) into a validated :class:`RunConfig` and the method's own config.
+
+    A key that is not a run option is the method's (e.g. ``temperature``); a layer's
+    ``options`` mapping holds method options too (as a saved run stores them).
+    """
+    run_fields = {f.name for f in dataclasses.fields(RunConfig)} - {"options"}
+    merged: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+    for layer in layers:
+        layer = dict(layer)
+        options.update(layer.pop("options", None) or {})
+        for key, value in layer.items():
+            (merged if key.replace("-", "_") in run_fields else options)[key] = value
+    merged["method"] = method
+    cfg = build(RunConfig, merged)
+    method_cfg = build(method_config, options, where=f" for method {cfg.method} (or the run)")
+    cfg.options = dataclasses.asdict(method_cfg)
+    return cfg, method_cfg
+
+
 def save_yaml(path: Path, data: dict) -> None:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
 
