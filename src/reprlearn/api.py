@@ -4,23 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .config import RunConfig, load_yaml, merge_config, save_yaml
+from .config import RunConfig, load_yaml
 from .data import ImageSet, load_source
 from .data.run_data import RunData, load_run_data
-from .errors import ReprlearnError, fail
+from .errors import fail
 from .methods import METHODS, DataInfo, Method
-from .methods.lookup import is_user_method, method_class, method_spec, short_name
-from .nets import create_backbone
+from .methods.lookup import method_spec, short_name
 from .nets.encoder import Encoder
-
-CONFIG_FILE = "config.yaml"
+from .runs import (CONFIG_FILE, build_encoder, build_method, data_info, load_method, new_run_dir,  # noqa: F401
+                   read_checkpoint, resolve_config)
 
 
 def methods() -> list[str]:
@@ -28,66 +26,7 @@ def methods() -> list[str]:
     return METHODS.names()
 
 
-# ---------------------------------------------------------------- configs
-
-
-def resolve_config(method: str, overrides: dict[str, Any], config_file: str | None = None,
-                   base: dict | None = None, method_file: str | Path | None = None) -> tuple[RunConfig, Any]:
-    """Merge base (a saved run) <- config file <- overrides; validate both config levels.
-
-    Keys that are not run options are the method's options (e.g. ``temperature``).
-    ``method`` is a registered name or a user's ``FILE.py:ClassName`` (see methods/lookup.py).
-    """
-    name = method or (base or {}).get("method") or "simclr"
-    method_cls = method_class(name, method_file)
-    defaults = {} if base else method_cls.run_defaults  # a saved run already holds its values
-    layers = [defaults, base or {}, load_yaml(config_file) if config_file else {}, overrides]
-    return merge_config(name, method_cls.Config, layers)
-
-
-# ---------------------------------------------------------------- data
-
-
-def data_info(train: ImageSet) -> DataInfo:
-    x = train.images.reshape(-1, train.channels).astype(np.float64) / 255
-    std = np.maximum(x.std(axis=0), 1e-3)
-    return DataInfo(channels=train.channels, image_size=train.image_size, num_classes=train.num_classes,
-                    mean=[float(v) for v in x.mean(axis=0)], std=[float(v) for v in std])
-
-
-# ---------------------------------------------------------------- models
-
-
-def backbone_name(cfg: RunConfig, info: DataInfo) -> str:
-    if cfg.backbone != "auto":
-        return cfg.backbone
-    return "cnn" if info.image_size <= 32 else "resnet18"
-
-
-def build_encoder(cfg: RunConfig, info: DataInfo) -> Encoder:
-    torch.manual_seed(cfg.seed)  # the random_init baseline is exactly the weights training starts from
-    backbone = create_backbone(backbone_name(cfg, info), in_channels=info.channels, image_size=info.image_size)
-    return Encoder(backbone, info.mean, info.std)
-
-
-def build_method(cfg: RunConfig, method_cfg: Any, info: DataInfo, method_file: str | Path | None = None) -> Method:
-    from .augment import preset
-
-    view_spec = preset(cfg.augment, info.image_size, info.channels)
-    return method_class(cfg.method, method_file)(method_cfg, build_encoder(cfg, info), info, view_spec)
-
-
 # ---------------------------------------------------------------- train
-
-
-def _new_run_dir(method: str) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = Path("runs") / f"{method}-{stamp}"
-    i = 1
-    while path.exists():
-        path = Path("runs") / f"{method}-{stamp}-{i}"
-        i += 1
-    return path
 
 
 def train(method: str | type = "simclr", *, out: str | Path | None = None, config: str | None = None,
@@ -100,10 +39,12 @@ def train(method: str | type = "simclr", *, out: str | Path | None = None, confi
     method's own (``temperature`` ...), as in ``reprlearn train --help``;
     ``callbacks`` are extra Lightning callbacks.
     """
-    from .engine import CHECKPOINT, RunLock
+    from .engine import RunLock, train_run
+    from .evaluate import format_table
+    from .runs import CHECKPOINT
 
     method = method_spec(method) if method else method
-    run_dir = Path(out) if out else _new_run_dir(short_name(method or "simclr"))
+    run_dir = Path(out) if out else new_run_dir(short_name(method or "simclr"))
     ckpt = run_dir / "checkpoints" / CHECKPOINT
     with RunLock(run_dir):
         base = None
@@ -116,104 +57,16 @@ def train(method: str | type = "simclr", *, out: str | Path | None = None, confi
         elif ckpt.exists():
             raise fail(f"{run_dir} already holds a trained run; pass --resume to continue it or --out NEW_DIR")
         cfg, method_cfg = resolve_config(method, options, config, base)
-        _fit(cfg, method_cfg, run_dir, ckpt if resume and ckpt.exists() else None, callbacks or [])
+        model, info, data, trainer = train_run(cfg, method_cfg, run_dir, ckpt if resume and ckpt.exists() else None,
+                                               callbacks or [])
+        if cfg.eval and trainer.is_global_zero and data.eval is not None:
+            result = evaluate_run(run_dir, method=model, cfg=cfg, info=info, data=data,
+                                  anomaly_class=cfg.exclude_class)
+            print(format_table(result))
     return run_dir
 
 
-def _fit(cfg: RunConfig, method_cfg: Any, run_dir: Path, resume_from: Path | None, extra_callbacks: list) -> None:
-    import lightning as L
-
-    from .engine import CollapseWatch, KNNMonitor, TrainModule, fit
-    from .files import atomic_write
-
-    method_cls = method_class(cfg.method)
-    data = load_run_data(cfg, method_cls.paired)
-    train_set, eval_set = data.train, data.eval
-    info = data_info(train_set)
-    data.artifacts = method_cls.prepare(method_cfg, data, info)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    model = build_method(cfg, method_cfg, info)
-    model.restore(data.artifacts)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_data = dataclasses.asdict(cfg)
-    save_yaml(run_dir / CONFIG_FILE, config_data)
-    for name, text in data.artifacts.items():  # e.g. tokenizer.json, beside the config
-        with atomic_write(run_dir / name, "w") as f:
-            f.write(text)
-    if train_set.skipped:
-        (run_dir / "skipped.txt").write_text("\n".join(train_set.skipped) + "\n")
-        print(f"skipped {len(train_set.skipped)} unreadable items (listed in {run_dir / 'skipped.txt'}; "
-              f"first: {train_set.skipped[0]})")
-    meta = {"config": config_data, "data_info": dataclasses.asdict(info), "backbone": backbone_name(cfg, info),
-            "skipped_items": len(train_set.skipped), "artifacts": data.artifacts}
-    fit_set = data.fit
-    fit_images = fit_set.tensor()  # one host copy (N, C, H, W) shared by the module and the collapse watch
-    module = TrainModule(model, cfg, fit_images, meta, model.training_fields(data))
-    callbacks = [CollapseWatch(fit_images), *extra_callbacks]
-    if cfg.knn_monitor and eval_set is not None and eval_set.labels is not None and train_set.labels is not None:
-        callbacks.append(KNNMonitor(train_set.tensor(), train_set.labels, eval_set.tensor(), eval_set.labels))
-    print(f"training {cfg.method} on {train_set.name} ({len(fit_set)} images "
-          f"{info.image_size}x{info.image_size}x{info.channels}), backbone {meta['backbone']}, run {run_dir}")
-    trainer = fit(module, cfg, run_dir, callbacks, resume_from)
-    if cfg.eval and trainer.is_global_zero and eval_set is not None:
-        result = evaluate_run(run_dir, method=model, cfg=cfg, info=info, data=data, anomaly_class=cfg.exclude_class)
-        from .evaluate import format_table
-
-        print(format_table(result))
-
-
 # ---------------------------------------------------------------- load / embed / evaluate
-
-
-def read_checkpoint(run_dir: str | Path) -> dict:
-    """The last checkpoint of a run, loaded without running any code from the file."""
-    from .engine import CHECKPOINT
-
-    run_dir = Path(run_dir)
-    path = run_dir / "checkpoints" / CHECKPOINT if run_dir.is_dir() else run_dir
-    if not path.is_file():
-        raise fail(f"no checkpoint at {path}; give a run directory written by `reprlearn train`")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-        raise fail(f"checkpoint {path} cannot be loaded safely ({type(e).__name__}: {str(e)[:80]})") from None
-
-
-def load_method(run_dir: str | Path, method_file: str | Path | None = None) -> tuple[Method, RunConfig, DataInfo]:
-    """The whole trained method of a run (heads, decoders, teachers), in eval mode.
-
-    A run of a method in a user's file imports that file again, from the path the run
-    recorded or from ``method_file``; a checkpoint never carries code.
-    """
-    import sys
-
-    ckpt = read_checkpoint(run_dir)
-    meta = ckpt.get("reprlearn")
-    if not meta:
-        raise fail(f"{run_dir} is not a reprlearn checkpoint (no reprlearn metadata)")
-    spec = meta["config"]["method"]
-    if is_user_method(spec):
-        file, _, cls_name = spec.rpartition(":")
-        print(f"loading method {cls_name} from {method_file or file} (a user file, not part of reprlearn)",
-              file=sys.stderr)
-    try:
-        cfg, method_cfg = resolve_config(spec, {}, base=meta["config"], method_file=method_file)
-    except ReprlearnError as e:
-        if not is_user_method(spec) or "unknown option" not in str(e):
-            raise
-        raise fail(f"{spec.rpartition(':')[2]} no longer matches the config this run was saved with ({e}); "
-                   "restore the class as it was, or pass --method-file with the file the run used") from None
-    info = DataInfo(**meta["data_info"])
-    method = build_method(cfg, method_cfg, info, method_file)
-    prefix = "method."
-    try:
-        method.load_state_dict({k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)})
-    except RuntimeError as e:
-        first = " ".join(str(e).split())[:160]
-        raise fail(f"the weights of {run_dir} do not fit {short_name(spec)} as it is defined now ({first}); "
-                   "restore the class as it was when the run was trained") from None
-    method.restore(meta.get("artifacts", {}))
-    return method.eval(), cfg, info
 
 
 def load(run_dir: str | Path, method_file: str | Path | None = None) -> Encoder:

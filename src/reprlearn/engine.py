@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import dataclasses
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,8 @@ from .errors import ReprlearnError, fail
 from .files import atomic_write
 from .methods import Method
 from .optim import build_optimizer, warmup_cosine
+from .runs import CHECKPOINT
 
-CHECKPOINT = "last.ckpt"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -426,3 +427,45 @@ def fit(module: TrainModule, cfg: RunConfig, run_dir: Path, callbacks: list, res
     finally:
         checkpointing.restore_signal_handlers()
     return trainer
+
+
+def train_run(cfg: RunConfig, method_cfg: Any, run_dir: Path, resume_from: Path | None, extra_callbacks: list):
+    """Load the run's data, build its method, save its config and artifacts, and train it.
+
+    Returns (method, data info, RunData, trainer) for the evaluation that follows.
+    """
+    from .config import save_yaml
+    from .data.run_data import load_run_data
+    from .methods.lookup import method_class
+    from .runs import CONFIG_FILE, backbone_name, build_method, data_info
+
+    method_cls = method_class(cfg.method)
+    data = load_run_data(cfg, method_cls.paired)
+    train_set, eval_set = data.train, data.eval
+    info = data_info(train_set)
+    data.artifacts = method_cls.prepare(method_cfg, data, info)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    model = build_method(cfg, method_cfg, info)
+    model.restore(data.artifacts)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_data = dataclasses.asdict(cfg)
+    save_yaml(run_dir / CONFIG_FILE, config_data)
+    for name, text in data.artifacts.items():  # e.g. tokenizer.json, beside the config
+        with atomic_write(run_dir / name, "w") as f:
+            f.write(text)
+    if train_set.skipped:
+        (run_dir / "skipped.txt").write_text("\n".join(train_set.skipped) + "\n")
+        print(f"skipped {len(train_set.skipped)} unreadable items (listed in {run_dir / 'skipped.txt'}; "
+              f"first: {train_set.skipped[0]})")
+    meta = {"config": config_data, "data_info": dataclasses.asdict(info), "backbone": backbone_name(cfg, info),
+            "skipped_items": len(train_set.skipped), "artifacts": data.artifacts}
+    fit_set = data.fit
+    fit_images = fit_set.tensor()  # one host copy (N, C, H, W) shared by the module and the collapse watch
+    module = TrainModule(model, cfg, fit_images, meta, model.training_fields(data))
+    callbacks = [CollapseWatch(fit_images), *extra_callbacks]
+    if cfg.knn_monitor and eval_set is not None and eval_set.labels is not None and train_set.labels is not None:
+        callbacks.append(KNNMonitor(train_set.tensor(), train_set.labels, eval_set.tensor(), eval_set.labels))
+    print(f"training {cfg.method} on {train_set.name} ({len(fit_set)} images "
+          f"{info.image_size}x{info.image_size}x{info.channels}), backbone {meta['backbone']}, run {run_dir}")
+    trainer = fit(module, cfg, run_dir, callbacks, resume_from)
+    return model, info, data, trainer
