@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import RunConfig, load_yaml
+from .config import DEFAULT_METHOD, RunConfig, load_yaml
 from .data import ImageSet, load_source
 from .data.run_data import RunData, load_run_data
 from .errors import fail
@@ -29,7 +29,7 @@ def methods() -> list[str]:
 # ---------------------------------------------------------------- train
 
 
-def train(method: str | type = "simclr", *, out: str | Path | None = None, config: str | None = None,
+def train(method: str | type = DEFAULT_METHOD, *, out: str | Path | None = None, config: str | None = None,
           resume: bool = False, callbacks: list | None = None, **options: Any) -> Path:
     """Train ``method`` and return its run directory.
 
@@ -44,7 +44,7 @@ def train(method: str | type = "simclr", *, out: str | Path | None = None, confi
     from .runs import CHECKPOINT
 
     method = method_spec(method) if method else method
-    run_dir = Path(out) if out else new_run_dir(short_name(method or "simclr"))
+    run_dir = Path(out) if out else new_run_dir(short_name(method or DEFAULT_METHOD))
     ckpt = run_dir / "checkpoints" / CHECKPOINT
     with RunLock(run_dir):
         base = None

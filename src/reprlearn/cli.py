@@ -70,10 +70,11 @@ def _train_parser(method: str | None) -> argparse.ArgumentParser:
 
 def _cmd_train(argv: list[str]) -> int:
     from .api import train
+    from .config import DEFAULT_METHOD
 
     method = argv[0] if argv and not argv[0].startswith("-") else None
     args = vars(_train_parser(method).parse_args(argv))
-    name = args.pop("method") or "simclr"
+    name = args.pop("method") or DEFAULT_METHOD
     out, config, resume = args.pop("out"), args.pop("config"), args.pop("resume")
     overrides: dict[str, Any] = {k.replace("-", "_"): v for k, v in args.items()}
     train(name, out=out, config=config, resume=resume, **overrides)

@@ -17,7 +17,12 @@ from typing import Any
 
 import yaml
 
+from .augment.spec import PRESETS
 from .errors import fail
+from .nets.registry import list_backbones
+from .optim import OPTIMIZERS
+
+DEFAULT_METHOD = "simclr"  # what `reprlearn train` trains when no method is named
 
 _TRUE = {"true", "yes", "1", "on"}
 _FALSE = {"false", "no", "0", "off"}
@@ -166,17 +171,18 @@ def describe_fields(cls: type) -> list[tuple[str, Any, str, str]]:
 class RunConfig:
     """Everything about a training run except the method's own options."""
 
-    method: str = option("simclr", "the method to train (see `reprlearn methods`)")
+    method: str = option(DEFAULT_METHOD, "the method to train (see `reprlearn methods`), or FILE.py:ClassName")
     data: str = option("digits", "training data: digits, cifar10, a shard path/glob, an image folder or an .npz")
     eval_data: str | None = option(None, "evaluation data (default: the source's test split, or a 10% hold-out)")
     image_size: int | None = option(None, "resize every image to this side (needed for folders of mixed sizes)", min=4, max=1024)
     exclude_class: int | None = option(None, "train without this class (anomaly detection; evaluated on it)", min=0)
     skip_bad: bool = option(False, "skip unreadable images and count them instead of stopping")
-    backbone: str = option("auto", "backbone name: auto (cnn for images <= 32 px, else resnet18), mlp, cnn, resnet18, resnet50, vit-tiny, vit-small")
-    augment: str = option("auto", "view preset", choices=("auto", "simclr", "digits", "none"))
+    backbone: str = option("auto", "backbone: auto (cnn for images <= 32 px, else resnet18) or a registered one",
+                           choices=("auto", *list_backbones()))
+    augment: str = option("auto", "view preset", choices=PRESETS)
     epochs: int = option(150, "training epochs", min=1, max=100000)
     batch_size: int = option(256, "global batch size (split across devices)", min=2, max=1 << 20)
-    optimizer: str = option("adamw", "optimiser", choices=("adamw", "sgd", "lars"))
+    optimizer: str = option("adamw", "optimiser", choices=tuple(OPTIMIZERS))
     lr: float = option(2e-3, "peak learning rate (after warm-up)", above=0.0, max=100.0)
     weight_decay: float = option(1e-4, "weight decay", min=0.0, max=1.0)
     momentum: float = option(0.9, "SGD/LARS momentum", min=0.0, max=1.0)

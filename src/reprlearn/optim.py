@@ -61,19 +61,21 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
+def _plain(groups: list[dict]) -> list[dict]:
+    """The groups without LARS's own flag (torch's optimisers reject unknown keys)."""
+    return [{k: v for k, v in g.items() if k != "lars_exclude"} for g in groups]
+
+
+# name -> (param groups, lr, momentum) -> optimiser; RunConfig's --optimizer choices come from here
+OPTIMIZERS = {
+    "adamw": lambda groups, lr, momentum: torch.optim.AdamW(_plain(groups), lr=lr),
+    "sgd": lambda groups, lr, momentum: torch.optim.SGD(_plain(groups), lr=lr, momentum=momentum),
+    "lars": lambda groups, lr, momentum: LARS(groups, lr=lr, momentum=momentum),
+}
+
+
 def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float, momentum: float):
-    groups = param_groups(model, weight_decay)
-    if name == "adamw":
-        for g in groups:
-            g.pop("lars_exclude", None)
-        return torch.optim.AdamW(groups, lr=lr)
-    if name == "sgd":
-        for g in groups:
-            g.pop("lars_exclude", None)
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
-    if name == "lars":
-        return LARS(groups, lr=lr, momentum=momentum)
-    raise ValueError(f"unknown optimizer {name!r}")
+    return OPTIMIZERS[name](param_groups(model, weight_decay), lr, momentum)
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import RunConfig, load_yaml, merge_config
+from .config import DEFAULT_METHOD, RunConfig, load_yaml, merge_config
 from .data import ImageSet
 from .errors import ReprlearnError, fail
 from .methods import DataInfo, Method
@@ -33,7 +33,7 @@ def resolve_config(method: str, overrides: dict[str, Any], config_file: str | No
     Keys that are not run options are the method's options (e.g. ``temperature``).
     ``method`` is a registered name or a user's ``FILE.py:ClassName`` (see methods/lookup.py).
     """
-    name = method or (base or {}).get("method") or "simclr"
+    name = method or (base or {}).get("method") or DEFAULT_METHOD
     method_cls = method_class(name, method_file)
     defaults = {} if base else method_cls.run_defaults  # a saved run already holds its values
     layers = [defaults, base or {}, load_yaml(config_file) if config_file else {}, overrides]
