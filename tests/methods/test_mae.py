@@ -8,7 +8,7 @@ from fakedata import assert_loss_went_down
 from reprlearn.api import build_method, resolve_config
 from reprlearn.errors import ReprlearnError
 from reprlearn.losses import masked_patch_mse
-from reprlearn.methods import METHODS, DataInfo
+from reprlearn.methods import METHODS, DataInfo, Interpolates, abilities
 from reprlearn.methods.mae import patch_targets, patchify, random_mask, unpatchify
 
 INFO = DataInfo(channels=1, image_size=8, num_classes=10, mean=[0.3], std=[0.4])
@@ -111,7 +111,7 @@ def test_hooks_shapes_range_and_determinism():
     score = mae.anomaly_score(x)
     assert score.shape == (6,) and torch.isfinite(score).all()
     torch.testing.assert_close(score, mae.anomaly_score(x))
-    assert METHODS.get("mae").interpolation is None
+    assert Interpolates not in abilities(METHODS.get("mae"))  # no latent to walk in
 
 
 def test_non_vit_backbone_fails():

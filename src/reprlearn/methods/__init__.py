@@ -10,6 +10,9 @@ from . import (  # noqa: E402,F401
     robust_ae, rotation, siglip, simclr, sparse_ae, vae,
 )
 
-from .base import DataInfo, Method  # noqa: E402
+from .base import (  # noqa: E402
+    Ability, DataInfo, EmbedsText, HasDensity, Interpolates, Method, Reconstructs, Samples, abilities,
+)
 
-__all__ = ["METHODS", "Method", "DataInfo"]
+__all__ = ["METHODS", "Method", "DataInfo", "Ability", "Reconstructs", "Interpolates", "Samples", "HasDensity",
+           "EmbedsText", "abilities"]

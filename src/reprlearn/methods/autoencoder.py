@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..config import option
 from ..nets.decoders import build_decoder
-from .base import Method
+from .base import Interpolates, Method, Reconstructs
 
 
 @dataclass
@@ -37,7 +37,7 @@ def reconstruction_error(logits: Tensor, x: Tensor, kind: str) -> Tensor:
     return (torch.sigmoid(logits) - x).pow(2).flatten(1).sum(1)
 
 
-class AutoencoderMethod(Method):
+class AutoencoderMethod(Method, Reconstructs, Interpolates):
     """An undercomplete autoencoder; subclasses change the code, the input noise or the penalty."""
 
     interpolation = "linear"  # VAEs interpolate spherically

@@ -36,6 +36,57 @@ class DataInfo:
     text: dict | None = None
 
 
+class Ability:
+    """Something the evaluation harness can use, declared by inheriting it (``class VAE(Method,
+    Samples)``); evaluation dispatches on ``isinstance(method, Samples)``, never on attribute probing.
+
+    ``requires`` names the members the ability needs; a method class that declares an ability
+    and lacks one of them is refused when the class is created, i.e. at import.
+    """
+
+    requires: ClassVar[tuple[str, ...]] = ()
+
+
+class Reconstructs(Ability):
+    """``reconstruct(x, labels=None)`` -> images in [0, 1]; ``figure_rows(x, labels=None)`` -> named
+    rows of the reconstruction figure; ``anomaly_score(x, labels=None)`` -> (N,), higher = more unusual."""
+
+    requires = ("reconstruct", "figure_rows", "anomaly_score")
+
+
+class Interpolates(Ability):
+    """A latent to walk in: ``encode(x, labels=None)`` -> codes, ``decode(z, labels=None)`` -> images;
+    ``interpolation``: "linear" or "spherical" (Gaussian latents)."""
+
+    requires = ("encode", "decode", "interpolation")
+
+
+class Samples(Ability):
+    """``sample(n, labels=None, generator=None)`` -> n images from the model's prior."""
+
+    requires = ("sample",)
+
+
+class HasDensity(Ability):
+    """A likelihood over the data's values: ``nelbo(x, labels=None, generator=None)`` and
+    ``iwae(x, k, labels=None, generator=None)`` in nats per image; ``kl_per_group(x, labels=None)``."""
+
+    requires = ("nelbo", "iwae", "kl_per_group")
+
+
+class EmbedsText(Ability):
+    """A joint image-text space: ``encode_image(x)``, ``image_tower()`` and ``embed_texts(texts)``,
+    all unit embeddings."""
+
+    requires = ("encode_image", "image_tower", "embed_texts")
+
+
+def abilities(method: type | object) -> list[type]:
+    """The abilities a method (class or instance) declares, e.g. [Reconstructs, Samples]."""
+    cls = method if isinstance(method, type) else type(method)
+    return [a for a in cls.__mro__ if issubclass(a, Ability) and a is not Ability and not issubclass(a, nn.Module)]
+
+
 class Method(nn.Module):
     Config: ClassVar[type]
     # run options this method trains best with by default (the user's flags still win)
@@ -45,6 +96,14 @@ class Method(nn.Module):
     # image-text methods (clip, siglip) train on (image, caption) pairs and get the batch's
     # captions: views(images, generator, tokens=..., caption_counts=...)
     paired: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for ability in abilities(cls):
+            missing = [name for name in ability.requires if getattr(cls, name, None) is None]
+            if missing:
+                raise TypeError(f"{cls.__name__} declares {ability.__name__} but does not define "
+                                f"{', '.join(missing)}")
 
     def __init__(self, config: Any, encoder: Encoder, info: DataInfo, view_spec: ViewSpec):
         super().__init__()

@@ -26,7 +26,7 @@ from ..config import option
 from ..distributed import is_distributed
 from ..errors import fail
 from ..nets.text import TextTransformer
-from .base import Method
+from .base import EmbedsText, Method
 
 
 @dataclass
@@ -53,7 +53,7 @@ class _UnitNorm(nn.Module):
         return F.normalize(x, dim=-1)
 
 
-class ImageTextMethod(Method):
+class ImageTextMethod(Method, EmbedsText):
     """Base of the image-text methods; subclasses define ``pair_loss`` and the scale's start."""
 
     paired: ClassVar[bool] = True  # trained on (image, caption) pairs, not on images alone

@@ -32,7 +32,7 @@ from ..errors import fail
 from ..losses import masked_patch_mse
 from ..nets.vit import Block, VisionTransformer, sincos_pos_embed
 from . import METHODS
-from .base import Method
+from .base import Method, Reconstructs
 
 NORM_PIX_EPS = 1e-6
 
@@ -151,12 +151,11 @@ class MAEDecoder(nn.Module):
 
 
 @METHODS.register("mae")
-class MAE(Method):
+class MAE(Method, Reconstructs):
     Config = MAEConfig
     # tuned for 8x8 digits on a CPU; --backbone vit-tiny for CIFAR-sized images
     run_defaults = {"backbone": "vit-micro", "augment": "none", "epochs": 60, "batch_size": 256,
                     "lr": 1.5e-3, "weight_decay": 0.05, "warmup_epochs": 5}
-    interpolation = None  # no latent to interpolate
     eval_mask_seeds = (0, 1, 2, 3)  # masks anomaly_score averages over; seed 0 makes the figures
 
     def __init__(self, config: MAEConfig, encoder, info, view_spec):
