@@ -17,7 +17,6 @@ import os
 import signal
 import threading
 import dataclasses
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -284,12 +283,6 @@ class RunLock:
 def _launcher_rank_zero() -> bool:
     """True in the process that started the run (not a DDP worker Lightning or torchrun launched)."""
     return all(os.environ.get(var, "0") == "0" for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK"))
-
-
-def config_dict(cfg: RunConfig, method_cfg: Any) -> dict:
-    data = asdict(cfg)
-    data["options"] = asdict(method_cfg)
-    return data
 
 
 def make_trainer(cfg: RunConfig, run_dir: Path, callbacks: list) -> L.Trainer:

@@ -53,12 +53,6 @@ class PairSet:
     def first_captions(self) -> list[str]:
         return [caps[0] for caps in self.captions]
 
-    def all_captions(self) -> tuple[list[str], np.ndarray]:
-        """Every caption, flat, and the index of its image (for retrieval and tokenizer training)."""
-        texts = [c for caps in self.captions for c in caps]
-        owner = np.repeat(np.arange(len(self.captions)), [len(c) for c in self.captions])
-        return texts, owner
-
 
 def pair_set_arrays(pairs: PairSet) -> dict[str, np.ndarray]:
     """The cache's arrays for a PairSet: the images' arrays plus captions as utf-8 bytes, ends and counts."""
