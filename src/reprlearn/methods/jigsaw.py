@@ -3,10 +3,10 @@
 The image is cut into a ``grid`` x ``grid`` set of tiles (the side must divide by the grid);
 the tiles are shuffled by one of P permutations from a fixed set chosen by the paper's
 Algorithm 1 (:func:`permutation_set`: greedy maximal summed Hamming distance, from a random
-first permutation drawn with a fixed seed, so the set is reproducible). Each tile is upsampled with ``F.interpolate`` (bilinear) to
-the full image size and passed through the SAME encoder (``self.encoder``, built for the
-full image size — so evaluation, which runs ``self.encoder`` on whole images, uses exactly
-the trained network). The tile features are concatenated in (shuffled) tile order and an
+first permutation drawn with a fixed seed, so the set is reproducible). Each tile is
+upsampled with ``F.interpolate`` (bilinear) to the full image size and passed through the
+SAME encoder (``self.encoder``, built for the full image size — so evaluation, which runs
+``self.encoder`` on whole images, uses exactly the trained network). The tile features are concatenated in (shuffled) tile order and an
 MLP head classifies the permutation (P-way cross-entropy); the head is dropped for evaluation.
 
 Simplifications against the paper: no random gap/jitter between tiles and no per-tile
