@@ -96,18 +96,38 @@ def test_perfect_pairs_give_low_nt_xent():
     assert losses.nt_xent(z, z, 0.05) < 1e-3 < losses.nt_xent(z, torch.roll(z, 1, 0), 0.05)
 
 
-def test_semi_hard_mining_picks_farther_than_positive():
-    g = torch.Generator().manual_seed(4)
+def naive_mining(a, b, mining):
+    """For each anchor i: among j != i, the closest b[j] farther than the positive b[i] (semi-hard),
+    else, or with hard mining, the closest b[j] (plain loops over the distances)."""
+    picks = []
+    for i in range(len(a)):
+        d_pos = float((a[i] - b[i]).norm())
+        others = [(float((a[i] - b[j]).norm()), j) for j in range(len(b)) if j != i]
+        semi = [(d, j) for d, j in others if d > d_pos]
+        picks.append(min(semi)[1] if semi and mining == "semi-hard" else min(others)[1])
+    return picks
+
+
+def test_semi_hard_mining_picks_the_semi_hard_negative():
+    # 1-D embeddings; anchor 0 at 0 with its positive at 0.3: b[1] (0.1 away) is harder than the positive,
+    # b[2] (0.5) and b[3] (0.7) are semi-hard (0.3 < d < 0.3 + margin 0.5), b[4] (1.2) is easy
+    a = torch.tensor([[0.0], [0.15], [-0.6], [0.9], [1.4]])
+    b = torch.tensor([[0.3], [0.1], [-0.5], [0.7], [1.2]])
+    semi, hard = mine_negatives(a, b, "semi-hard"), mine_negatives(a, b, "hard")
+    assert int(semi[0]) == 2 and int(hard[0]) == 1
+    assert semi.tolist() == naive_mining(a, b, "semi-hard") and hard.tolist() == naive_mining(a, b, "hard")
+    g = torch.Generator().manual_seed(4)  # a random batch, against the same loops
     a = torch.nn.functional.normalize(torch.randn(32, 8, generator=g), dim=1)
     b = torch.nn.functional.normalize(a + 0.3 * torch.randn(32, 8, generator=g), dim=1)
-    neg = mine_negatives(a, b, "semi-hard")
-    assert (neg != torch.arange(32)).all()
-    d_pos = (a - b).norm(dim=1)
-    d_neg = (a - b[neg]).norm(dim=1)
-    hard = mine_negatives(a, b, "hard")
-    d_hard = (a - b[hard]).norm(dim=1)
-    assert (d_hard <= d_neg + 1e-6).all()  # the hardest negative is never farther than the semi-hard one
-    has_semi = (torch.cdist(a, b) + torch.eye(32) * 1e9 > d_pos[:, None]).sum(1) > 0
-    assert (d_neg[has_semi] > d_pos[has_semi]).all()
+    assert mine_negatives(a, b, "semi-hard").tolist() == naive_mining(a, b, "semi-hard")
     for kind in ("margin", "triplet"):
         assert torch.isfinite(pair_loss(kind, a, b, 0.5, "semi-hard"))
+
+
+def test_semi_hard_mining_falls_back_to_the_hardest_when_none_is_farther():
+    # positives on the unit circle, each anchor at -0.5 x its positive: the positive is 1.5 away, the
+    # negatives sqrt(1.25) and 0.5, so none is semi-hard and the hardest is the opposite positive
+    b = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
+    a = -0.5 * b
+    semi = mine_negatives(a, b, "semi-hard")
+    assert semi.tolist() == naive_mining(a, b, "hard") == [2, 3, 0, 1]

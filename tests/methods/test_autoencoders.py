@@ -12,8 +12,9 @@ import reprlearn
 from reprlearn.data.run_data import load_run_data
 from fakedata import assert_loss_went_down
 from reprlearn import api, losses
-from reprlearn.data import load_source
+from reprlearn.errors import ReprlearnError
 from reprlearn.methods.autoencoder import reconstruction_error
+from reprlearn.nets.mlp import LinearBackbone
 
 AE_METHODS = ["sparse-ae", "denoising-ae", "contractive-ae", "robust-ae"]
 
@@ -95,29 +96,52 @@ def test_contractive_estimate_is_unbiased():
 # ---------------------------------------------------------------- known facts
 
 
-def test_linear_autoencoder_learns_the_pca_subspace():
-    """A linear AE with MSE spans the top-k principal subspace (Baldi & Hornik 1989)."""
-    x = torch.from_numpy(load_source("digits").images.reshape(-1, 64).astype(np.float32) / 255)
-    x = x - x.mean(0)
-    k = 5
-    torch.manual_seed(0)
-    enc, dec = nn.Linear(64, k, bias=False), nn.Linear(k, 64, bias=False)
-    opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=1e-2)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 800)
+def train_linear_ae(k, steps, seed=0):
+    """reprlearn's own ``ae --linear`` (backbone linear, MSE), full-batch Adam on the digits training set."""
+    torch.manual_seed(seed)
+    method, train, _ = build("ae", backbone="linear", linear=True, recon="mse", latent_dim=k)
+    x = method.views(train, None)
+    opt = torch.optim.Adam(method.parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # 1438 x 64 matmuls: threads only add overhead on a shared machine
     try:
-        for _ in range(800):
-            loss = (dec(enc(x)) - x).pow(2).sum(1).mean()
+        for _ in range(steps):
+            loss = method.loss(x)["loss"]
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
     finally:
         torch.set_num_threads(threads)
-    top = torch.linalg.svd(x, full_matrices=False).Vh[:k].T  # (64, k) principal directions
-    angles = np.degrees(subspace_angles(dec.weight.detach().double().numpy(), top.double().numpy()))
-    assert angles.max() < 5, angles
+    return method, x.flatten(1)
+
+
+def principal_angles_to_pca(decoder_weight, x, k):
+    """Principal angles (degrees) between the decoder's column span and the top-k principal directions."""
+    centred = (x - x.mean(0)).double().numpy()
+    top = np.linalg.svd(centred, full_matrices=False)[2][:k].T  # (64, k) principal directions
+    return np.degrees(subspace_angles(decoder_weight.detach().double().numpy(), top))
+
+
+def test_linear_autoencoder_learns_the_pca_subspace():
+    """A linear AE with MSE spans the top-k principal subspace (Baldi & Hornik 1989)."""
+    k = 5
+    method, x = train_linear_ae(k, 1200)
+    w = method.decoder.linear.weight  # (64, k): x̂ = W z + b
+    assert w.shape == (64, k) and isinstance(method.encoder.backbone, LinearBackbone)
+    assert principal_angles_to_pca(w, x, k).max() < 2  # 0.14 degrees after 1200 steps
+    # untrained, the same decoder is far from it
+    untrained, _ = train_linear_ae(k, 0)
+    assert principal_angles_to_pca(untrained.decoder.linear.weight, x, k).max() > 45
+
+
+@pytest.mark.parametrize("options,message", [({"recon": "bce"}, "--recon mse"),
+                                             ({"backbone": "cnn"}, "--backbone linear")])
+def test_linear_autoencoder_refuses_a_nonlinear_setup(options, message):
+    with pytest.raises(ReprlearnError) as err:
+        build("ae", **{"backbone": "linear", "linear": True, "recon": "mse", **options})
+    assert message in str(err.value) and "\n" not in str(err.value)
 
 
 def test_sparse_ae_reaches_its_target_rate():

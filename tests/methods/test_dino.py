@@ -103,12 +103,78 @@ def test_center_ema_update_by_hand():
 
 
 def test_teacher_temperature_schedule():
-    assert teacher_temperature(0, 100, 0.04, 0.07, 0.3) == pytest.approx(0.04)
-    assert teacher_temperature(15, 100, 0.04, 0.07, 0.3) == pytest.approx(0.055)
-    assert teacher_temperature(30, 100, 0.04, 0.07, 0.3) == pytest.approx(0.07)
-    assert teacher_temperature(50, 100, 0.04, 0.07, 0.3) == pytest.approx(0.07)
-    assert teacher_temperature(100, 100, 0.04, 0.07, 0.3) == pytest.approx(0.07)
-    assert teacher_temperature(0, 100, 0.04, 0.07, 0.0) == pytest.approx(0.07)
+    assert teacher_temperature(0, 30, 0.04, 0.07) == pytest.approx(0.04)
+    assert teacher_temperature(15, 30, 0.04, 0.07) == pytest.approx(0.055)
+    assert teacher_temperature(29, 30, 0.04, 0.07) == pytest.approx(0.069)
+    assert teacher_temperature(30, 30, 0.04, 0.07) == pytest.approx(0.07)
+    assert teacher_temperature(500, 30, 0.04, 0.07) == pytest.approx(0.07)
+    assert teacher_temperature(0, 0, 0.04, 0.07) == pytest.approx(0.07)
+
+
+def prototype_layers(method):
+    """The student's weight-normalised last layers (dino: the head's; ibot: also the patch head's)."""
+    names = [name for name in ("head", "patch_head") if hasattr(method, name)]
+    return [getattr(method, name).prototypes.detach().clone() for name in names]
+
+
+def record_training(monkeypatch, tmp_path, method_class, module, loss_names, **options):
+    """Train a real short run; return the teacher temperature each loss call got (per loss name), the
+    prototype layers after every optimiser step (index 0: before the first) and the steps per epoch."""
+    temps = {name: [] for name in loss_names}
+    for name in loss_names:
+        real = getattr(module, name)
+
+        def spy(*args, _real=real, _name=name):
+            temps[_name].append(args[-1])  # teacher_temp is the last positional argument
+            return _real(*args)
+
+        monkeypatch.setattr(module, name, spy)
+    weights, spe = [], []
+    real_before, real_after = method_class.before_optimizer_step, method_class.after_optimizer_step
+
+    def before(self, step, total_steps):
+        if not weights:
+            weights.append(prototype_layers(self))
+        return real_before(self, step, total_steps)
+
+    def after(self, step, total_steps):
+        weights.append(prototype_layers(self))
+        spe.append(self.steps_per_epoch)
+        return real_after(self, step, total_steps)
+
+    monkeypatch.setattr(method_class, "before_optimizer_step", before)
+    monkeypatch.setattr(method_class, "after_optimizer_step", after)
+    reprlearn.train(module.__name__.rsplit(".", 1)[1], out=tmp_path / "r", eval=False, progress=False, **options)
+    return temps, weights, spe[0]
+
+
+def assert_frozen_in_epoch_one_only(weights, spe):
+    assert len(weights) == 2 * spe + 1
+    for after_step in weights[1:spe + 1]:  # epoch 1: untouched (no update, no weight decay)
+        assert all(torch.equal(a, b) for a, b in zip(after_step, weights[0]))
+    for before, after in zip(weights[spe:-1], weights[spe + 1:]):  # epoch 2: every step moves every layer
+        assert all(not torch.equal(a, b) for a, b in zip(before, after))
+
+
+def test_training_applies_the_teacher_temperature_warmup(monkeypatch, tmp_path):
+    from reprlearn.methods import dino as module
+
+    epochs, warm = 3, 2
+    temps, _, spe = record_training(monkeypatch, tmp_path, module.DINO, module, ["dino_loss"], epochs=epochs,
+                                    batch_size=256, out_dim=16, head_hidden=32, bottleneck_dim=8, n_local=0,
+                                    teacher_temp_start=0.02, teacher_temp=0.07, teacher_temp_warmup_epochs=warm)
+    got = temps["dino_loss"]
+    assert spe == 1437 // 256 and len(got) == epochs * spe  # digits: 1437 training images, drop_last
+    want = [0.02 + 0.05 * s / (warm * spe) if s < warm * spe else 0.07 for s in range(epochs * spe)]
+    assert got == pytest.approx(want, rel=1e-6), (got, want)  # the buffer is float32
+
+
+def test_the_prototype_layer_is_frozen_in_the_first_epoch(monkeypatch, tmp_path):
+    from reprlearn.methods import dino as module
+
+    _, weights, spe = record_training(monkeypatch, tmp_path, module.DINO, module, [], epochs=2, batch_size=256,
+                                      out_dim=16, head_hidden=32, bottleneck_dim=8, n_local=0, freeze_last_layer=1)
+    assert_frozen_in_epoch_one_only(weights, spe)
 
 
 @pytest.mark.parametrize("backbone", ["cnn", "vit-micro"])

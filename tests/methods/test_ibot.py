@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,6 +14,7 @@ from reprlearn.losses import ibot_patch_loss
 from reprlearn.methods import DataInfo
 from reprlearn.methods.ibot import block_patch_mask, masked_counts, random_patch_mask
 from reprlearn.nets import create_backbone
+from test_dino import assert_frozen_in_epoch_one_only, record_training
 
 INFO = DataInfo(channels=1, image_size=8, num_classes=10, mean=[0.3], std=[0.4])
 
@@ -152,6 +154,29 @@ def test_teacher_gets_no_gradients_and_centres_move():
     method.after_optimizer_step(50, 100)
     assert any(not torch.equal(a, b) for a, b in zip(teacher_before, method.teacher.parameters()))
     assert float(method.patch_teacher_temp_now) == pytest.approx(method.config.patch_teacher_temp)
+
+
+def test_training_applies_both_temperature_warmups_and_freezes_both_prototype_layers(monkeypatch, tmp_path):
+    from reprlearn.methods import ibot as module
+
+    from reprlearn.data import load_source
+
+    few = tmp_path / "few.npz"  # 320 digits (288 after the 10% hold-out): a ViT epoch in about a second
+    digits = load_source("digits")
+    np.savez(few, images=digits.images[:320], labels=digits.labels[:320])
+    epochs, warm = 2, 1  # warm-up and freeze in epoch 1, constant and moving in epoch 2
+    temps, weights, spe = record_training(
+        monkeypatch, tmp_path, module.IBOT, module, ["dino_loss", "ibot_patch_loss"], data=str(few),
+        epochs=epochs, batch_size=64,
+        out_dim=16, patch_out_dim=12, head_hidden=32, bottleneck_dim=8, teacher_temp_start=0.02,
+        teacher_temp=0.07, patch_teacher_temp_start=0.03, patch_teacher_temp=0.05, teacher_temp_warmup_epochs=warm,
+        freeze_last_layer=1)
+    assert spe == 288 // 64
+    steps = range(epochs * spe)
+    for name, start, end in [("dino_loss", 0.02, 0.07), ("ibot_patch_loss", 0.03, 0.05)]:
+        want = [start + (end - start) * s / (warm * spe) if s < warm * spe else end for s in steps]
+        assert temps[name] == pytest.approx(want, rel=1e-6), name  # the buffers are float32
+    assert_frozen_in_epoch_one_only(weights, spe)
 
 
 @pytest.mark.parametrize("backbone", ["cnn", "auto", "mlp"])

@@ -1,5 +1,7 @@
 """Pretext-task methods: rotation, jigsaw, colorization, inpainting (helpers, refusals, smoke runs)."""
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -58,16 +60,53 @@ def test_rotation_labels():
 # ---------------------------------------------------------------- jigsaw
 
 
-@pytest.mark.parametrize("grid,count,bound", [(2, 24, 2), (3, 100, 6), (3, 30, 7)])
-def test_permutation_set(grid, count, bound):
-    p = permutation_set(grid, count)
-    assert p.shape == (count, grid * grid) and p.dtype == torch.long
+def _greedy_by_hand(first, n_tiles, count):
+    """Noroozi & Favaro's Algorithm 1 in plain loops: all permutations in itertools order, start from
+    ``first``, then repeatedly add the unchosen one with the largest summed Hamming distance (first wins ties)."""
+    every = list(itertools.permutations(range(n_tiles)))
+    chosen = [tuple(first)]
+    while len(chosen) < count:
+        best, best_sum = None, -1
+        for q in every:
+            if q in chosen:
+                continue
+            total = sum(sum(a != b for a, b in zip(p, q)) for p in chosen)
+            if total > best_sum:
+                best, best_sum = q, total
+        chosen.append(best)
+    return [list(q) for q in chosen]
+
+
+@pytest.mark.parametrize("count", [2, 5, 11, 24])
+@pytest.mark.parametrize("seed", [0, 3])
+def test_permutation_set_is_algorithm_1(seed, count):
+    p = permutation_set(2, count, seed=seed)
+    assert p.shape == (count, 4) and p.dtype == torch.long
+    assert p.tolist() == _greedy_by_hand(p[0].tolist(), 4, count)
+    assert torch.equal(permutation_set(2, count, seed=seed), p)  # reproducible
+
+
+def test_permutation_set_first_draw_follows_the_seed():
+    firsts = {tuple(permutation_set(3, 1, seed=s)[0].tolist()) for s in range(5)}
+    assert len(firsts) > 1
+
+
+def test_permutation_set_is_distinct_and_far_apart():
+    count = 30
+    p = permutation_set(3, count)
     assert len({tuple(r) for r in p.tolist()}) == count
-    assert (p.sort(1).values == torch.arange(grid * grid)).all()
-    d = (p[:, None] != p[None]).sum(-1)
-    d.fill_diagonal_(grid * grid)
-    assert d.min() >= bound
-    assert torch.equal(permutation_set(grid, count, seed=0), p)  # deterministic
+    assert (p.sort(1).values == torch.arange(9)).all()
+    off = ~torch.eye(count, dtype=torch.bool)
+
+    def mean_distance(perms):
+        return (perms[:, None] != perms[None]).sum(-1).float()[off].mean()
+
+    # two random permutations of 9 differ in 9 · (1 − 1/9) = 8 places on average; Algorithm 1 maximises
+    # the summed distance (not the minimum), so its mean beats every one of 20 random sets of the same size
+    g = torch.Generator().manual_seed(0)
+    random = [mean_distance(torch.stack([torch.randperm(9, generator=g) for _ in range(count)])) for _ in range(20)]
+    assert 7.9 < sum(random) / len(random) < 8.1
+    assert mean_distance(p) > max(random) + 0.1, (mean_distance(p), max(random))
 
 
 def test_tiles_shuffle_round_trip():

@@ -15,6 +15,10 @@ global views (and ``n_local`` local crops, student only, class token only):
   temperature of their own. The teacher's patch head is the "online tokenizer": it is trained
   as part of the EMA teacher, not fixed beforehand.
 
+Both teacher temperatures follow DINO's schedule (linear warm-up over
+``teacher_temp_warmup_epochs`` epochs, then constant), and both heads' prototype layers are
+frozen for the first ``freeze_last_layer`` epochs, as in DINO.
+
 The loss is ``dino + patch_weight * patch``. The student's class token is the one of its masked
 global views (as in the paper). Evaluation uses the encoder alone (the ViT's ``pool``, the cls
 token by default); the heads and the mask token are dropped. iBOT needs a ViT backbone:
@@ -37,7 +41,7 @@ from ..losses import dino_loss, ibot_patch_loss
 from ..nets.vit import VisionTransformer
 from . import METHODS
 from .base import Method
-from .dino import DINOHead, teacher_temperature, update_center
+from .dino import DINOHead, drop_frozen_gradients, teacher_temperature, update_center
 from .momentum import cosine_momentum, ema_update, momentum_copy
 
 BLOCK_ATTEMPTS = 16  # rectangles tried per image before the rest is masked patch by patch
@@ -61,8 +65,10 @@ class IBOTConfig:
                                        above=0.0, max=10.0)
     patch_teacher_temp_start: float = option(0.04, "patch-token teacher temperature at the start", above=0.0,
                                              max=10.0)
-    teacher_temp_warmup: float = option(0.3, "fraction of training over which both teacher temperatures warm up "
-                                        "(linear)", min=0.0, max=1.0)
+    teacher_temp_warmup_epochs: int = option(0, "epochs over which both teacher temperatures warm up linearly "
+                                             "from their start values (30 in the paper)", min=0, max=100000)
+    freeze_last_layer: int = option(1, "epochs during which both heads' prototype layers are frozen (1 in the "
+                                    "paper)", min=0, max=100000)
     center_momentum: float = option(0.9, "EMA momentum of both teacher centres", min=0.0, max=1.0)
     ema_momentum: float = option(0.99, "base EMA momentum of the teacher (rises to 1, cosine)", min=0.0, max=1.0)
     mask_mode: str = option("block", "masking: block (random rectangles, as BEiT) or random (single patches)",
@@ -172,9 +178,12 @@ class IBOT(Method):
         self.teacher = momentum_copy(self._online())
         self.register_buffer("center", torch.zeros(config.out_dim))
         self.register_buffer("patch_center", torch.zeros(config.patch_out_dim))
-        # current teacher temperatures, set after each step (buffers: they resume with the checkpoint)
-        self.register_buffer("teacher_temp_now", torch.tensor(float(config.teacher_temp_start)))
-        self.register_buffer("patch_teacher_temp_now", torch.tensor(float(config.patch_teacher_temp_start)))
+        # current teacher temperatures, τ(0) now and set after each step (buffers: they resume with the checkpoint)
+        warm = config.teacher_temp_warmup_epochs > 0
+        self.register_buffer("teacher_temp_now", torch.tensor(float(
+            config.teacher_temp_start if warm else config.teacher_temp)))
+        self.register_buffer("patch_teacher_temp_now", torch.tensor(float(
+            config.patch_teacher_temp_start if warm else config.patch_teacher_temp)))
         # the ViT's positional grid is fixed: local crops keep the global size
         self.local_spec = replace(local_crop(view_spec, info.image_size), size=view_spec.size or info.image_size)
 
@@ -241,11 +250,16 @@ class IBOT(Method):
         return {"loss": dino + c.patch_weight * patch, "dino": dino.detach(), "patch": patch.detach(),
                 "masked": mask.float().mean().detach(), "teacher_temp": self.teacher_temp_now.detach().clone()}
 
+    def before_optimizer_step(self, step: int, total_steps: int) -> None:
+        for head in (self.head, self.patch_head):
+            drop_frozen_gradients(head.prototypes, step, self.steps_per_epoch, self.config.freeze_last_layer)
+
     @torch.no_grad()
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
         c = self.config
         ema_update(self.teacher, self._online(), cosine_momentum(step, total_steps, c.ema_momentum))
-        self.teacher_temp_now.fill_(teacher_temperature(step, total_steps, c.teacher_temp_start,
-                                                        c.teacher_temp, c.teacher_temp_warmup))
-        self.patch_teacher_temp_now.fill_(teacher_temperature(step, total_steps, c.patch_teacher_temp_start,
-                                                              c.patch_teacher_temp, c.teacher_temp_warmup))
+        # ``step`` is the index of the step just taken: set the temperatures step + 1 uses
+        warmup = c.teacher_temp_warmup_epochs * self.steps_per_epoch
+        self.teacher_temp_now.fill_(teacher_temperature(step + 1, warmup, c.teacher_temp_start, c.teacher_temp))
+        self.patch_teacher_temp_now.fill_(teacher_temperature(step + 1, warmup, c.patch_teacher_temp_start,
+                                                              c.patch_teacher_temp))

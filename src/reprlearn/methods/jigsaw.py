@@ -1,12 +1,12 @@
 """Jigsaw puzzles (Noroozi & Favaro 2016): recognise which permutation shuffled an image's tiles.
 
 The image is cut into a ``grid`` x ``grid`` set of tiles (the side must divide by the grid);
-the tiles are shuffled by one of P permutations from a fixed set chosen greedily for a large
-minimum Hamming distance (:func:`permutation_set`, the paper's maximal-distance selection,
-deterministic from its seed). Each tile is upsampled with ``F.interpolate`` (bilinear) to
-the full image size and passed through the SAME encoder (``self.encoder``, built for the
-full image size — so evaluation, which runs ``self.encoder`` on whole images, uses exactly
-the trained network). The tile features are concatenated in (shuffled) tile order and an
+the tiles are shuffled by one of P permutations from a fixed set chosen by the paper's
+Algorithm 1 (:func:`permutation_set`: greedy maximal summed Hamming distance, from a random
+first permutation drawn with a fixed seed, so the set is reproducible). Each tile is
+upsampled with ``F.interpolate`` (bilinear) to the full image size and passed through the
+SAME encoder (``self.encoder``, built for the full image size — so evaluation, which runs
+``self.encoder`` on whole images, uses exactly the trained network). The tile features are concatenated in (shuffled) tile order and an
 MLP head classifies the permutation (P-way cross-entropy); the head is dropped for evaluation.
 
 Simplifications against the paper: no random gap/jitter between tiles and no per-tile
@@ -46,25 +46,32 @@ def auto_grid(image_size: int) -> int:
 @lru_cache(maxsize=16)
 def _permutation_set(grid: int, count: int, seed: int) -> Tensor:
     n = grid * grid
-    if n > 9:
-        raise fail(f"jigsaw grid {grid} has {n} tiles; the permutation search supports grids up to 3 (9 tiles)")
+    if n > 9:  # Algorithm 1 scores every permutation each round: 16! (2·10¹³) for 4x4 is out of reach
+        raise fail(f"jigsaw grid {grid} has {n} tiles; the permutation search enumerates all permutations and "
+                   "supports grids up to 3 (9 tiles); choose --grid 2 or 3")
     every = torch.tensor(list(itertools.permutations(range(n))), dtype=torch.int8)
     if count < 1 or count > len(every):
         raise fail(f"num-permutations {count} is not possible for a {grid}x{grid} grid; choose 1..{len(every)}")
     g = torch.Generator().manual_seed(seed)
     chosen = [int(torch.randint(len(every), (1,), generator=g))]
-    min_dist = torch.full((len(every),), n + 1, dtype=torch.int16)
+    summed = torch.zeros(len(every), dtype=torch.int32)  # Σ over the chosen of the Hamming distance
+    taken = torch.zeros(len(every), dtype=torch.bool)
     for _ in range(count - 1):
-        dist = (every != every[chosen[-1]]).sum(1, dtype=torch.int16)
-        min_dist = torch.minimum(min_dist, dist)
-        best = (min_dist == min_dist.max()).nonzero().flatten()  # already-chosen ones have distance 0
-        chosen.append(int(best[torch.randint(len(best), (1,), generator=g)]))
+        taken[chosen[-1]] = True
+        summed += (every != every[chosen[-1]]).sum(1, dtype=torch.int32)
+        # argmax over the permutations not yet chosen; ties go to the first in itertools order (MATLAB's max)
+        chosen.append(int(summed.masked_fill(taken, -1).argmax()))
     return every[chosen].long()
 
 
 def permutation_set(grid: int, count: int, seed: int = 0) -> Tensor:
-    """(count, grid²) LongTensor: distinct permutations of range(grid²), greedily chosen so that each
-    new one maximises its minimum Hamming distance to those already chosen (ties broken by ``seed``)."""
+    """(count, grid²) LongTensor of distinct permutations of range(grid²), by Noroozi & Favaro's Algorithm 1.
+
+    The first permutation is drawn uniformly (from ``seed``); each next one is the permutation j not yet
+    chosen that maximises the summed Hamming distance Σ_{p chosen} Σ_t [p_t ≠ j_t] to those chosen so far.
+    It maximises the mean distance, not the minimum: for 100 permutations of 3x3 the mean is 8.08 (random
+    sets: 8.0) but two of them differ in only 2 places (random sets of 100: about 3).
+    """
     return _permutation_set(int(grid), int(count), int(seed)).clone()
 
 

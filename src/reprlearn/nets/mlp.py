@@ -33,3 +33,21 @@ class MLPBackbone(nn.Module):
 @register_backbone("mlp")
 def mlp(in_channels: int, image_size: int, hidden_dims: Sequence[int] = (512, 256)) -> MLPBackbone:
     return MLPBackbone(in_channels * image_size * image_size, hidden_dims)
+
+
+class LinearBackbone(nn.Module):
+    """Flatten, then one linear map (no bias, no activation) to as many features as pixels: the linear
+    baseline, and the encoder of ``ae --linear``."""
+
+    def __init__(self, in_features: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_features, in_features, bias=False))
+        self.feature_dim = in_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+@register_backbone("linear")
+def linear(in_channels: int, image_size: int) -> LinearBackbone:
+    return LinearBackbone(in_channels * image_size * image_size)
