@@ -24,14 +24,15 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..augment import local_crop, multi_crop
 from ..config import option
 from ..losses import dino_loss
+from ..nets.heads import DINOHead
 from . import METHODS
 from .base import Method
+from .distillation import drop_frozen_gradients, teacher_temperature, update_center
 from .momentum import cosine_momentum, ema_update, momentum_copy
 
 
@@ -57,68 +58,6 @@ class DINOConfig:
     ema_momentum: float = option(0.99, "base EMA momentum of the teacher (rises to 1, cosine)", min=0.0, max=1.0)
 
 
-def teacher_temperature(step: int, warmup_steps: int, start: float, end: float) -> float:
-    """τ_t(s) = start + (end − start) · s / W for optimiser steps s < W = ``warmup_steps``, then ``end``.
-
-    The paper's ``np.linspace(start, end, W)`` reaches ``end`` at step W − 1; here it is reached at W.
-    """
-    if step >= warmup_steps:
-        return end
-    return start + (end - start) * max(step, 0) / warmup_steps
-
-
-def drop_frozen_gradients(parameter: nn.Parameter, step: int, steps_per_epoch: int, frozen_epochs: int) -> None:
-    """While step < frozen_epochs · steps_per_epoch, set the gradient to None: the optimiser skips the parameter."""
-    if step < frozen_epochs * steps_per_epoch:
-        parameter.grad = None
-
-
-@torch.no_grad()
-def update_center(center: Tensor, teacher_logits: list[Tensor], momentum: float) -> None:
-    """c ← m c + (1 − m) mean(teacher outputs over the batch and the global views), in place.
-
-    Under torch.distributed the batch mean is all-reduced, so every rank holds the same centre.
-    """
-    import torch.distributed as dist
-
-    t = torch.cat([x.detach() for x in teacher_logits])
-    batch_sum = t.sum(dim=0).to(center.dtype)
-    count = torch.tensor(float(t.shape[0]), device=center.device, dtype=center.dtype)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(batch_sum)
-        dist.all_reduce(count)
-    center.mul_(momentum).add_(batch_sum / count, alpha=1.0 - momentum)
-
-
-class DINOHead(nn.Module):
-    """MLP (GELU) -> L2-normalised bottleneck -> weight-normalised linear (unit-norm rows) to K prototypes."""
-
-    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 512, bottleneck_dim: int = 64, num_layers: int = 3,
-                 batch_norm: bool = False):
-        super().__init__()
-        layers: list[nn.Module] = []
-        dim = in_dim
-        for _ in range(num_layers - 1):
-            layers.append(nn.Linear(dim, hidden_dim))
-            if batch_norm:
-                layers.append(nn.BatchNorm1d(hidden_dim))
-            layers.append(nn.GELU())
-            dim = hidden_dim
-        layers.append(nn.Linear(dim, bottleneck_dim))
-        self.mlp = nn.Sequential(*layers)
-        for m in self.mlp.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
-        # weight norm with the gain fixed to 1 (DINO's norm_last_layer): rows normalised in forward
-        self.prototypes = nn.Parameter(torch.empty(out_dim, bottleneck_dim))
-        nn.init.trunc_normal_(self.prototypes, std=0.02)
-
-    def forward(self, x: Tensor) -> Tensor:
-        z = F.normalize(self.mlp(x), dim=-1)
-        return F.linear(z, F.normalize(self.prototypes, dim=-1))
-
-
 @METHODS.register("dino")
 class DINO(Method):
     Config = DINOConfig
@@ -137,6 +76,7 @@ class DINO(Method):
         if hasattr(encoder.backbone, "num_patches"):  # fixed positional grid: keep the global size
             local = replace(local, size=view_spec.size or info.image_size)
         self.local_spec = local
+        self._teacher_out: list[Tensor] | None = None  # this micro-batch's teacher outputs, for the centre
 
     def views(self, images, generator):
         return multi_crop(images, self.view_spec, self.local_spec, 2, self.config.n_local, generator)
@@ -156,9 +96,14 @@ class DINO(Method):
             student += list(self.student(torch.cat(local)).chunk(len(local)))
         temp = float(self.teacher_temp_now)
         value = dino_loss(student, list(teacher), self.center, c.student_temp, temp)
-        if self.training:
-            update_center(self.center, list(teacher), c.center_momentum)
+        self._teacher_out = list(teacher) if self.training else None
         return {"loss": value, "dino": value.detach(), "teacher_temp": self.teacher_temp_now.detach().clone()}
+
+    def after_micro_batch(self):
+        # the centre moves after every micro-batch, with that micro-batch's teacher outputs
+        if self._teacher_out is not None:
+            update_center(self.center, self._teacher_out, self.config.center_momentum)
+            self._teacher_out = None
 
     def before_optimizer_step(self, step, total_steps):
         drop_frozen_gradients(self.head.prototypes, step, self.steps_per_epoch, self.config.freeze_last_layer)

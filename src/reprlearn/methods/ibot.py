@@ -38,10 +38,11 @@ from ..augment import local_crop, multi_crop
 from ..config import option
 from ..errors import fail
 from ..losses import dino_loss, ibot_patch_loss
+from ..nets.heads import DINOHead
 from ..nets.vit import VisionTransformer
 from . import METHODS
 from .base import Method
-from .dino import DINOHead, drop_frozen_gradients, teacher_temperature, update_center
+from .distillation import drop_frozen_gradients, teacher_temperature, update_center
 from .momentum import cosine_momentum, ema_update, momentum_copy
 
 BLOCK_ATTEMPTS = 16  # rectangles tried per image before the rest is masked patch by patch
@@ -186,6 +187,7 @@ class IBOT(Method):
             config.patch_teacher_temp_start if warm else config.patch_teacher_temp)))
         # the ViT's positional grid is fixed: local crops keep the global size
         self.local_spec = replace(local_crop(view_spec, info.image_size), size=view_spec.size or info.image_size)
+        self._teacher_out: tuple[list[Tensor], Tensor] | None = None  # this micro-batch's, for the centres
 
     def _online(self) -> nn.ModuleDict:
         """The student's parts the teacher mirrors (same order, so EMA pairs them up)."""
@@ -244,11 +246,17 @@ class IBOT(Method):
         dino = dino_loss(student_cls, teacher_cls, self.center, c.student_temp, float(self.teacher_temp_now))
         patch = ibot_patch_loss(s_patch, t_patch, mask, self.patch_center, c.student_temp,
                                 float(self.patch_teacher_temp_now))
-        if self.training:
-            update_center(self.center, teacher_cls, c.center_momentum)
-            update_center(self.patch_center, [t_patch.flatten(0, 1)], c.center_momentum)
+        self._teacher_out = (teacher_cls, t_patch.flatten(0, 1)) if self.training else None
         return {"loss": dino + c.patch_weight * patch, "dino": dino.detach(), "patch": patch.detach(),
                 "masked": mask.float().mean().detach(), "teacher_temp": self.teacher_temp_now.detach().clone()}
+
+    def after_micro_batch(self) -> None:
+        # both centres move after every micro-batch, with that micro-batch's teacher outputs
+        if self._teacher_out is not None:
+            teacher_cls, teacher_patches = self._teacher_out
+            update_center(self.center, teacher_cls, self.config.center_momentum)
+            update_center(self.patch_center, [teacher_patches], self.config.center_momentum)
+            self._teacher_out = None
 
     def before_optimizer_step(self, step: int, total_steps: int) -> None:
         for head in (self.head, self.patch_head):

@@ -1,7 +1,9 @@
-"""MLP heads used on top of backbone features (SimCLR/MoCo/BYOL projectors)."""
+"""Heads on top of backbone features: MLP projectors (SimCLR, MoCo, BYOL), DINO's prototype head."""
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import fail
@@ -55,3 +57,32 @@ def projection_head(
 ) -> MLPHead:
     """Convenience: a projector whose hidden width defaults to the feature width."""
     return MLPHead(in_dim, hidden_dim or in_dim, out_dim, num_layers, batch_norm, last_bn)
+
+
+class DINOHead(nn.Module):
+    """MLP (GELU) -> L2-normalised bottleneck -> weight-normalised linear (unit-norm rows) to K prototypes."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 512, bottleneck_dim: int = 64, num_layers: int = 3,
+                 batch_norm: bool = False):
+        super().__init__()
+        layers: list[nn.Module] = []
+        dim = in_dim
+        for _ in range(num_layers - 1):
+            layers.append(nn.Linear(dim, hidden_dim))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(hidden_dim))
+            layers.append(nn.GELU())
+            dim = hidden_dim
+        layers.append(nn.Linear(dim, bottleneck_dim))
+        self.mlp = nn.Sequential(*layers)
+        for m in self.mlp.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+        # weight norm with the gain fixed to 1 (DINO's norm_last_layer): rows normalised in forward
+        self.prototypes = nn.Parameter(torch.empty(out_dim, bottleneck_dim))
+        nn.init.trunc_normal_(self.prototypes, std=0.02)
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = F.normalize(self.mlp(x), dim=-1)
+        return F.linear(z, F.normalize(self.prototypes, dim=-1))
