@@ -37,9 +37,9 @@ from torch import Tensor
 
 from ..config import option
 from ..errors import fail
-from ..nets.decoders import build_decoder
 from ..losses import (bernoulli_log_prob, discretized_gaussian_log_prob, discretized_logistic_log_prob,
                       gaussian_kl, gaussian_log_prob)
+from ..nets.decoders import build_decoder
 from . import METHODS
 from .autoencoder import AutoencoderMethod
 
