@@ -113,14 +113,12 @@ class HVAE(VAEMethod):
         return z
 
     def elbo_terms(self, h: Tensor, x: Tensor, c, eps: Tensor) -> dict[str, Tensor]:
-        groups = self.top_down(h, eps)
-        out: dict[str, Tensor] = {}
-        log_ratio = 0.0
-        for i, g in zip(reversed(range(len(groups))), groups):
-            out[f"kl_z{i + 1}"] = gaussian_kl_between(g["mu_q"], g["logvar_q"], g["mu_p"], g["logvar_p"])
-            log_ratio = log_ratio + gaussian_log_prob(g["z"], g["mu_p"], 0.5 * g["logvar_p"]) \
-                - gaussian_log_prob(g["z"], g["mu_q"], 0.5 * g["logvar_q"])
+        groups = self.top_down(h, eps)[::-1]  # z_1 .. z_N
+        out = {f"kl_z{i + 1}": gaussian_kl_between(g["mu_q"], g["logvar_q"], g["mu_p"], g["logvar_p"])
+               for i, g in enumerate(groups)}
+        log_p = sum(gaussian_log_prob(g["z"], g["mu_p"], 0.5 * g["logvar_p"]) for g in groups)
+        log_q = sum(gaussian_log_prob(g["z"], g["mu_q"], 0.5 * g["logvar_q"]) for g in groups)
         out["kl"] = sum(out.values())
-        out["log_px"] = self.log_likelihood(x, self.logits(groups[-1]["z"], c))
-        out["log_ratio"] = log_ratio
+        out["log_px"] = self.log_likelihood(x, self.logits(groups[0]["z"], c))
+        out["log_ratio"] = log_p - log_q
         return out
