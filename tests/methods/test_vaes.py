@@ -212,6 +212,17 @@ def test_bernoulli_on_grey_levels_is_refused_naming_binarize(digits):
         make("vae", info, binarize="dynamic", likelihood="discretized-gaussian")
 
 
+def test_discretised_likelihood_is_computed_in_float32_from_half_precision_params(digits):
+    images, _, info = digits
+    m = make("vae", info)
+    x = images[:16].float() / 255
+    params = m.logits(torch.randn(16, m.config.latent_dim, generator=gen(0)), None).detach().bfloat16()
+    # bf16 holds 8 significant bits: a bin edge near 0.5 would be off by half a bin
+    got = m.log_likelihood(x.bfloat16(), params)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, m.log_likelihood(x, params.float()))
+
+
 @pytest.mark.parametrize("likelihood", ["discretized-logistic", "discretized-gaussian"])
 def test_discretised_likelihoods_train(digits, likelihood):
     images, _, info = digits

@@ -134,8 +134,9 @@ class VAEMethod(AutoencoderMethod):
                 raise fail("a bernoulli likelihood is a distribution over {0, 1}, and these pixels are grey "
                            "levels: add --binarize static or --binarize dynamic (or use a discretized likelihood)")
             return bernoulli_log_prob(x, params)
-        mean, log_scale = params.chunk(2, dim=1)
-        return DISCRETIZED[kind](x, mean, log_scale.clamp(min=LOG_SCALE_MIN))
+        # in float32 even under bf16/fp16 autocast: bf16 cannot tell the 256 bin edges apart
+        mean, log_scale = params.float().chunk(2, dim=1)
+        return DISCRETIZED[kind](x.float(), mean, log_scale.clamp(min=LOG_SCALE_MIN))
 
     def mean_image(self, params: Tensor) -> Tensor:
         """The picture of p(x|z) in [0, 1]: the Bernoulli mean, or the location of a
