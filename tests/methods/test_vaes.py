@@ -217,8 +217,9 @@ def test_discretised_likelihood_is_computed_in_float32_from_half_precision_param
     m = make("vae", info)
     x = images[:16].float() / 255
     params = m.logits(torch.randn(16, m.config.latent_dim, generator=gen(0)), None).detach().bfloat16()
-    # bf16 holds 8 significant bits: a bin edge near 0.5 would be off by half a bin
-    got = m.log_likelihood(x.bfloat16(), params)
+    # the decoder's output under bf16 autocast; bf16 holds 8 significant bits, so a bin edge
+    # near 0.5 computed in it would be off by half a bin (x stays float32: autocast casts no inputs)
+    got = m.log_likelihood(x, params)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, m.log_likelihood(x, params.float()))
 
