@@ -147,6 +147,19 @@ def test_hvae_iwae_at_least_elbo_and_tightens_with_k(digits, groups):
     assert iw[5] < iw[1] + 0.2 and iw[50] < iw[5] + 0.2 and iw[50] < nelbo - 0.1
 
 
+def test_free_bits_floor_each_group_kl_in_the_training_loss(digits):
+    images, _, info = digits
+    views = None
+    for free_bits in (0.0, 1.5, 100.0):
+        m = make("hvae", info, kl_warmup=0.0, free_bits=free_bits)
+        views = views or m.views(images[:64], gen(0))
+        out = m.loss(views)
+        kls = [out["kl_z1"].item(), out["kl_z2"].item()]
+        assert min(kls) < 1.5 < max(kls)  # one group either side of the middle floor
+        want = out["recon"].item() + sum(max(free_bits, k) for k in kls)  # L = recon + Σ_i max(λ, E[KL_i])
+        assert out["loss"].item() == pytest.approx(want, rel=1e-6)
+
+
 def test_kl_warmup_is_linear_to_beta(digits):
     m = make("vae", digits[2], beta=2.0, kl_warmup=0.5)
     assert float(m.kl_weight) == 0.0

@@ -59,6 +59,8 @@ class VAEConfig:
     beta: float = option(1.0, "weight of the KL term (β-VAE); 1 = the ELBO", min=0.0)
     kl_warmup: float = option(0.1, "fraction of training over which the KL weight rises linearly 0 -> beta",
                               min=0.0, max=1.0)
+    free_bits: float = option(0.0, "training only: each latent group's batch-mean KL counts as at least this many "
+                              "nats (Kingma et al. 2016); 0 = the ELBO", min=0.0)
 
 
 class VAEMethod(AutoencoderMethod):
@@ -181,7 +183,10 @@ class VAEMethod(AutoencoderMethod):
         x, labels, eps = views
         t = self.elbo_terms(self.encoder(x), x, self.condition(labels, "training"), eps)
         recon, kl = -t["log_px"].mean(), t["kl"].mean()
-        out = {"loss": recon + self.kl_weight * kl, "recon": recon.detach(), "kl": kl.detach(),
+        groups = [v.mean() for k, v in t.items() if k.startswith("kl_")] or [kl]
+        # free bits: a group below λ nats gets no KL gradient, so the optimiser cannot switch it off
+        penalty = sum(g.clamp(min=self.config.free_bits) for g in groups) if self.config.free_bits > 0 else kl
+        out = {"loss": recon + self.kl_weight * penalty, "recon": recon.detach(), "kl": kl.detach(),
                "kl_weight": self.kl_weight.clone()}
         out.update({k: v.mean().detach() for k, v in t.items() if k.startswith("kl_")})
         return out
