@@ -64,3 +64,32 @@ def test_reconstruct_and_sample_commands(ae_run, tmp_path):
 def test_exclude_class_must_exist(tmp_path):
     with pytest.raises(ReprlearnError, match="--exclude-class 42"):
         reprlearn.train("ae", out=tmp_path / "r", epochs=1, exclude_class=42, eval=False, progress=False)
+
+
+def test_vae_eval_names_its_density(tmp_path):
+    import json
+    import math
+
+    run = reprlearn.train("vae", out=tmp_path / "run", epochs=2, batch_size=128, progress=False, binarize="dynamic")
+    result = json.loads((run / "eval.json").read_text())
+    assert result["iwae_nats"] <= result["nelbo_nats"] + 0.5 and result["iwae_k"] == 50
+    assert result["density"] == {"data": "binarized", "binarize": "dynamic", "likelihood": "bernoulli"}
+    assert "bits_per_dim" not in result  # bits over 2 values are not 8-bit bits/dim
+    assert 0 < result["bits_per_binary_dim"] == pytest.approx(result["iwae_nats"] / (64 * math.log(2)))
+
+
+def test_density_of_8_bit_data_reports_bits_per_dim():
+    import math
+
+    from reprlearn.api import build_method, data_info, load_data, resolve_config
+    from reprlearn.evaluate.generative import density
+
+    cfg, method_cfg = resolve_config("vae", {})
+    train, test = load_data(cfg)
+    torch.manual_seed(0)
+    m = build_method(cfg, method_cfg, data_info(train)).eval()
+    x = test.tensor()[:64].float() / 255
+    result = density(m, x, None, k=5)
+    assert result["density"] == {"data": "8-bit", "likelihood": "discretized-logistic"}
+    assert "bits_per_binary_dim" not in result
+    assert result["bits_per_dim"] == pytest.approx(result["iwae_nats"] / (64 * math.log(2)))

@@ -36,6 +36,9 @@ __all__ = [
     "gaussian_kl_between",
     "gaussian_log_prob",
     "bernoulli_log_prob",
+    "pixel_levels",
+    "discretized_logistic_log_prob",
+    "discretized_gaussian_log_prob",
     "byol_loss",
     "dino_loss",
     "clip_loss",
@@ -262,6 +265,74 @@ def bernoulli_log_prob(x: Tensor, logits: Tensor) -> Tensor:
     x, logits: (N, ...) -> (N,).
     """
     return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
+
+
+# ---------------------------------------------------------------- discretised likelihoods (8-bit data)
+
+LEVELS = 256  # values an 8-bit pixel can take
+
+
+def pixel_levels(x: Tensor) -> Tensor:
+    """The 8-bit level k ∈ {0..255} of pixels x in [0, 1]: k = min(⌊256 x⌋, 255).
+
+    Level k owns the bin [k/256, (k+1)/256), so both the exact values k/255 and the
+    uniformly dequantised training values (k + u)/256, u ∈ [0, 1), map back to k.
+    """
+    return (x * LEVELS).floor().clamp(0, LEVELS - 1)
+
+
+def _bin_edges(x: Tensor, mean: Tensor, inv_scale: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Level k of each pixel and its bin edges standardised: a = ((k+1)/256 − μ)/s, b = (k/256 − μ)/s."""
+    k = pixel_levels(x)
+    return k, ((k + 1) / LEVELS - mean) * inv_scale, (k / LEVELS - mean) * inv_scale
+
+
+def _open_edges(k: Tensor, log_first: Tensor, log_last: Tensor, log_inner: Tensor) -> Tensor:
+    """The first bin reaches down to −∞ and the last up to +∞, so the 256 masses sum to 1."""
+    return torch.where(k == 0, log_first, torch.where(k == LEVELS - 1, log_last, log_inner))
+
+
+def discretized_logistic_log_prob(x: Tensor, mean: Tensor, log_scale: Tensor) -> Tensor:
+    """log P(x) per image under a logistic(μ, s) discretised over the 256 levels of 8-bit pixels
+    (Salimans et al. 2017, PixelCNN++, one component), x in [0, 1] (see ``pixel_levels``):
+
+        P(k) = σ(a) − σ(b),  a = ((k+1)/256 − μ)/s,  b = (k/256 − μ)/s,   k = 1..254
+        P(0) = σ(a),   P(255) = 1 − σ(b) = σ(−b)        (edge bins open to ±∞)
+
+    so Σ_k P(k) = 1: a normalised distribution over the values the data take, and
+    −log P(x) / (D ln 2) is bits/dim. Bins are [k/256, (k+1)/256) on the [0, 1] scale,
+    the bins of uniform dequantisation. The inner bins use the exact identity
+    σ(a) − σ(b) = σ(a) σ(−b) (1 − e^{−(a−b)}), with a − b = 1/(256 s) formed directly,
+    so nothing cancels in either tail. mean, log_scale broadcast to x; x: (N, ...) -> (N,).
+    """
+    inv_s = torch.exp(-log_scale)
+    k, a, b = _bin_edges(x, mean, inv_s)
+    width = (inv_s / LEVELS).expand_as(a)
+    inner = F.logsigmoid(a) + F.logsigmoid(-b) + torch.log(-torch.expm1(-width))
+    return _open_edges(k, F.logsigmoid(a), F.logsigmoid(-b), inner).flatten(1).sum(1)
+
+
+def discretized_gaussian_log_prob(x: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
+    """log P(x) per image under N(μ, σ²) discretised over the 256 levels of 8-bit pixels
+    (Ho et al. 2020, DDPM's decoder), x in [0, 1] (see ``pixel_levels``):
+
+        P(k) = Φ(a) − Φ(b),  a = ((k+1)/256 − μ)/σ,  b = (k/256 − μ)/σ,   k = 1..254
+        P(0) = Φ(a),   P(255) = 1 − Φ(b) = Φ(−b)        (edge bins open to ±∞)
+
+    The difference is taken in the lower tail (mirrored, Φ(a) − Φ(b) = Φ(−b) − Φ(−a),
+    when the bin lies right of μ) as log Φ(hi) + log(1 − e^{log Φ(lo) − log Φ(hi)}), with
+    log Φ from ``torch.special.log_ndtr``: accurate far into the tails, where a plain
+    Φ(a) − Φ(b) is 0. mean, log_std broadcast to x; x: (N, ...) -> (N,).
+    """
+    k, a, b = _bin_edges(x, mean, torch.exp(-log_std))
+    right = (a + b) > 0
+    log_hi = torch.special.log_ndtr(torch.where(right, -b, a))
+    log_lo = torch.special.log_ndtr(torch.where(right, -a, b))
+    d = (log_lo - log_hi).clamp(max=-1e-30)  # < 0: lo < hi
+    # log(1 − e^d) in its two stable branches (Mächler 2012)
+    log1mexp = torch.where(d > -math.log(2), torch.log(-torch.expm1(d)), torch.log1p(-torch.exp(d)))
+    first, last = torch.special.log_ndtr(a), torch.special.log_ndtr(-b)
+    return _open_edges(k, first, last, log_hi + log1mexp).flatten(1).sum(1)
 
 
 # ---------------------------------------------------------------- self-distillation (BYOL, DINO)

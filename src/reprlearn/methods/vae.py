@@ -4,9 +4,23 @@
     z = μ + σ ⊙ ε,  ε ~ N(0, I)                    (reparameterisation)
     L = −log p_θ(x|z) + β_t · KL(q_φ(z|x) ‖ N(0, I))   per image, mean over the batch
 
-with p_θ(x|z) Bernoulli(sigmoid(f_θ(z))) or N(sigmoid(f_θ(z)), σ²) on pixels in
-[0, 1], and β_t rising linearly from 0 to β over the first ``kl_warmup`` of training.
-With β = 1 the loss is the negative ELBO, an upper bound on −log p(x) in nats.
+with β_t rising linearly from 0 to β over the first ``kl_warmup`` of training. With
+β = 1 the loss is the negative ELBO, an upper bound on −log p(x) in nats. p_θ(x|z) is
+a normalised distribution over the values the data take, in one of the two standard
+ways (``--binarize``):
+
+  8-bit data (default): a logistic (PixelCNN++) or Gaussian (DDPM) with per-pixel
+    location and log-scale from the decoder, discretised over the 256 levels with the
+    edge bins open (losses.discretized_*_log_prob). Training inputs are uniformly
+    dequantised, x = (x_uint8 + u)/256, u ~ U[0, 1), so the encoder never sees the
+    17 (digits) or 256 (CIFAR) exact levels; the likelihood is of the level itself.
+    Evaluation uses the exact discrete likelihood of the uint8 values, x = x_uint8/255
+    with no dequantisation noise.
+  binarised data: Bernoulli(sigmoid(f_θ(z))) on x ∈ {0, 1}, thresholded at 0.5
+    (``static``) or drawn x ~ Bernoulli(x_uint8/255) each time an image is seen
+    (``dynamic``, as in the IWAE paper). The density is evaluated on one fixed
+    binarisation of the test set: the threshold (static) or one Bernoulli draw from a
+    generator seeded 0 (dynamic), so runs are comparable.
 
 Evaluation hooks (``nelbo``, ``iwae``, ``sample`` ...) always use β = 1; ``iwae``
 is the importance-weighted bound of Burda et al. 2016, tighter as K grows.
@@ -19,28 +33,34 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..config import option
-from ..losses import bernoulli_log_prob, gaussian_kl, gaussian_log_prob
+from ..errors import fail
+from ..losses import (bernoulli_log_prob, discretized_gaussian_log_prob, discretized_logistic_log_prob,
+                      gaussian_kl, gaussian_log_prob)
+from ..nets.decoders import build_decoder
 from . import METHODS
 from .autoencoder import AutoencoderMethod
 
-LOG_SIGMA_MIN = math.log(1e-3)  # a learned σ may not shrink to a degenerate density
+LOG_SCALE_MIN = -7.0  # PixelCNN++'s floor: s ≈ 1e-3, a quarter of a bin, already puts P(bin) ≈ 1
+DISCRETIZED = {"discretized-logistic": discretized_logistic_log_prob,
+               "discretized-gaussian": discretized_gaussian_log_prob}
 
 
 @dataclass
 class VAEConfig:
     latent_dim: int = option(16, "size of the latent z", min=1, max=65536)
-    # gaussian with a learned σ: on greyscale digits it keeps more in z than bernoulli
-    # (linear probe 0.98 vs 0.96 after the default 150 epochs)
-    likelihood: str = option("gaussian", "p(x|z) on pixels in [0, 1]", choices=("bernoulli", "gaussian"))
-    sigma: str = option("learned", "σ of the gaussian likelihood: fixed (sigma-value) or learned per channel",
-                        choices=("fixed", "learned"))
-    sigma_value: float = option(0.1, "σ of the gaussian likelihood (its start value when learned)", above=0.0)
+    binarize: str = option("none", "none: 8-bit data; static: threshold at 0.5; dynamic: x ~ Bernoulli(pixel) "
+                           "each time an image is seen (IWAE paper)", choices=("none", "static", "dynamic"))
+    likelihood: str = option("auto", "p(x|z): auto = bernoulli on binarised data, discretized-logistic on 8-bit "
+                             "data; discretized-* are over the 256 levels of a pixel",
+                             choices=("auto", "discretized-logistic", "discretized-gaussian", "bernoulli"))
     beta: float = option(1.0, "weight of the KL term (β-VAE); 1 = the ELBO", min=0.0)
     kl_warmup: float = option(0.1, "fraction of training over which the KL weight rises linearly 0 -> beta",
                               min=0.0, max=1.0)
+    free_bits: float = option(0.0, "training only: each latent group's batch-mean KL counts as at least this many "
+                              "nats (Kingma et al. 2016); 0 = the ELBO", min=0.0)
 
 
 class VAEMethod(AutoencoderMethod):
@@ -55,17 +75,36 @@ class VAEMethod(AutoencoderMethod):
 
     def __init__(self, config: Any, encoder, info, view_spec):
         super().__init__(config, encoder, info, view_spec)
-        if config.likelihood == "gaussian" and config.sigma == "learned":
-            self.log_sigma = nn.Parameter(torch.full((info.channels,), math.log(config.sigma_value)))
+        if config.binarize != "none" and config.likelihood not in ("auto", "bernoulli"):
+            raise fail(f"--binarize {config.binarize} makes the data binary: use --likelihood bernoulli (or auto), "
+                       f"or --binarize none for the {config.likelihood} likelihood on 8-bit data")
+        per_pixel = 1 if self.likelihood_kind == "bernoulli" else 2  # a logit, or location and log-scale
+        self.decoder = build_decoder(self.decoder_inputs(config), per_pixel * info.channels, info.image_size)
         # a buffer so a resumed run continues the warm-up where it stopped
         self.register_buffer("kl_weight", torch.tensor(0.0 if config.kl_warmup > 0 else config.beta))
 
     def code_inputs(self, config) -> int:
         return 2 * config.latent_dim  # μ and log σ²
 
+    def decoder_inputs(self, config) -> int:
+        """Width of the decoder's input (cvae adds the one-hot class)."""
+        return config.latent_dim
+
     @property
     def likelihood_kind(self) -> str:
+        """The likelihood in use: ``auto`` resolved by ``binarize``."""
+        if self.config.likelihood == "auto":
+            return "bernoulli" if self.config.binarize != "none" else "discretized-logistic"
         return self.config.likelihood
+
+    @property
+    def density_spec(self) -> dict[str, str]:
+        """What ``nelbo`` and ``iwae`` are a density of, for eval.json."""
+        if self.config.binarize == "none" and self.likelihood_kind == "bernoulli":
+            return {"data": "binary", "likelihood": "bernoulli"}  # the data were binary already
+        if self.config.binarize != "none":
+            return {"data": "binarized", "binarize": self.config.binarize, "likelihood": self.likelihood_kind}
+        return {"data": "8-bit", "likelihood": self.likelihood_kind}
 
     @property
     def noise_dim(self) -> int:
@@ -85,19 +124,28 @@ class VAEMethod(AutoencoderMethod):
         return self.to_code(h).chunk(2, dim=1)
 
     def logits(self, z: Tensor, c: Tensor | None) -> Tensor:
-        """f_θ(z): pixel logits (N, C, H, W); their sigmoid is the mean of p(x|z)."""
+        """f_θ(z): the parameters of p(x|z) per pixel: Bernoulli logits (N, C, H, W), or
+        location and log-scale (N, 2C, H, W) of a discretised likelihood."""
         return self.decoder(z)
 
-    def log_likelihood(self, x: Tensor, logits: Tensor) -> Tensor:
+    def log_likelihood(self, x: Tensor, params: Tensor) -> Tensor:
         """log p(x|z) per image (N,), in nats."""
-        if self.config.likelihood == "bernoulli":
-            return bernoulli_log_prob(x, logits)
-        return gaussian_log_prob(x, torch.sigmoid(logits), self._log_sigma())
+        kind = self.likelihood_kind
+        if kind == "bernoulli":
+            if not ((x == 0) | (x == 1)).all():
+                raise fail("a bernoulli likelihood is a distribution over {0, 1}, and these pixels are grey "
+                           "levels: add --binarize static or --binarize dynamic (or use a discretized likelihood)")
+            return bernoulli_log_prob(x, params)
+        # in float32 even under bf16/fp16 autocast: bf16 cannot tell the 256 bin edges apart
+        mean, log_scale = params.float().chunk(2, dim=1)
+        return DISCRETIZED[kind](x.float(), mean, log_scale.clamp(min=LOG_SCALE_MIN))
 
-    def _log_sigma(self) -> Tensor:
-        if self.config.sigma == "learned":
-            return self.log_sigma.clamp(min=LOG_SIGMA_MIN).view(1, -1, 1, 1)
-        return torch.tensor(math.log(self.config.sigma_value), device=self._device())
+    def mean_image(self, params: Tensor) -> Tensor:
+        """The picture of p(x|z) in [0, 1]: the Bernoulli mean, or the location of a
+        discretised likelihood clipped to [0, 1]."""
+        if self.likelihood_kind == "bernoulli":
+            return torch.sigmoid(params)
+        return params[:, :self.info.channels].clamp(0, 1)
 
     def prior_latents(self, n: int, c: Tensor | None, generator: torch.Generator | None) -> Tensor:
         """z ~ p(z), the decoder's input."""
@@ -118,7 +166,16 @@ class VAEMethod(AutoencoderMethod):
 
     # ---------------------------------------------------------------- training
     def views(self, images: Tensor, generator: torch.Generator, labels: Tensor | None = None):
-        x = images.float() / 255  # the data itself, no augmentation
+        """The data itself, no augmentation: dequantised 8-bit pixels, or a binarisation."""
+        x = images.float()
+        if self.config.binarize == "static":
+            x = (x / 255 > 0.5).float()
+        elif self.config.binarize == "dynamic":
+            x = torch.bernoulli(x / 255, generator=generator)
+        elif self.likelihood_kind == "bernoulli":
+            x = x / 255  # refused in log_likelihood unless the data are binary
+        else:
+            x = (x + torch.rand(x.shape, generator=generator, device=x.device)) / 256
         eps = torch.randn(len(x), self.noise_dim, generator=generator, device=x.device)
         return x, labels, eps
 
@@ -126,7 +183,10 @@ class VAEMethod(AutoencoderMethod):
         x, labels, eps = views
         t = self.elbo_terms(self.encoder(x), x, self.condition(labels, "training"), eps)
         recon, kl = -t["log_px"].mean(), t["kl"].mean()
-        out = {"loss": recon + self.kl_weight * kl, "recon": recon.detach(), "kl": kl.detach(),
+        groups = [v.mean() for k, v in t.items() if k.startswith("kl_")] or [kl]
+        # free bits: a group below λ nats gets no KL gradient, so the optimiser cannot switch it off
+        penalty = sum(g.clamp(min=self.config.free_bits) for g in groups) if self.config.free_bits > 0 else kl
+        out = {"loss": recon + self.kl_weight * penalty, "recon": recon.detach(), "kl": kl.detach(),
                "kl_weight": self.kl_weight.clone()}
         out.update({k: v.mean().detach() for k, v in t.items() if k.startswith("kl_")})
         return out
@@ -136,7 +196,16 @@ class VAEMethod(AutoencoderMethod):
         self.kl_weight.fill_(self.config.beta * (min(1.0, step / ramp) if ramp > 0 else 1.0))
 
     # ---------------------------------------------------------------- evaluation hooks
-    # x: float images in [0, 1] (N, C, H, W); labels only matter to the conditional VAE.
+    # x: float images in [0, 1] (N, C, H, W), x_uint8/255; labels only matter to the conditional VAE.
+    def density_data(self, x: Tensor) -> Tensor:
+        """The test images the density is reported on: x itself for 8-bit data, else one fixed
+        binarisation (the threshold, or one Bernoulli draw from a generator seeded 0)."""
+        if self.config.binarize == "static":
+            return (x > 0.5).float()
+        if self.config.binarize == "dynamic":
+            return torch.bernoulli(x, generator=torch.Generator(device=x.device).manual_seed(0))
+        return x
+
     @torch.no_grad()
     def encode(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         """μ of q(z|x): the code used for interpolations and latent plots."""
@@ -144,21 +213,25 @@ class VAEMethod(AutoencoderMethod):
 
     @torch.no_grad()
     def decode(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
-        """Pixel logits of p(x|z)."""
-        return self.logits(z, self.condition(labels, "decode"))
+        """Pixel logits whose sigmoid is ``mean_image`` of p(x|z) (the figures' contract)."""
+        params = self.logits(z, self.condition(labels, "decode"))
+        if self.likelihood_kind == "bernoulli":
+            return params
+        return torch.logit(self.mean_image(params), eps=1e-6)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
-        """Mean of p(x|z = μ(x)), in [0, 1]."""
-        return torch.sigmoid(self.decode(self.encode(x, labels), labels))
+        """``mean_image`` of p(x|z = μ(x)), in [0, 1]."""
+        c = self.condition(labels, "reconstruct")
+        return self.mean_image(self.logits(self.posterior(self.encoder(x), c)[0], c))
 
     @torch.no_grad()
     def sample(self, n: int, labels: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
-        """n images from the prior: the mean of p(x|z), z ~ p(z), in [0, 1]."""
+        """n images from the prior: ``mean_image`` of p(x|z), z ~ p(z), in [0, 1]."""
         c = self.condition(labels, "sample")
         if c is not None and len(c) != n:
             raise ValueError(f"sample: {len(c)} labels for n={n} images")
-        return torch.sigmoid(self.logits(self.prior_latents(n, c, generator), c))
+        return self.mean_image(self.logits(self.prior_latents(n, c, generator), c))
 
     @torch.no_grad()
     def nelbo(self, x: Tensor, labels: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
