@@ -257,29 +257,27 @@ N_PER_RANK = 8
 
 def _ddp_worker(rank, world, out_dir):
     method = small_moco(bn_splits=1)  # per-rank BN only: the shuffle across ranks is under test
-    x_2 = images(N_PER_RANK * world, seed=5).float() / 255
-    perm = torch.randperm(N_PER_RANK * world, generator=torch.Generator().manual_seed(10 + rank))
-    dist = torch.distributed
-    dist.broadcast(perm, src=0)  # what loss() does: rank 0's permutation
-    with torch.no_grad():
-        keys, all_keys = method._encode_keys(x_2[rank * N_PER_RANK:(rank + 1) * N_PER_RANK], perm)
-    torch.save({"keys": keys, "all_keys": all_keys, "perm": perm}, os.path.join(out_dir, f"rank{rank}.pt"))
+    # each rank its own images and its own generator, as the engine seeds them by rank
+    views = method.views(images(N_PER_RANK, seed=5 + rank), torch.Generator().manual_seed(10 + rank))
+    method.loss(views)  # shares rank 0's permutation, encodes this rank's slice, gathers, unshuffles
+    _, x_2, perm = views
+    torch.save({"x_2": x_2, "perm": perm, "keys": method._keys}, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
 def test_shuffle_bn_over_two_gloo_ranks(tmp_path):
     """Each rank's key encoder sees a slice of the shuffled global batch (its own BN batch): the
-    keys equal a plain-BN key network run on each slice alone, put back in the original order."""
+    keys equal a plain-BN key network run on each slice alone, put back in the original order,
+    and every rank holds the whole global batch's keys for the queue."""
     run_on_ranks(_ddp_worker, 2, tmp_path)
-    method = small_moco(bn_splits=1)
-    x_2 = images(2 * N_PER_RANK, seed=5).float() / 255
     got = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     perm = got[0]["perm"]
-    assert torch.equal(got[1]["perm"], perm)  # shared, not rank 1's own draw
+    assert torch.equal(got[1]["perm"], perm)  # rank 0's, not rank 1's own draw
+    x_2 = torch.cat([g["x_2"] for g in got])
+    method = small_moco(bn_splits=1)
     want = torch.empty(2 * N_PER_RANK, SMALL["proj_dim"])
     with torch.no_grad():
         for r in range(2):
             mine = perm[r * N_PER_RANK:(r + 1) * N_PER_RANK]
             want[mine] = method.key_net(x_2[mine])
     for r in range(2):
-        torch.testing.assert_close(got[r]["all_keys"], want)
-        torch.testing.assert_close(got[r]["keys"], want[r * N_PER_RANK:(r + 1) * N_PER_RANK])
+        torch.testing.assert_close(got[r]["keys"], F.normalize(want, dim=1))
