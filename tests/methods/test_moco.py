@@ -36,18 +36,20 @@ def images(n, seed=0):
 # ---------------------------------------------------------------- split BatchNorm
 
 
-@pytest.mark.parametrize("kind,shape,splits", [(nn.BatchNorm2d, (10, 3, 4, 4), 3), (nn.BatchNorm1d, (12, 5), 4)])
-def test_split_bn_equals_batch_norm_on_each_group(kind, shape, splits):
+# 10 samples in up to 4 groups: 4 and 3 do not divide 10, so 2 groups of 5
+@pytest.mark.parametrize("kind,shape,splits,groups", [(nn.BatchNorm2d, (12, 3, 4, 4), 3, 3),
+                                                      (nn.BatchNorm1d, (12, 5), 4, 4), (nn.BatchNorm2d, (10, 3, 2, 2), 4, 2)])
+def test_split_bn_equals_batch_norm_on_each_group(kind, shape, splits, groups):
     torch.manual_seed(0)
     plain = kind(shape[1])
     with torch.no_grad():
         plain.weight.uniform_(0.5, 1.5), plain.bias.normal_()
         plain.running_mean.normal_(), plain.running_var.uniform_(0.5, 2.0)
-    refs = [copy.deepcopy(plain) for _ in range(splits)]  # one plain BN per group, same start
+    refs = [copy.deepcopy(plain) for _ in range(groups)]  # one plain BN per group, same start
     split = split_batch_norm(copy.deepcopy(plain), splits)
     assert isinstance(split, (SplitBatchNorm1d, SplitBatchNorm2d))
     x = (torch.randn(shape) * 3 + 1).requires_grad_()
-    chunks = torch.tensor_split(x, splits)  # groups of 4, 3, 3 (uneven) and 3, 3, 3, 3
+    chunks = torch.chunk(x, groups)  # contiguous, equal
     want = torch.cat([ref(c) for ref, c in zip(refs, chunks)])
     got = split(x)
     torch.testing.assert_close(got, want)

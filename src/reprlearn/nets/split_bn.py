@@ -1,8 +1,9 @@
 """Split BatchNorm: batch statistics per group of the batch, emulating BN on several devices.
 
-In training mode the batch of N samples is cut into ``splits`` contiguous groups
-(``torch.tensor_split``: sizes differ by at most one) and each group g is normalised with
-its own statistics, exactly as plain BatchNorm on that group alone would:
+In training mode the batch of N samples is cut into ``splits`` equal contiguous groups
+(fewer where ``splits`` does not divide N: the most that do, of 2 samples or more) and each
+group g is normalised with its own statistics, exactly as plain BatchNorm on that group
+alone would:
 
     y = γ (x - μ_g) / sqrt(σ²_g + ε) + β,    μ_g, σ²_g over group g (and the spatial axes)
 
@@ -13,7 +14,7 @@ features. With groups, and the keys' batch shuffled before the key encoder, a qu
 BN group and its key's BN group hold different samples.
 
 The running statistics move by the mean over groups of the group statistics (the
-unbiased variance, as BatchNorm keeps), once per forward:
+unbiased variance, as BatchNorm keeps), once per forward, as in the authors' demo:
 ``running ← (1 - m) running + m mean_g(stat_g)``. In eval mode, or with one group, the
 layer is plain BatchNorm. Parameters and buffers are BatchNorm's, so checkpoints of
 split and plain layers are interchangeable.
@@ -31,27 +32,25 @@ class _SplitBatchNorm:
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input_dim(x)
-        # at least 2 samples per group: BN of a single sample is undefined for (N, C) input
-        groups = min(self.splits, x.shape[0] // 2)
-        if not self.training or groups <= 1:
+        n, c, rest = x.shape[0], x.shape[1], x.shape[2:]
+        groups = split_groups(n, self.splits)
+        if not self.training or groups == 1:
             return super().forward(x)
         factor = 0.0
         if self.track_running_stats:
             self.num_batches_tracked.add_(1)
             factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        dims = [0] + list(range(2, x.dim()))  # all axes but the channels
-        out, means, variances = [], [], []
-        for chunk in torch.tensor_split(x, groups):
-            out.append(F.batch_norm(chunk, None, None, self.weight, self.bias, True, 0.0, self.eps))
-            if self.track_running_stats:
-                with torch.no_grad():
-                    means.append(chunk.mean(dims))
-                    variances.append(chunk.var(dims, unbiased=True))
+        # (N, C, *) -> (N/G, G·C, *): group j's samples become channels jC..(j+1)C-1, so one
+        # batch_norm call normalises every group by its own statistics
+        xg = x.reshape(groups, n // groups, c, *rest).transpose(0, 1).reshape(n // groups, groups * c, *rest)
+        tile = lambda t: None if t is None else t.repeat(groups)  # noqa: E731
+        mean, var = tile(self.running_mean), tile(self.running_var)  # updated per group in place
+        y = F.batch_norm(xg, mean, var, tile(self.weight), tile(self.bias), True, factor, self.eps)
         if self.track_running_stats:
             with torch.no_grad():
-                self.running_mean.lerp_(torch.stack(means).mean(0).to(self.running_mean.dtype), factor)
-                self.running_var.lerp_(torch.stack(variances).mean(0).to(self.running_var.dtype), factor)
-        y = torch.cat(out)
+                self.running_mean.copy_(mean.view(groups, c).mean(0))
+                self.running_var.copy_(var.view(groups, c).mean(0))
+        y = y.reshape(n // groups, groups, c, *rest).transpose(0, 1).reshape(n, c, *rest)
         if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
             y = y.contiguous(memory_format=torch.channels_last)  # keep the CNN's layout
         return y
@@ -74,6 +73,12 @@ class SplitBatchNorm2d(_SplitBatchNorm, nn.BatchNorm2d):
     def __init__(self, num_features: int, splits: int, **kwargs):
         super().__init__(num_features, **kwargs)
         self.splits = int(splits)
+
+
+def split_groups(n: int, splits: int) -> int:
+    """How many equal groups a batch of n is cut into: the most, up to ``splits``, that divide n
+    and hold at least 2 samples each (BatchNorm of a single sample is undefined)."""
+    return next((g for g in range(min(splits, n // 2), 1, -1) if n % g == 0), 1)
 
 
 def split_batch_norm(module: nn.Module, splits: int) -> nn.Module:
