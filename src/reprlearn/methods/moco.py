@@ -3,7 +3,8 @@ with MoCo v3's symmetric loss and batch negatives (Chen, Xie & He 2021) as optio
 
 Per step, for a batch of images and two augmented views x_1, x_2 of each:
 
-    q = projector(encoder(x_1))                  the query, with gradients
+    q = projector(encoder(x_1))                  the query, with gradients; projector: v2's
+                                                 fc-ReLU-fc head (``--proj-bn``: v3's, with BN)
     k = key_net(x_2)                             the key, no gradients; key_net = EMA copy
     L = InfoNCE(q, k; negatives = the K queued keys of earlier steps)
     after the optimiser step:  θ_k ← m θ_k + (1 - m) θ_q  (m = 0.999, constant), then
@@ -19,9 +20,11 @@ BatchNorm must not let a query see its own key's batch statistics (MoCo, Sec. 3.
 the key encoder runs on a shuffled batch. Under DDP that is shuffle-BN as in the paper:
 the keys' images are gathered from every rank, permuted with one permutation all ranks
 share (rank 0's), each rank encodes its slice, and the keys are gathered and unshuffled.
-On one device every BatchNorm of both encoders normalises per group of ``bn_splits``
-(split-BN, :mod:`reprlearn.nets.split_bn`), the query in batch order and the key in the
-shuffled order, so the groups differ, as in the authors' single-GPU demo.
+On one device that shuffle alone changes nothing, so every BatchNorm of both encoders
+normalises per group of ``bn_splits`` (split-BN, :mod:`reprlearn.nets.split_bn`), the
+query in batch order and the key in the shuffled order, so the groups differ, as in the
+authors' single-GPU demo. The groups are per device; ``--bn-splits 1`` under DDP is the
+paper's per-GPU BN exactly.
 
 Under ``--accumulate N`` the queue receives the keys of every micro-batch, once, after
 the optimiser step that trained on them; all N micro-batches of a step contrast against
@@ -49,6 +52,10 @@ from .pair_losses import TwoViewOptions, pair_loss
 
 @dataclass
 class MoCoConfig(TwoViewOptions):
+    """MoCo v2 by default (momentum 0.999, queue-only negatives, one direction, τ 0.2, no BN in
+    the projector); ``symmetric``, ``batch_negatives``, ``momentum_schedule cosine`` and
+    ``proj_bn`` are MoCo v3's choices."""
+
     temperature: float = option(0.2, "InfoNCE temperature τ (0.2: MoCo v2; v1 used 0.07)", above=0.0, max=10.0)
     queue_size: int = option(
         1024, "negative keys in the queue (the paper's 65,536 suits ImageNet's 1.28M images; digits has "
@@ -62,6 +69,7 @@ class MoCoConfig(TwoViewOptions):
     bn_splits: int = option(
         8, "BatchNorm groups per device (split-BN; the key encoder sees a shuffled batch): 8 as in the MoCo "
         "authors' single-GPU demo; 1 is plain BN, where a query shares its key's batch statistics", min=1, max=1024)
+    proj_bn: bool = option(False, "BatchNorm after the projector's hidden layer (v3 has it; off: v2's fc-ReLU-fc head)")
     loss: str = option("info_nce", "the two-view loss", choices=("info_nce", "margin", "triplet"))
 
     def check(self) -> None:
@@ -77,7 +85,8 @@ class MoCo(Method):
     def __init__(self, config, encoder, info, view_spec):
         super().__init__(config, encoder, info, view_spec)
         split_batch_norm(encoder, config.bn_splits)
-        self.projector = split_batch_norm(MLPHead(encoder.feature_dim, config.proj_hidden, config.proj_dim),
+        self.projector = split_batch_norm(MLPHead(encoder.feature_dim, config.proj_hidden, config.proj_dim,
+                                                  batch_norm=config.proj_bn),
                                           config.bn_splits)
         self.key_net = momentum_copy(nn.Sequential(encoder, self.projector))
         self.register_buffer("queue", F.normalize(torch.randn(config.queue_size, config.proj_dim), dim=1))
