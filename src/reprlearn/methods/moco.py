@@ -158,7 +158,9 @@ class MoCo(Method):
     def _enqueue(self, keys: Tensor) -> None:
         """First in, first out: the keys are written in order from the pointer on, wrapping around."""
         size, ptr = self.queue.shape[0], int(self.queue_ptr)
-        if len(keys) > size:  # only the newest ``size`` keys would survive writing them all
+        # only the newest ``size`` keys would survive writing them all; cut them here, as one
+        # assignment with repeated indices leaves which write wins undefined (on GPU)
+        if len(keys) > size:
             ptr = (ptr + len(keys) - size) % size
             keys = keys[-size:]
         idx = (torch.arange(len(keys), device=keys.device) + ptr) % size
