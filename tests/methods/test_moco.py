@@ -37,8 +37,8 @@ def images(n, seed=0):
 
 
 # 10 samples in up to 4 groups: 4 and 3 do not divide 10, so 2 groups of 5
-@pytest.mark.parametrize("kind,shape,splits,groups", [(nn.BatchNorm2d, (12, 3, 4, 4), 3, 3),
-                                                      (nn.BatchNorm1d, (12, 5), 4, 4), (nn.BatchNorm2d, (10, 3, 2, 2), 4, 2)])
+@pytest.mark.parametrize("kind,shape,splits,groups", [
+    (nn.BatchNorm2d, (12, 3, 4, 4), 3, 3), (nn.BatchNorm1d, (12, 5), 4, 4), (nn.BatchNorm2d, (10, 3, 2, 2), 4, 2)])
 def test_split_bn_equals_batch_norm_on_each_group(kind, shape, splits, groups):
     torch.manual_seed(0)
     plain = kind(shape[1])

@@ -64,8 +64,10 @@ class MoCoConfig(TwoViewOptions):
     ema_momentum: float = option(0.999, "EMA momentum m of the key encoder (0.999: MoCo v2)", min=0.0, max=1.0)
     momentum_schedule: str = option("constant", "m constant (MoCo v2) or rising from m to 1 on a cosine (v3, BYOL)",
                                     choices=("constant", "cosine"))
-    symmetric: bool = option(False, "MoCo v3's symmetric loss ctr(q1,k2) + ctr(q2,k1); both views' keys enter the queue")
-    batch_negatives: bool = option(False, "the global batch's other keys are negatives too (v3); off: the queue only (v2)")
+    symmetric: bool = option(False, "MoCo v3's symmetric loss ctr(q1,k2) + ctr(q2,k1); both views' keys enter "
+                             "the queue")
+    batch_negatives: bool = option(False, "the global batch's other keys are negatives too (v3); off: the queue "
+                                   "only (v2)")
     bn_splits: int = option(
         8, "BatchNorm groups per device (split-BN; the key encoder sees a shuffled batch): 8 as in the MoCo "
         "authors' single-GPU demo; 1 is plain BN, where a query shares its key's batch statistics", min=1, max=1024)
