@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import lightning as L
 import reprlearn
 from gloo_ranks import run_on_ranks
 from reprlearn.api import build_method, resolve_config
@@ -189,34 +188,39 @@ def test_key_encoder_moves_by_the_ema_formula(schedule):
 # ---------------------------------------------------------------- the queue in a real run
 
 
-class Recorder(L.Callback):
-    """Wraps the method's views() to keep every micro-batch's key view and the key network it
-    met; records the queue when each step starts, before its optimiser step and after it."""
+def recorder():
+    """A callback that wraps the method's views() to keep every micro-batch's key view and the key
+    network it met, and records the queue when each step starts, before its optimiser step and
+    after it. (Lightning is imported here: the gloo ranks import this module and need none of it.)"""
+    import lightning as L
 
-    def __init__(self):
-        self.micro, self.at_start, self.before_step, self.after_step = [], [], [], []
+    class Recorder(L.Callback):
+        def __init__(self):
+            self.micro, self.at_start, self.before_step, self.after_step = [], [], [], []
 
-    def on_train_start(self, trainer, pl_module):
-        method = pl_module.method
-        views = method.views
+        def on_train_start(self, trainer, pl_module):
+            method = pl_module.method
+            views = method.views
 
-        def recording(batch, generator):
-            x_1, x_2, perm = views(batch, generator)
-            self.micro.append((trainer.global_step, x_2.clone(), copy.deepcopy(method.key_net),
-                               method.queue.clone()))
-            return x_1, x_2, perm
+            def recording(batch, generator):
+                x_1, x_2, perm = views(batch, generator)
+                self.micro.append((trainer.global_step, x_2.clone(), copy.deepcopy(method.key_net),
+                                   method.queue.clone()))
+                return x_1, x_2, perm
 
-        method.views = recording
+            method.views = recording
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.at_start.append(pl_module.method.queue.clone())
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.at_start.append(pl_module.method.queue.clone())
 
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-        self.before_step.append(pl_module.method.queue.clone())
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            self.before_step.append(pl_module.method.queue.clone())
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.after_step.append((trainer.global_step, pl_module.method.queue.clone(),
-                                int(pl_module.method.queue_ptr)))
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.after_step.append((trainer.global_step, pl_module.method.queue.clone(),
+                                    int(pl_module.method.queue_ptr)))
+
+    return Recorder()
 
 
 def expected_keys(key_net, x):
@@ -230,7 +234,7 @@ def test_queue_takes_each_micro_batch_keys_once_after_the_optimizer_step(tmp_pat
     the same queue; after the step the queue holds, from the old pointer on, exactly the keys of
     that step's micro-batches in order (the key network they met, before the EMA moved it), and
     nothing changed before the optimiser step. Over the run, every micro-batch's keys entered once."""
-    rec = Recorder()
+    rec = recorder()
     reprlearn.train("moco", out=tmp_path / "run", callbacks=[rec], data="digits", epochs=1, batch_size=64,
                     accumulate=accumulate, eval=False, progress=False, bn_splits=1, queue_size=4096, **SMALL)
     steps = 1438 // 64 // accumulate
