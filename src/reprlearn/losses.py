@@ -47,7 +47,8 @@ __all__ = [
 ]
 
 
-def info_nce(query: Tensor, key: Tensor, queue: Tensor | None = None, temperature: float = 0.07) -> Tensor:
+def info_nce(query: Tensor, key: Tensor, queue: Tensor | None = None, temperature: float = 0.07,
+             batch_negatives: bool = True) -> Tensor:
     """Instance discrimination (InfoNCE), as in MoCo / Wu et al. 2018.
 
     For query q_i with positive key k_i, s_ij = cos(q_i, k_j) / τ over the batch keys
@@ -55,14 +56,21 @@ def info_nce(query: Tensor, key: Tensor, queue: Tensor | None = None, temperatur
 
         L = -(1/N) Σ_i log( exp(s_ii) / (Σ_j exp(s_ij) + Σ_m exp(s_im)) )
 
+    With ``batch_negatives=False`` the other batch keys are no negatives (MoCo v1/v2:
+    the positive against the queue only): the Σ_j runs over j = i alone.
+
     query, key: (N, D); queue: (K, D) or None. Inputs need not be normalised.
     """
     q = F.normalize(query, dim=1)
     k = F.normalize(key, dim=1)
-    logits = q @ k.T
+    if batch_negatives:
+        logits = q @ k.T
+        targets = torch.arange(q.shape[0], device=q.device)
+    else:
+        logits = (q * k).sum(dim=1, keepdim=True)  # (N, 1): the positive, class 0
+        targets = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
     if queue is not None and queue.numel() > 0:
         logits = torch.cat([logits, q @ F.normalize(queue, dim=1).T], dim=1)
-    targets = torch.arange(q.shape[0], device=q.device)
     return F.cross_entropy(logits / temperature, targets)
 
 

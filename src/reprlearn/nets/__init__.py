@@ -11,6 +11,7 @@ from .registry import BACKBONES, create_backbone, list_backbones, register_backb
 # Import the family modules so their @register_backbone decorators run.
 from . import cnn, mlp, resnet, vit  # noqa: E402,F401
 from .heads import MLPHead, projection_head  # noqa: E402
+from .split_bn import split_batch_norm  # noqa: E402
 
 __all__ = [
     "BACKBONES",
@@ -19,4 +20,5 @@ __all__ = [
     "list_backbones",
     "MLPHead",
     "projection_head",
+    "split_batch_norm",
 ]
