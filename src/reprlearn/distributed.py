@@ -47,6 +47,13 @@ def gather(x: Tensor) -> Tensor:
     return torch.cat(parts)
 
 
+def broadcast(x: Tensor, src: int = 0) -> Tensor:
+    """Rank ``src``'s ``x`` on every rank, in place; returned for chaining. Identity when not distributed."""
+    if is_distributed():
+        dist.broadcast(x, src=src)
+    return x
+
+
 def all_reduce_sum(x: Tensor) -> Tensor:
     """Sum ``x`` over ranks, in place; returned for chaining. Identity when not distributed."""
     if is_distributed():

@@ -19,7 +19,7 @@ from ..losses import byol_loss
 from ..nets import MLPHead
 from . import METHODS
 from .base import Method
-from .momentum import cosine_momentum, ema_update, momentum_copy
+from .momentum import EMATeacher
 
 
 @dataclass
@@ -38,7 +38,7 @@ class BYOL(Method):
         super().__init__(config, encoder, info, view_spec)
         self.projector = MLPHead(encoder.feature_dim, config.proj_hidden, config.proj_dim)
         self.predictor = MLPHead(config.proj_dim, config.proj_hidden, config.proj_dim)
-        self.target = momentum_copy(nn.Sequential(encoder, self.projector))
+        self.target = EMATeacher(nn.Sequential(encoder, self.projector), config.ema_momentum)
 
     def loss(self, views):
         x_a, x_b = views
@@ -51,5 +51,4 @@ class BYOL(Method):
 
     @torch.no_grad()
     def after_optimizer_step(self, step, total_steps):
-        ema_update(self.target, nn.Sequential(self.encoder, self.projector),
-                   cosine_momentum(step, total_steps, self.config.ema_momentum))
+        self.target.update(step, total_steps)

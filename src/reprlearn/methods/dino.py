@@ -33,7 +33,7 @@ from ..nets.heads import DINOHead
 from . import METHODS
 from .base import Method
 from .distillation import drop_frozen_gradients, teacher_temperature, update_center
-from .momentum import cosine_momentum, ema_update, momentum_copy
+from .momentum import EMATeacher
 
 
 @dataclass
@@ -67,7 +67,7 @@ class DINO(Method):
         super().__init__(config, encoder, info, view_spec)
         self.head = DINOHead(encoder.feature_dim, config.out_dim, config.head_hidden, config.bottleneck_dim,
                              batch_norm=config.head_bn)
-        self.teacher = momentum_copy(nn.Sequential(encoder, self.head))
+        self.teacher = EMATeacher(nn.Sequential(encoder, self.head), config.ema_momentum)
         self.register_buffer("center", torch.zeros(config.out_dim))
         # current teacher temperature, τ_t(0) now and set after each step (a buffer: resumes with the checkpoint)
         start = config.teacher_temp_start if config.teacher_temp_warmup_epochs > 0 else config.teacher_temp
@@ -111,8 +111,7 @@ class DINO(Method):
     @torch.no_grad()
     def after_optimizer_step(self, step, total_steps):
         c = self.config
-        ema_update(self.teacher, nn.Sequential(self.encoder, self.head),
-                   cosine_momentum(step, total_steps, c.ema_momentum))
+        self.teacher.update(step, total_steps)
         # ``step`` is the index of the step just taken: set the temperature step + 1 uses
         self.teacher_temp_now.fill_(teacher_temperature(step + 1, c.teacher_temp_warmup_epochs * self.steps_per_epoch,
                                                         c.teacher_temp_start, c.teacher_temp))

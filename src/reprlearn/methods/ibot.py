@@ -43,7 +43,7 @@ from ..nets.vit import VisionTransformer
 from . import METHODS
 from .base import Method
 from .distillation import drop_frozen_gradients, teacher_temperature, update_center
-from .momentum import cosine_momentum, ema_update, momentum_copy
+from .momentum import EMATeacher
 
 BLOCK_ATTEMPTS = 16  # rectangles tried per image before the rest is masked patch by patch
 BLOCK_ASPECT = 0.3  # block aspect ratios lie in [0.3, 1/0.3] (log-uniform), as BEiT
@@ -176,7 +176,7 @@ class IBOT(Method):
                                    batch_norm=config.head_bn)
         self.mask_token = nn.Parameter(torch.zeros(vit.dim))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
-        self.teacher = momentum_copy(self._online())
+        self.teacher = EMATeacher(self._online(), config.ema_momentum)
         self.register_buffer("center", torch.zeros(config.out_dim))
         self.register_buffer("patch_center", torch.zeros(config.patch_out_dim))
         # current teacher temperatures, τ(0) now and set after each step (buffers: they resume with the checkpoint)
@@ -229,7 +229,7 @@ class IBOT(Method):
 
     @torch.no_grad()
     def teacher_logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self._heads(self.teacher, *self._tokens(self.teacher, x))
+        return self._heads(self.teacher.net, *self._tokens(self.teacher.net, x))
 
     # ---------------------------------------------------------------- the objective
     def loss(self, views: tuple[list[Tensor], Tensor]) -> dict[str, Tensor]:
@@ -265,7 +265,7 @@ class IBOT(Method):
     @torch.no_grad()
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
         c = self.config
-        ema_update(self.teacher, self._online(), cosine_momentum(step, total_steps, c.ema_momentum))
+        self.teacher.update(step, total_steps)
         # ``step`` is the index of the step just taken: set the temperatures step + 1 uses
         warmup = c.teacher_temp_warmup_epochs * self.steps_per_epoch
         self.teacher_temp_now.fill_(teacher_temperature(step + 1, warmup, c.teacher_temp_start, c.teacher_temp))

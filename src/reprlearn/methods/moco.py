@@ -36,17 +36,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import option
+from ..distributed import broadcast, gather, world_and_rank
 from ..errors import fail
 from ..losses import info_nce
 from ..nets import MLPHead, split_batch_norm
 from . import METHODS
 from .base import Method
-from .momentum import cosine_momentum, ema_update, momentum_copy
+from .momentum import EMATeacher
 from .pair_losses import TwoViewOptions, pair_loss
 
 
@@ -90,7 +90,8 @@ class MoCo(Method):
         self.projector = split_batch_norm(MLPHead(encoder.feature_dim, config.proj_hidden, config.proj_dim,
                                                   batch_norm=config.proj_bn),
                                           config.bn_splits)
-        self.key_net = momentum_copy(nn.Sequential(encoder, self.projector))
+        self.key_net = EMATeacher(nn.Sequential(encoder, self.projector), config.ema_momentum,
+                                  config.momentum_schedule)
         self.register_buffer("queue", F.normalize(torch.randn(config.queue_size, config.proj_dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self._keys: Tensor | None = None  # the last micro-batch's keys, until its backward is done
@@ -99,14 +100,13 @@ class MoCo(Method):
     def views(self, images, generator):
         x_1, x_2 = super().views(images, generator)
         # shuffle-BN: the permutation of the global batch the key encoder sees
-        perm = torch.randperm(len(x_2) * _world()[0], generator=generator, device=generator.device)
+        perm = torch.randperm(len(x_2) * world_and_rank()[0], generator=generator, device=generator.device)
         return x_1, x_2, perm
 
     def loss(self, views):
         x_1, x_2, perm = views
         c = self.config
-        if _world()[0] > 1:
-            dist.broadcast(perm, src=0)  # every rank shuffles alike
+        broadcast(perm)  # every rank shuffles alike
         q_1 = self.projector(self.encoder(x_1))
         k_2, all_k_2 = self._encode_keys(x_2, perm)
         pairs = [(q_1, k_2, all_k_2)]
@@ -124,10 +124,10 @@ class MoCo(Method):
     @torch.no_grad()
     def _encode_keys(self, x: Tensor, perm: Tensor) -> tuple[Tensor, Tensor]:
         """Shuffle-BN: key_net on a shuffled global batch; (this rank's keys, every rank's keys)."""
-        world, rank = _world()
+        world, rank = world_and_rank()
         n = len(x)
         mine = perm[rank * n:(rank + 1) * n]  # the samples this rank encodes
-        shuffled = _gather(self.key_net(_gather(x)[mine]))  # row j: the key of sample perm[j]
+        shuffled = gather(self.key_net(gather(x)[mine]))  # row j: the key of sample perm[j]
         keys = torch.empty_like(shuffled)
         keys[perm] = shuffled  # unshuffle
         return keys[rank * n:(rank + 1) * n], keys
@@ -138,7 +138,7 @@ class MoCo(Method):
         if not c.batch_negatives:
             return info_nce(q, k, queue, c.temperature, batch_negatives=False)
         # this rank's keys are the batch negatives; the other ranks' join the queue's
-        rank, n = _world()[1], len(k)
+        rank, n = world_and_rank()[1], len(k)
         others = torch.cat([all_k[:rank * n], all_k[(rank + 1) * n:]])
         negatives = others if queue is None else torch.cat([others, queue])
         return info_nce(q, k, negatives, c.temperature)
@@ -151,8 +151,7 @@ class MoCo(Method):
     @torch.no_grad()
     def after_optimizer_step(self, step, total_steps):
         c = self.config
-        m = c.ema_momentum if c.momentum_schedule == "constant" else cosine_momentum(step, total_steps, c.ema_momentum)
-        ema_update(self.key_net, nn.Sequential(self.encoder, self.projector), m)
+        self.key_net.update(step, total_steps)
         if self._step_keys and c.queue_size:
             self._enqueue(torch.cat(self._step_keys))
         self._step_keys = []
@@ -168,20 +167,3 @@ class MoCo(Method):
         idx = (torch.arange(len(keys), device=keys.device) + ptr) % size
         self.queue[idx] = keys.to(self.queue.dtype)
         self.queue_ptr.fill_((ptr + len(keys)) % size)
-
-
-def _world() -> tuple[int, int]:
-    """(world size, rank); (1, 0) outside torch.distributed."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
-
-
-def _gather(x: Tensor) -> Tensor:
-    """Every rank's x, concatenated in rank order (no gradients)."""
-    world = _world()[0]
-    if world == 1:
-        return x
-    parts = [torch.empty_like(x) for _ in range(world)]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts)
