@@ -37,9 +37,11 @@ def imports(mods: dict) -> dict[str, list[tuple[str, list[str], int]]]:
                     continue
                 names = [a.name for a in node.names]
                 submodules = [f"{target}.{n}" for n in names if f"{target}.{n}" in mods]
-                for sub in submodules:
+                for sub in submodules:  # `from . import ops` imports the submodule, not its package
                     edges.append((sub, [], node.lineno))
-                edges.append((target, [n for n in names if f"{target}.{n}" not in mods], node.lineno))
+                taken = [n for n in names if f"{target}.{n}" not in mods]
+                if taken:
+                    edges.append((target, taken, node.lineno))
             elif isinstance(node, ast.Import):
                 edges += [(a.name, [], node.lineno) for a in node.names if a.name.startswith("reprlearn")]
         graph[name] = [(t, n, line) for t, n, line in edges if t in mods and t != name]

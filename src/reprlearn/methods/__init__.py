@@ -1,17 +1,13 @@
 """Methods, one file each, registered by name (``reprlearn methods`` lists them)."""
 
-from ..registry import Registry
-
-METHODS = Registry("method")
+from .base import (
+    METHODS, Ability, DataInfo, EmbedsText, HasDensity, Interpolates, Method, Reconstructs, Samples, abilities,
+)
 
 # importing a method module registers it
 from . import (  # noqa: E402,F401
     ae, byol, clip, colorization, contractive_ae, cvae, denoising_ae, dino, hvae, ibot, inpainting, jigsaw, mae, moco,
     robust_ae, rotation, siglip, simclr, sparse_ae, vae,
-)
-
-from .base import (  # noqa: E402
-    Ability, DataInfo, EmbedsText, HasDensity, Interpolates, Method, Reconstructs, Samples, abilities,
 )
 
 __all__ = ["METHODS", "Method", "DataInfo", "Ability", "Reconstructs", "Interpolates", "Samples", "HasDensity",

@@ -21,8 +21,8 @@ from torch import Tensor, nn
 from ..config import option
 from ..errors import fail
 from ..nets.mlp import LinearBackbone
-from . import METHODS
 from .autoencoder import AutoencoderConfig, AutoencoderMethod, reconstruction_error
+from .base import METHODS
 
 
 @dataclass

@@ -21,6 +21,7 @@ from ..augment import ViewSpec, two_views
 from ..data.run_data import RunData
 from ..errors import fail
 from ..nets.encoder import Encoder
+from ..registry import Registry
 
 
 @dataclass
@@ -34,6 +35,10 @@ class DataInfo:
     std: list[float]
     # image-text methods: the tokenizer's sizes {"vocab_size", "sot_id", "eot_id", "pad_id"}
     text: dict | None = None
+
+
+# every built-in method registers here by name (``reprlearn methods`` lists them)
+METHODS: Registry = Registry("method")
 
 
 class Ability:

@@ -17,8 +17,7 @@ from torch import nn
 from ..config import option
 from ..losses import byol_loss
 from ..nets import MLPHead
-from . import METHODS
-from .base import Method
+from .base import METHODS, Method
 from .momentum import EMATeacher
 
 

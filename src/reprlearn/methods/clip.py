@@ -17,8 +17,8 @@ from torch import nn
 
 from ..config import option
 from ..losses import clip_loss
-from . import METHODS
 from .image_text import ImageTextConfig, ImageTextMethod
+from .base import METHODS
 
 
 @dataclass

@@ -32,8 +32,7 @@ from torch import Tensor
 from ..config import option
 from ..errors import fail
 from ..nets.decoders import build_decoder
-from . import METHODS
-from .base import Method
+from .base import METHODS, Method
 
 # BT.601 YUV: Y in [0, 1], U in [-U_MAX, U_MAX], V in [-V_MAX, V_MAX]
 U_MAX, V_MAX = 0.436, 0.615

@@ -16,8 +16,8 @@ from torch import Tensor
 
 from ..config import option
 from ..losses import contractive_penalty_estimate, contractive_penalty_exact
-from . import METHODS
 from .autoencoder import AutoencoderConfig, AutoencoderMethod, reconstruction_error
+from .base import METHODS
 
 # auto uses the exact Jacobian when it has at most this many entries per image: the exact
 # value costs K vector-Jacobian products (double backward through the backbone), which on

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import fail
-from . import METHODS
 from .vae import VAEConfig, VAEMethod
+from .base import METHODS
 
 
 @dataclass

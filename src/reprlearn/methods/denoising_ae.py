@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 
 from ..config import option
-from . import METHODS
 from .autoencoder import AutoencoderConfig, AutoencoderMethod, reconstruction_error
+from .base import METHODS
 
 
 @dataclass

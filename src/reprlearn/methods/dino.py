@@ -30,8 +30,7 @@ from ..augment import local_crop, multi_crop
 from ..config import option
 from ..losses import dino_loss
 from ..nets.heads import DINOHead
-from . import METHODS
-from .base import Method
+from .base import METHODS, Method
 from .distillation import drop_frozen_gradients, teacher_temperature, update_center
 from .momentum import EMATeacher
 

@@ -24,8 +24,8 @@ from torch import Tensor, nn
 
 from ..config import option
 from ..losses import gaussian_kl_between, gaussian_log_prob
-from . import METHODS
 from .vae import VAEConfig, VAEMethod
+from .base import METHODS
 
 
 @dataclass

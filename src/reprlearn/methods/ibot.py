@@ -40,8 +40,7 @@ from ..errors import fail
 from ..losses import dino_loss, ibot_patch_loss
 from ..nets.heads import DINOHead
 from ..nets.vit import VisionTransformer
-from . import METHODS
-from .base import Method
+from .base import METHODS, Method
 from .distillation import drop_frozen_gradients, teacher_temperature, update_center
 from .momentum import EMATeacher
 

@@ -31,8 +31,7 @@ from torch.func import functional_call
 from ..config import option
 from ..errors import fail
 from ..nets.decoders import build_decoder
-from . import METHODS
-from .base import Method
+from .base import METHODS, Method
 
 
 @dataclass

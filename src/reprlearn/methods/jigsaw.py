@@ -26,8 +26,7 @@ from torch import Tensor
 from ..config import option
 from ..errors import fail
 from ..nets import MLPHead
-from . import METHODS
-from .base import Method
+from .base import METHODS, Method
 
 
 @dataclass

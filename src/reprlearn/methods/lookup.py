@@ -19,8 +19,7 @@ import sys
 from pathlib import Path
 
 from ..errors import fail
-from . import METHODS
-from .base import Method
+from .base import METHODS, Method
 
 # one module object per file version, so a class stays the same class while its file is unchanged
 _LOADED: dict[tuple[Path, int, int], object] = {}

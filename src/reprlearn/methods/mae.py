@@ -31,8 +31,7 @@ from ..config import option
 from ..errors import fail
 from ..losses import masked_patch_mse
 from ..nets.vit import Block, VisionTransformer, sincos_pos_embed
-from . import METHODS
-from .base import Method, Reconstructs
+from .base import METHODS, Method, Reconstructs
 
 NORM_PIX_EPS = 1e-6
 

@@ -44,8 +44,7 @@ from ..distributed import broadcast, gather, world_and_rank
 from ..errors import fail
 from ..losses import info_nce
 from ..nets import MLPHead, split_batch_norm
-from . import METHODS
-from .base import Method
+from .base import METHODS, Method
 from .momentum import EMATeacher
 from .pair_losses import TwoViewOptions, pair_loss
 

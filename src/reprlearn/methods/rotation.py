@@ -18,8 +18,7 @@ from torch import Tensor
 from ..augment import augment
 from ..config import option
 from ..nets import MLPHead
-from . import METHODS
-from .base import Method
+from .base import METHODS, Method
 
 
 @dataclass

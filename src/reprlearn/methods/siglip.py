@@ -19,8 +19,8 @@ from torch import nn
 
 from ..config import option
 from ..losses import siglip_loss
-from . import METHODS
 from .image_text import ImageTextConfig, ImageTextMethod
+from .base import METHODS
 
 
 @dataclass

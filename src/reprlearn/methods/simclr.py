@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from ..config import option
 from ..losses import nt_xent
 from ..nets import MLPHead
-from . import METHODS
-from .base import Method
+from .base import METHODS, Method
 from .pair_losses import TwoViewOptions, pair_loss
 
 

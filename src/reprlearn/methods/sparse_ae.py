@@ -17,8 +17,8 @@ from torch import Tensor
 
 from ..config import option
 from ..losses import kl_sparsity, l1_sparsity
-from . import METHODS
 from .autoencoder import AutoencoderConfig, AutoencoderMethod, reconstruction_error
+from .base import METHODS
 
 
 @dataclass

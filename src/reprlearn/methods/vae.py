@@ -40,8 +40,8 @@ from ..errors import fail
 from ..losses import (bernoulli_log_prob, discretized_gaussian_log_prob, discretized_logistic_log_prob,
                       gaussian_kl, gaussian_log_prob)
 from ..nets.decoders import build_decoder
-from . import METHODS
 from .autoencoder import AutoencoderMethod
+from .base import METHODS
 
 LOG_SCALE_MIN = -7.0  # PixelCNN++'s floor: s ≈ 1e-3, a quarter of a bin, already puts P(bin) ≈ 1
 DISCRETIZED = {"discretized-logistic": discretized_logistic_log_prob,
