@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from reprlearn import losses
-from reprlearn.methods.pair_losses import mine_negatives, pair_loss
+from reprlearn.methods.two_view_losses import mine_negatives, pair_loss
 
 
 def cos(u, v):

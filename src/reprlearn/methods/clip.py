@@ -39,7 +39,7 @@ class CLIP(ImageTextMethod):
     def scale(self) -> torch.Tensor:
         return self.log_scale.exp().clamp(max=self.config.max_scale)
 
-    def pair_loss(self, image, text, distributed):
+    def image_text_loss(self, image, text, distributed):
         value = clip_loss(image, text, self.scale(), gather=distributed)
         return {"loss": value, "clip": value.detach(), "logit_scale": self.scale().detach()}
 

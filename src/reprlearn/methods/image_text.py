@@ -54,7 +54,7 @@ class _UnitNorm(nn.Module):
 
 
 class ImageTextMethod(Method, EmbedsText):
-    """Base of the image-text methods; subclasses define ``pair_loss`` and the scale's start."""
+    """Base of the image-text methods; subclasses define ``image_text_loss`` and the scale's start."""
 
     paired: ClassVar[bool] = True  # trained on (image, caption) pairs, not on images alone
     # sized for scenes on a CPU: both methods train and evaluate in under 3 minutes on 2 cores
@@ -151,7 +151,7 @@ class ImageTextMethod(Method, EmbedsText):
 
     def loss(self, views):
         images, text = views
-        return self.pair_loss(self.encode_image(images), self.encode_text(text), is_distributed())
+        return self.image_text_loss(self.encode_image(images), self.encode_text(text), is_distributed())
 
-    def pair_loss(self, image: Tensor, text: Tensor, distributed: bool) -> dict[str, Tensor]:
+    def image_text_loss(self, image: Tensor, text: Tensor, distributed: bool) -> dict[str, Tensor]:
         raise NotImplementedError

@@ -46,7 +46,7 @@ from ..losses import info_nce
 from ..nets import MLPHead, split_batch_norm
 from .base import METHODS, Method
 from .momentum import EMATeacher
-from .pair_losses import TwoViewOptions, pair_loss
+from .two_view_losses import TwoViewOptions, two_view_loss
 
 
 @dataclass
@@ -115,7 +115,7 @@ class MoCo(Method):
         if c.loss == "info_nce":
             value = sum(self._contrast(q, k, all_k) for q, k, all_k in pairs)
         else:
-            value = sum(pair_loss(c.loss, q, k, c.margin, c.mining) for q, k, _ in pairs)
+            value = sum(two_view_loss(c.loss, q, k, c.margin, c.mining) for q, k, _ in pairs)
         # the global batch's keys, x_1's before x_2's as in the demo's symmetric loss
         self._keys = F.normalize(torch.cat([all_k for _, _, all_k in reversed(pairs)]), dim=1)
         return {"loss": value, c.loss: value.detach()}

@@ -38,7 +38,7 @@ class SigLIP(ImageTextMethod):
         self.log_scale = nn.Parameter(torch.tensor(math.log(config.init_scale)))
         self.bias = nn.Parameter(torch.tensor(float(config.init_bias)))
 
-    def pair_loss(self, image, text, distributed):
+    def image_text_loss(self, image, text, distributed):
         scale = self.log_scale.exp()
         value = siglip_loss(image, text, scale, self.bias, distributed=distributed)
         return {"loss": value, "siglip": value.detach(), "logit_scale": scale.detach(), "logit_bias": self.bias.detach()}

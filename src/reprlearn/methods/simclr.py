@@ -12,7 +12,7 @@ from ..config import option
 from ..losses import nt_xent
 from ..nets import MLPHead
 from .base import METHODS, Method
-from .pair_losses import TwoViewOptions, pair_loss
+from .two_view_losses import TwoViewOptions, two_view_loss
 
 
 @dataclass
@@ -37,5 +37,5 @@ class SimCLR(Method):
         if c.loss == "nt_xent":
             value = nt_xent(z_a, z_b, temperature=c.temperature, gather=True)
         else:
-            value = pair_loss(c.loss, z_a, z_b, c.margin, c.mining)
+            value = two_view_loss(c.loss, z_a, z_b, c.margin, c.mining)
         return {"loss": value, c.loss: value.detach()}

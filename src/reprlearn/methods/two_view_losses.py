@@ -45,7 +45,7 @@ def mine_negatives(z_a: Tensor, z_b: Tensor, mining: str) -> Tensor:
         return torch.where(has_semi, best, hardest) if n > 1 else hardest
 
 
-def pair_loss(kind: str, z_a: Tensor, z_b: Tensor, margin: float, mining: str) -> Tensor:
+def two_view_loss(kind: str, z_a: Tensor, z_b: Tensor, margin: float, mining: str) -> Tensor:
     """Margin or triplet loss over a batch of positive pairs (z_a[i], z_b[i])."""
     z_a, z_b = F.normalize(z_a, dim=1), F.normalize(z_b, dim=1)
     neg = mine_negatives(z_a, z_b, mining)
