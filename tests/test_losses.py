@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from reprlearn import losses
-from reprlearn.methods.two_view_losses import mine_negatives, pair_loss
+from reprlearn.methods.two_view_losses import mine_negatives, two_view_loss
 
 
 def cos(u, v):
@@ -121,7 +121,7 @@ def test_semi_hard_mining_picks_the_semi_hard_negative():
     b = torch.nn.functional.normalize(a + 0.3 * torch.randn(32, 8, generator=g), dim=1)
     assert mine_negatives(a, b, "semi-hard").tolist() == naive_mining(a, b, "semi-hard")
     for kind in ("margin", "triplet"):
-        assert torch.isfinite(pair_loss(kind, a, b, 0.5, "semi-hard"))
+        assert torch.isfinite(two_view_loss(kind, a, b, 0.5, "semi-hard"))
 
 
 def test_semi_hard_mining_falls_back_to_the_hardest_when_none_is_farther():
