@@ -81,11 +81,13 @@ def test_vae_eval_names_its_density(tmp_path):
 def test_density_of_8_bit_data_reports_bits_per_dim():
     import math
 
-    from reprlearn.api import build_method, data_info, load_data, resolve_config
+    from reprlearn.api import build_method, data_info, resolve_config
+    from reprlearn.data.run_data import load_run_data
     from reprlearn.evaluate.generative import density
 
     cfg, method_cfg = resolve_config("vae", {})
-    train, test = load_data(cfg)
+    data = load_run_data(cfg, paired=False)
+    train, test = data.train, data.eval
     torch.manual_seed(0)
     m = build_method(cfg, method_cfg, data_info(train)).eval()
     x = test.tensor()[:64].float() / 255

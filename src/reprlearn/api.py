@@ -14,7 +14,7 @@ from .config import DEFAULT_METHOD, RunConfig, load_yaml
 from .data import ImageSet, load_source
 from .data.run_data import RunData, load_run_data
 from .errors import fail
-from .methods import METHODS, DataInfo, Method
+from .methods import METHODS, DataInfo, EmbedsText, Method, Reconstructs, Samples
 from .methods.lookup import method_spec, short_name
 from .nets.encoder import Encoder
 from .runs import (CONFIG_FILE, build_encoder, build_method, data_info, load_method, new_run_dir,  # noqa: F401
@@ -135,8 +135,10 @@ def evaluate_run(run_dir: str | Path, *, method: Method | None = None, cfg: RunC
     result["labels_per_class"] = per_class
     result["eval_data"] = eval_set.name
     result["skipped_items"] = {"train": len(train_set.skipped), "eval": len(eval_set.skipped)}
-    if hasattr(method, "reconstruct"):
-        result.update(_generative_eval(method, cfg, info, eval_set, run_dir, anomaly_class, iwae_k, device))
+    if isinstance(method, Reconstructs):
+        from .evaluate.generative import generative_metrics
+
+        result.update(generative_metrics(method, cfg, info, eval_set, run_dir, anomaly_class, iwae_k, device))
     (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
     return result
 
@@ -150,7 +152,7 @@ def search(run_dir: str | Path, index: str, queries: list[str] | None = None,
     if not (queries or query_images):
         raise fail("nothing to search for; give --query TEXT or --query-image PATH")
     method, cfg, info = load_method(run_dir)
-    if not getattr(method, "paired", False):
+    if not isinstance(method, EmbedsText):
         raise fail(f"{run_dir} is a {cfg.method} run; search needs an image-text run (clip or siglip)")
     return semantic.search(method, info, run_dir, index, queries, query_images, k)
 
@@ -188,58 +190,12 @@ def zeroshot(run_dir: str | Path, data: str | None = None, classes: str | list[s
             "zeroshot_chance": result["zeroshot_chance"]}
 
 
-def _generative_eval(method: Method, cfg: RunConfig, info: DataInfo, eval_set: ImageSet, run_dir: Path,
-                     anomaly_class: int | None, iwae_k: int, device: str) -> dict:
-    """Figures and metrics of the autoencoder family (see evaluate/generative.py)."""
-    from .evaluate import generative as gen
-
-    torch.manual_seed(cfg.seed)
-    x = eval_set.tensor(device).float() / 255
-    labels = torch.from_numpy(eval_set.labels).to(device) if eval_set.labels is not None else None
-    cond = labels if method.needs_labels else None
-    out: dict[str, Any] = {}
-    recon = torch.cat([method.reconstruct(x[s:s + 512], **_kw(cond, s)) for s in range(0, len(x), 512)])
-    out["recon_mse"] = float((recon - x).pow(2).mean())
-    pick = torch.arange(min(16, len(x)), device=device)
-    figures = {"reconstructions": gen.reconstruction_figure(method, x[pick], _sub(cond, pick), run_dir /
-                                                            "reconstructions.png", f"{cfg.method}: test images")}
-    if hasattr(method, "sample"):
-        figures["samples"] = gen.samples_figure(method, run_dir / "samples.png", info.num_classes,
-                                                needs_labels=method.needs_labels, seed=cfg.seed)
-    if getattr(method, "interpolation", None):
-        figures["interpolation"] = gen.interpolation_figure(method, x[pick], _sub(cond, pick),
-                                                            run_dir / "interpolation.png")
-        if getattr(method.config, "latent_dim", None) == 2:
-            figures["latent_grid"] = gen.latent_grid_figure(method, run_dir / "latent_grid.png")
-    if hasattr(method, "nelbo"):
-        out.update(gen.density(method, x, cond, iwae_k))
-    if anomaly_class is not None:
-        if eval_set.labels is None or anomaly_class not in set(eval_set.labels.tolist()):
-            raise fail(f"--anomaly-class {anomaly_class} is not a label of {eval_set.name}")
-        if method.needs_labels:
-            out["anomaly_auroc"] = None  # a conditional model would be told the class: not a fair test
-        else:
-            out["anomaly_auroc"] = gen.anomaly_auroc(method, x, eval_set.labels, anomaly_class)
-            out["anomaly_class"] = anomaly_class
-            out["trained_without_class"] = cfg.exclude_class
-    out["figures"] = {k: str(v.name) for k, v in figures.items()}
-    return out
-
-
-def _kw(labels: torch.Tensor | None, start: int, size: int = 512) -> dict:
-    return {} if labels is None else {"labels": labels[start:start + size]}
-
-
-def _sub(labels: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor | None:
-    return None if labels is None else labels[index]
-
-
 def sample_images(run_dir: str | Path, out: str | Path, n: int = 64, cls: int | None = None, seed: int = 0) -> Path:
     """Write a PNG grid of samples from a generative run's prior (a row per class for cvae)."""
     from .evaluate import generative as gen
 
     method, cfg, info = load_method(run_dir)
-    if not hasattr(method, "sample"):
+    if not isinstance(method, Samples):
         raise fail(f"{cfg.method} cannot sample (no prior); sampling works for vae, cvae and hvae")
     if cls is not None and not 0 <= cls < info.num_classes:
         raise fail(f"--class {cls} is out of range; the run has classes 0..{info.num_classes - 1}")
@@ -254,7 +210,7 @@ def reconstruct_images(run_dir: str | Path, source: str, out: str | Path, n: int
     from .evaluate import generative as gen
 
     method, cfg, info = load_method(run_dir)
-    if not hasattr(method, "reconstruct"):
+    if not isinstance(method, Reconstructs):
         raise fail(f"{cfg.method} does not reconstruct images; use an autoencoder run (ae, vae, mae, ...)")
     images = load_source(source, info.image_size)
     if images.images.shape[1:] != (info.image_size, info.image_size, info.channels):

@@ -14,6 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import fail
+from ..methods.base import HasDensity, Interpolates, Samples
+
 
 def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
     """Area under the ROC curve: P(score of a positive > score of a negative), ties counting half.
@@ -167,8 +170,7 @@ def density(method, x: torch.Tensor, labels, k: int, batch: int = 256) -> dict:
     key = "bits_per_dim" if spec["data"] == "8-bit" else "bits_per_binary_dim"
     result = {"nelbo_nats": nelbo_nats, "iwae_nats": iwae_nats, "iwae_k": k, "density": spec,
               key: bits_per_dim(iwae_nats, x[0].numel())}
-    if hasattr(method, "kl_per_group"):
-        result["kl_per_group"] = method.kl_per_group(x[:batch], **kw(slice(0, batch)))
+    result["kl_per_group"] = method.kl_per_group(x[:batch], **kw(slice(0, batch)))
     return result
 
 
@@ -180,3 +182,49 @@ def anomaly_auroc(method, x: torch.Tensor, labels: np.ndarray, anomaly_class: in
 
 def _device(module) -> torch.device:
     return next(module.parameters()).device
+
+
+def generative_metrics(method, cfg, info, eval_set, run_dir: Path, anomaly_class: int | None, iwae_k: int,
+                       device: str) -> dict:
+    """What the harness adds for a method that reconstructs: recon_mse, figures (reconstructions;
+    samples for ``Samples``; interpolation and a 2-D latent grid for ``Interpolates``), the
+    density bounds for ``HasDensity``, and the anomaly AUROC of ``anomaly_class``."""
+    torch.manual_seed(cfg.seed)
+    x = eval_set.tensor(device).float() / 255
+    labels = torch.from_numpy(eval_set.labels).to(device) if eval_set.labels is not None else None
+    cond = labels if method.needs_labels else None
+    out: dict = {}
+    recon = torch.cat([method.reconstruct(x[s:s + 512], **_kw(cond, s)) for s in range(0, len(x), 512)])
+    out["recon_mse"] = float((recon - x).pow(2).mean())
+    pick = torch.arange(min(16, len(x)), device=device)
+    figures = {"reconstructions": reconstruction_figure(method, x[pick], _sub(cond, pick), run_dir /
+                                                            "reconstructions.png", f"{cfg.method}: test images")}
+    if isinstance(method, Samples):
+        figures["samples"] = samples_figure(method, run_dir / "samples.png", info.num_classes,
+                                                needs_labels=method.needs_labels, seed=cfg.seed)
+    if isinstance(method, Interpolates):
+        figures["interpolation"] = interpolation_figure(method, x[pick], _sub(cond, pick),
+                                                            run_dir / "interpolation.png")
+        if getattr(method.config, "latent_dim", None) == 2:
+            figures["latent_grid"] = latent_grid_figure(method, run_dir / "latent_grid.png")
+    if isinstance(method, HasDensity):
+        out.update(density(method, x, cond, iwae_k))
+    if anomaly_class is not None:
+        if eval_set.labels is None or anomaly_class not in set(eval_set.labels.tolist()):
+            raise fail(f"--anomaly-class {anomaly_class} is not a label of {eval_set.name}")
+        if method.needs_labels:
+            out["anomaly_auroc"] = None  # a conditional model would be told the class: not a fair test
+        else:
+            out["anomaly_auroc"] = anomaly_auroc(method, x, eval_set.labels, anomaly_class)
+            out["anomaly_class"] = anomaly_class
+            out["trained_without_class"] = cfg.exclude_class
+    out["figures"] = {k: str(v.name) for k, v in figures.items()}
+    return out
+
+
+def _kw(labels: torch.Tensor | None, start: int, size: int = 512) -> dict:
+    return {} if labels is None else {"labels": labels[start:start + size]}
+
+
+def _sub(labels: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor | None:
+    return None if labels is None else labels[index]

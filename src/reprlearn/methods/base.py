@@ -73,10 +73,12 @@ class Samples(Ability):
 
 
 class HasDensity(Ability):
-    """A likelihood over the data's values: ``nelbo(x, labels=None, generator=None)`` and
-    ``iwae(x, k, labels=None, generator=None)`` in nats per image; ``kl_per_group(x, labels=None)``."""
+    """A likelihood normalised over the values the data take: ``nelbo(x, labels=None, generator=None)``
+    and ``iwae(x, k, labels=None, generator=None)`` in nats per image, ``kl_per_group(x, labels=None)``;
+    ``density_data(x)`` gives the images the density is over (8-bit, or one fixed binarisation) and
+    ``density_spec`` says which ({"data": "8-bit" | "binarized", "likelihood": ...})."""
 
-    requires = ("nelbo", "iwae", "kl_per_group")
+    requires = ("nelbo", "iwae", "kl_per_group", "density_data", "density_spec")
 
 
 class EmbedsText(Ability):

@@ -41,7 +41,7 @@ from ..losses import (bernoulli_log_prob, discretized_gaussian_log_prob, discret
                       gaussian_kl, gaussian_log_prob)
 from ..nets.decoders import build_decoder
 from .autoencoder import AutoencoderMethod
-from .base import METHODS
+from .base import METHODS, HasDensity, Samples
 
 LOG_SCALE_MIN = -7.0  # PixelCNN++'s floor: s ≈ 1e-3, a quarter of a bin, already puts P(bin) ≈ 1
 DISCRETIZED = {"discretized-logistic": discretized_logistic_log_prob,
@@ -63,7 +63,7 @@ class VAEConfig:
                               "nats (Kingma et al. 2016); 0 = the ELBO", min=0.0)
 
 
-class VAEMethod(AutoencoderMethod):
+class VAEMethod(AutoencoderMethod, Samples, HasDensity):
     """Gaussian-latent VAE machinery; subclasses change the posterior, the prior or the conditioning.
 
     Views are (x, labels or None, ε): the noise is drawn in ``views`` from the engine's
