@@ -58,7 +58,7 @@ def score_features(train_f, train_y, test_f, test_y, labels_per_class: int, seed
     }
     result.update(few_label(train_f, train_y, test_f, test_y, labels_per_class, draws=5, seed=seed, knn_k=knn_k,
                             knn_temperature=knn_temperature, backend=backend))
-    result.update(cluster_scores(np.asarray(torch.as_tensor(test_f).cpu()), np.asarray(test_y), seed=seed))
+    result.update(cluster_scores(test_f, test_y, seed=seed))
     if "l2" in linear:
         result["linear_l2"] = linear["l2"]
     return result
