@@ -240,3 +240,23 @@ def test_evaluate_uses_and_records_the_probe_options():
     pix = [s.images.reshape(len(s), -1).astype(np.float32) / 255 for s in (fit, score)]
     assert result["baselines"]["raw_pixels"]["linear_top1"] == probes.linear_top1(pix[0], fit.labels, pix[1],
                                                                                   score.labels)
+
+
+def test_online_knn_monitor_logs_the_knn_probe():
+    from types import SimpleNamespace
+
+    from reprlearn.api import build_encoder, data_info, load_data
+    from reprlearn.config import RunConfig
+    from reprlearn.engine import KNNMonitor
+    from reprlearn.evaluate import extract
+
+    train, test = load_data(RunConfig())
+    torch.manual_seed(0)
+    encoder = build_encoder(RunConfig(), data_info(train))
+    logged = {}
+    module = SimpleNamespace(method=SimpleNamespace(encoder=encoder), log=lambda k, v, **kw: logged.update({k: v}))
+    KNNMonitor(train.tensor(), train.labels, test.tensor(), test.labels, limit=500).on_train_epoch_end(
+        SimpleNamespace(is_global_zero=True), module)
+    tr, te = extract(encoder, train.tensor()[:500]), extract(encoder, test.tensor()[:500])
+    assert logged["monitor/knn_top1"] == probes.knn_top1(tr, train.labels[:500], te, test.labels[:500])
+    assert logged["monitor/knn_top1"] > 0.5  # an untrained CNN on digits is far above chance (0.1)
