@@ -84,11 +84,13 @@ def _sklearn_top1(train_f, train_y, test_f, test_y, C):
     return float((clf.predict(scaler.transform(test_f)) == test_y).mean())
 
 
-def test_linear_probe_solves_sklearns_objective_on_digits():
-    # l2 = 1 / n is sklearn's C = 1: the same objective, so the same accuracy (within 0.5 points)
+@pytest.mark.parametrize("c", [1.0, 0.01])
+def test_linear_probe_solves_sklearns_objective_on_digits(c):
+    # at a fixed C, l2 = 1 / (C n) is sklearn's objective, so the same accuracy (within 0.5 points)
     tr, ytr, te, yte = _digits()
-    ours = probes.linear_probe(tr, ytr, te, yte, l2_grid=(1.0 / len(ytr),))["top1"]
-    assert abs(ours - _sklearn_top1(tr, ytr, te, yte, C=1.0)) <= 0.005
+    out = probes.linear_probe(tr, ytr, te, yte, c=c)
+    assert out["l2"] == pytest.approx(1 / (c * len(ytr))) and out["val_top1"] is None
+    assert abs(out["top1"] - _sklearn_top1(tr, ytr, te, yte, C=c)) <= 0.005
 
 
 def test_linear_probe_sweep_matches_the_same_sweep_in_sklearn():
@@ -260,3 +262,21 @@ def test_online_knn_monitor_logs_the_knn_probe():
     tr, te = extract(encoder, train.tensor()[:500]), extract(encoder, test.tensor()[:500])
     assert logged["monitor/knn_top1"] == probes.knn_top1(tr, train.labels[:500], te, test.labels[:500])
     assert logged["monitor/knn_top1"] > 0.5  # an untrained CNN on digits is far above chance (0.1)
+
+
+def test_eval_cli_flags_reach_evaluate_run(monkeypatch, capsys):
+    import reprlearn.api
+    import reprlearn.evaluate
+    from reprlearn.cli import main
+
+    seen = {}
+    monkeypatch.setattr(reprlearn.api, "evaluate_run", lambda run, **kw: seen.update(kw, run=run) or {})
+    monkeypatch.setattr(reprlearn.evaluate, "format_table", lambda result: "table")
+    assert main(["eval", "r", "--knn-k", "20", "--knn-temperature", "0.07", "--probe-backend", "sklearn",
+                 "--linear-c", "0.5"]) == 0
+    assert (seen["run"], seen["knn_k"], seen["knn_temperature"]) == ("r", 20, 0.07)
+    assert (seen["probe_backend"], seen["linear_c"]) == ("sklearn", 0.5)
+    for flag, value in (("--knn-k", "0"), ("--knn-temperature", "-1"), ("--linear-c", "0")):
+        with pytest.raises(SystemExit):
+            main(["eval", "r", flag, value])
+        assert f"{flag} must be" in capsys.readouterr().err

@@ -362,12 +362,12 @@ def evaluate_run(run_dir: str | Path, *, method: Method | None = None, cfg: RunC
                  labels_per_class: int | None = None, finetune: bool | None = None,
                  anomaly_class: int | None = None, iwae_k: int = 50, eval_pairs: PairSet | None = None,
                  knn_k: int | None = None, knn_temperature: float | None = None,
-                 probe_backend: str | None = None) -> dict:
+                 probe_backend: str | None = None, linear_c: float | None = None) -> dict:
     """Evaluate a run with the one harness; writes eval.json, umap.png and, for
     generative methods, reconstruction / sample / interpolation figures into the run;
     for image-text methods also zero-shot accuracy, retrieval Recall@K and CLIP-score AUROC.
 
-    ``knn_k``, ``knn_temperature`` and ``probe_backend`` override the run's config; the values
+    ``knn_k``, ``knn_temperature``, ``probe_backend`` and ``linear_c`` override the run's config; the values
     used are recorded in eval.json under ``probes``."""
     from .augment import augment, preset
     from .evaluate import evaluate
@@ -379,7 +379,8 @@ def evaluate_run(run_dir: str | Path, *, method: Method | None = None, cfg: RunC
         cfg = dataclasses.replace(cfg, eval_data=eval_data)
     probe_opts = {"knn_k": knn_k if knn_k is not None else cfg.knn_k,
                   "knn_temperature": knn_temperature if knn_temperature is not None else cfg.knn_temperature,
-                  "probe_backend": probe_backend or cfg.probe_backend}
+                  "probe_backend": probe_backend or cfg.probe_backend,
+                  "linear_c": linear_c if linear_c is not None else cfg.linear_c}
     if train_set is None or eval_set is None:
         if method.paired:
             train_pairs, eval_pairs = load_pair_data(cfg)

@@ -95,6 +95,8 @@ def _cmd_eval(argv: list[str]) -> int:
                    "DINO uses 0.07)")
     p.add_argument("--probe-backend", choices=("torch", "sklearn"), help="linear probe and PCA: torch on the "
                    "run's device (default) or sklearn, the former CPU path")
+    p.add_argument("--linear-c", type=float, help="fix the linear probe's C (sklearn's meaning; 1 is sklearn's "
+                   "default) instead of sweeping its L2 weight on a validation split")
     a = p.parse_args(argv)
     if a.labels_per_class is not None and a.labels_per_class < 1:
         p.error(f"--labels-per-class must be >= 1, got {a.labels_per_class}")
@@ -104,9 +106,12 @@ def _cmd_eval(argv: list[str]) -> int:
         p.error(f"--knn-k must be >= 1, got {a.knn_k}")
     if a.knn_temperature is not None and not a.knn_temperature > 0:
         p.error(f"--knn-temperature must be > 0, got {a.knn_temperature}")
+    if a.linear_c is not None and not a.linear_c > 0:
+        p.error(f"--linear-c must be > 0, got {a.linear_c}")
     result = evaluate_run(a.run_dir, eval_data=a.data, labels_per_class=a.labels_per_class,
                           finetune=a.finetune or None, anomaly_class=a.anomaly_class, iwae_k=a.iwae_k,
-                          knn_k=a.knn_k, knn_temperature=a.knn_temperature, probe_backend=a.probe_backend)
+                          knn_k=a.knn_k, knn_temperature=a.knn_temperature, probe_backend=a.probe_backend,
+                          linear_c=a.linear_c)
     print(format_table(result))
     return 0
 

@@ -48,16 +48,16 @@ def probe_split(train: ImageSet, test: ImageSet, max_train: int | None, seed: in
 
 
 def score_features(train_f, train_y, test_f, test_y, labels_per_class: int, seed: int, *, knn_k: int = 200,
-                   knn_temperature: float = 0.1, backend: str = "torch") -> dict:
+                   knn_temperature: float = 0.1, backend: str = "torch", linear_c: float | None = None) -> dict:
     """Every probe on one feature set; the features may be tensors on a device (the torch probes run there)."""
-    linear = linear_probe(train_f, train_y, test_f, test_y, seed=seed) if backend == "torch" else \
-        {"top1": linear_top1(train_f, train_y, test_f, test_y, seed=seed, backend=backend)}
+    linear = linear_probe(train_f, train_y, test_f, test_y, seed=seed, c=linear_c) if backend == "torch" else \
+        {"top1": linear_top1(train_f, train_y, test_f, test_y, seed=seed, backend=backend, c=linear_c)}
     result = {
         "knn_top1": knn_top1(train_f, train_y, test_f, test_y, k=knn_k, temperature=knn_temperature),
         "linear_top1": linear["top1"],
     }
     result.update(few_label(train_f, train_y, test_f, test_y, labels_per_class, draws=5, seed=seed, knn_k=knn_k,
-                            knn_temperature=knn_temperature, backend=backend))
+                            knn_temperature=knn_temperature, backend=backend, linear_c=linear_c))
     result.update(cluster_scores(test_f, test_y, seed=seed))
     if "l2" in linear:
         result["linear_l2"] = linear["l2"]
@@ -77,11 +77,13 @@ def pca_project(train: torch.Tensor, test: torch.Tensor, dim: int) -> tuple[torc
 def evaluate(encoder: torch.nn.Module, random_encoder: torch.nn.Module, train: ImageSet, test: ImageSet, *,
              labels_per_class: int = 5, seed: int = 0, max_train: int | None = 20000,
              finetune_views: Callable | None = None, run_dir: Path | None = None, method: str = "",
-             knn_k: int = 200, knn_temperature: float = 0.1, probe_backend: str = "torch") -> dict:
+             knn_k: int = 200, knn_temperature: float = 0.1, probe_backend: str = "torch",
+             linear_c: float | None = None) -> dict:
     """Score ``encoder`` and the baselines; write umap.png into ``run_dir`` when given.
 
     ``probe_backend`` ``torch`` runs the probes and PCA on the encoder's device; ``sklearn`` is
-    the former CPU path (sklearn's LogisticRegression with C = 1 and PCA), kept for comparison."""
+    the former CPU path (sklearn's LogisticRegression with C = 1 and PCA), kept for comparison.
+    ``linear_c`` fixes the linear probe's C (sklearn's meaning) instead of the torch probe's sweep."""
     if probe_backend not in BACKENDS:
         raise fail(f"unknown probe backend {probe_backend!r}; use one of {', '.join(BACKENDS)}")
     train, test = probe_split(train, test, max_train, seed)
@@ -89,7 +91,7 @@ def evaluate(encoder: torch.nn.Module, random_encoder: torch.nn.Module, train: I
     on = device if probe_backend == "torch" else "cpu"
     train_x, test_x = train.tensor(device), test.tensor(device)
     train_f, test_f = extract(encoder, train_x), extract(encoder, test_x)
-    opts = {"knn_k": knn_k, "knn_temperature": knn_temperature, "backend": probe_backend}
+    opts = {"knn_k": knn_k, "knn_temperature": knn_temperature, "backend": probe_backend, "linear_c": linear_c}
 
     def score(tr, te) -> dict:
         tr, te = torch.as_tensor(tr).to(on), torch.as_tensor(te).to(on)
@@ -127,12 +129,15 @@ def evaluate(encoder: torch.nn.Module, random_encoder: torch.nn.Module, train: I
 def _probe_record(result: dict, opts: dict) -> dict:
     """The probe settings for eval.json, with the L2 weight each linear probe chose (moved out of the rows)."""
     linear: dict = {"backend": opts["backend"]}
-    if opts["backend"] == "torch":
-        linear.update(solver="L-BFGS, strong Wolfe", val_fraction=0.2, l2_grid=list(L2_GRID),
-                      chosen_l2={name: row.pop("linear_l2") for name, row in
-                                 [(result["method"] or "encoder", result), *result["baselines"].items()]})
+    chosen = {name: row.pop("linear_l2", None) for name, row in
+              [(result["method"] or "encoder", result), *result["baselines"].items()]}
+    if opts["linear_c"] is not None:
+        linear.update(C=opts["linear_c"])
+    elif opts["backend"] == "torch":
+        linear.update(val_fraction=0.2, l2_grid=list(L2_GRID), chosen_l2=chosen)
     else:
-        linear.update(solver="sklearn LogisticRegression lbfgs", C=1.0)
+        linear.update(C=1.0)
+    linear["solver"] = "torch L-BFGS, strong Wolfe" if opts["backend"] == "torch" else "sklearn lbfgs"
     return {"knn_k": opts["knn_k"], "knn_temperature": opts["knn_temperature"], "linear": linear}
 
 
@@ -150,7 +155,7 @@ def format_table(result: dict) -> str:
         lin = probes["linear"]
         chosen = ", ".join(f"{k} {v:g}" for k, v in lin.get("chosen_l2", {}).items())
         lines.append(f"probes: kNN k={probes['knn_k']} t={probes['knn_temperature']:g}; linear {lin['backend']}"
-                     + (f" (L2 chosen: {chosen})" if chosen else " (C=1)"))
+                     + (f" (L2 chosen: {chosen})" if chosen else f" (C={lin.get('C')})"))
     elif probes:
         lines.append(f"probes: {probes}")
     lines += _image_text_lines(result)

@@ -84,7 +84,7 @@ def _val_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, n
 
 
 def linear_probe(train_f, train_y, test_f, test_y, seed: int = 0, l2_grid=L2_GRID, val_fraction: float = 0.2,
-                 max_iter: int = 100, dtype: torch.dtype = torch.float32) -> dict:
+                 max_iter: int = 100, dtype: torch.dtype = torch.float32, c: float | None = None) -> dict:
     """Multinomial logistic regression on standardised frozen features, in torch on the features' device.
 
     Features are standardised with the training mean and (population) standard deviation, as
@@ -99,7 +99,8 @@ def linear_probe(train_f, train_y, test_f, test_y, seed: int = 0, l2_grid=L2_GRI
     Differs from sklearn's ``LogisticRegression()`` default, which fixes ``C = 1``, i.e.
     ``l2 = 1 / n_train``, with no sweep (the ``sklearn`` backend of :func:`linear_top1`). When a
     class has fewer than two training examples there is nothing to validate on, and the probe
-    uses that sklearn default, ``l2 = 1 / n_train``.
+    uses that sklearn default, ``l2 = 1 / n_train``. Given ``c``, the probe fits sklearn's
+    objective at that ``C`` (``l2 = 1 / (C n_train)``, all training features) without a sweep.
 
     Returns ``{"top1", "l2", "val_top1"}`` (``val_top1`` None without a sweep).
     """
@@ -112,6 +113,8 @@ def linear_probe(train_f, train_y, test_f, test_y, seed: int = 0, l2_grid=L2_GRI
     y_np = np.asarray(torch.as_tensor(train_y).cpu())
     y, yt = _tensor(y_np, torch.long, x.device), _tensor(test_y, torch.long, x.device)
     num_classes = int(max(y.max(), yt.max())) + 1
+    if c is not None:
+        l2_grid = (1.0 / (c * len(y)),)
     split = _val_split(y_np, val_fraction, seed) if len(l2_grid) > 1 else None
     start = None
     if split is None:
@@ -128,11 +131,13 @@ def linear_probe(train_f, train_y, test_f, test_y, seed: int = 0, l2_grid=L2_GRI
     return {"top1": int((_predict(xt, w) == yt).sum()) / len(yt), "l2": float(best), "val_top1": val_top1}
 
 
-def linear_top1(train_f, train_y, test_f, test_y, seed: int = 0, backend: str = "torch") -> float:
-    """Top-1 of the linear probe: ``torch`` (default, :func:`linear_probe`) or ``sklearn``
-    (sklearn's LogisticRegression, C = 1, L-BFGS, on StandardScaler features: the former default)."""
+def linear_top1(train_f, train_y, test_f, test_y, seed: int = 0, backend: str = "torch",
+                c: float | None = None) -> float:
+    """Top-1 of the linear probe: ``torch`` (default, :func:`linear_probe`; ``c`` None sweeps) or
+    ``sklearn`` (sklearn's LogisticRegression at ``C = c`` or 1, L-BFGS, on StandardScaler
+    features: the former default)."""
     if backend == "torch":
-        return linear_probe(train_f, train_y, test_f, test_y, seed=seed)["top1"]
+        return linear_probe(train_f, train_y, test_f, test_y, seed=seed, c=c)["top1"]
     if backend != "sklearn":
         raise fail(f"unknown probe backend {backend!r}; use one of {', '.join(BACKENDS)}")
     from sklearn.linear_model import LogisticRegression
@@ -141,7 +146,7 @@ def linear_top1(train_f, train_y, test_f, test_y, seed: int = 0, backend: str = 
     train_f, test_f = (np.asarray(torch.as_tensor(a).cpu()) for a in (train_f, test_f))
     train_y, test_y = (np.asarray(torch.as_tensor(a).cpu()) for a in (train_y, test_y))
     scaler = StandardScaler().fit(train_f)
-    clf = LogisticRegression(max_iter=1000, C=1.0, random_state=seed)
+    clf = LogisticRegression(max_iter=1000, C=1.0 if c is None else c, random_state=seed)
     clf.fit(scaler.transform(train_f), train_y)
     return float((clf.predict(scaler.transform(test_f)) == test_y).mean())
 
@@ -155,14 +160,15 @@ def low_label_draws(train_y: np.ndarray, per_class: int, draws: int = 5, seed: i
 
 
 def few_label(train_f, train_y, test_f, test_y, per_class: int, draws: int = 5, seed: int = 0,
-              knn_k: int = 200, knn_temperature: float = 0.1, backend: str = "torch") -> dict:
+              knn_k: int = 200, knn_temperature: float = 0.1, backend: str = "torch",
+              linear_c: float | None = None) -> dict:
     """kNN and linear probes given only ``per_class`` labelled images per class, averaged over draws.
 
     kNN uses ``min(knn_k, labelled images)`` neighbours."""
     knn, lin = [], []
     for pick in low_label_draws(np.asarray(train_y), per_class, draws, seed):
         knn.append(knn_top1(train_f[pick], train_y[pick], test_f, test_y, k=knn_k, temperature=knn_temperature))
-        lin.append(linear_top1(train_f[pick], train_y[pick], test_f, test_y, seed=seed, backend=backend))
+        lin.append(linear_top1(train_f[pick], train_y[pick], test_f, test_y, seed=seed, backend=backend, c=linear_c))
     return {"knn_top1_few": float(np.mean(knn)), "linear_top1_few": float(np.mean(lin))}
 
 
