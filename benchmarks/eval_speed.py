@@ -1,6 +1,7 @@
 """Time `reprlearn eval` of a short CIFAR-10 run before and after the torch probes, side by side.
 
-    python benchmarks/eval_speed.py [--run DIR] [--before COMMIT]
+    python benchmarks/eval_speed.py [--run DIR] [--before COMMIT] [--linear-c C]
+    python benchmarks/eval_speed.py --run DIR --stages torch [--linear-c C]   # only the after
 
 Trains the run first when DIR has no checkpoint (SimCLR, small CNN, one epoch on one shard:
 ``TRAIN`` below), then runs `reprlearn eval DIR` twice, one after the other: with the library
@@ -45,7 +46,7 @@ def timed(module, name: str, clock: dict):
     return inner
 
 
-def evaluate_once(run: Path, backend: str) -> tuple[dict, dict]:
+def evaluate_once(run: Path, backend: str, linear_c: float | None = None) -> tuple[dict, dict]:
     from reprlearn import api
     from reprlearn.evaluate import figures, harness
 
@@ -55,7 +56,7 @@ def evaluate_once(run: Path, backend: str) -> tuple[dict, dict]:
     originals = [(m, n, timed(m, n, clock)) for m, n in stages]
     try:
         start = time.perf_counter()
-        result = api.evaluate_run(run, probe_backend=backend)
+        result = api.evaluate_run(run, probe_backend=backend, linear_c=linear_c)
         clock["total"] = time.perf_counter() - start
     finally:
         for m, n, f in originals:
@@ -82,13 +83,14 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", default="runs/eval-speed", help="run directory (trained first when it has no checkpoint)")
     p.add_argument("--before", default=BEFORE, help="git commit whose `reprlearn eval` is timed as the before")
-    p.add_argument("--stages", metavar="BACKEND", help=argparse.SUPPRESS)  # internal: one in-process timed eval
+    p.add_argument("--linear-c", type=float, help="the after's linear probe at this fixed C (default: its sweep)")
+    p.add_argument("--stages", metavar="BACKEND", help="only this tree's eval with this probe backend, by stage")
     a = p.parse_args()
     run = Path(a.run)
     if a.stages:
         from reprlearn.evaluate import format_table
 
-        result, clock = evaluate_once(run, a.stages)
+        result, clock = evaluate_once(run, a.stages, a.linear_c)
         print(format_table(result))
         print("seconds by stage (calls summed; few_label holds its own kNN and linear fits; "
               "cluster_scores is k-means):")
@@ -107,7 +109,8 @@ def main() -> int:
         t_old, old_result = run_eval(Path(old) / "src", run, "before")
     print("== after (this tree): the same, timed by stage", flush=True)
     start = time.perf_counter()
-    subprocess.run([sys.executable, __file__, "--run", str(run), "--stages", "torch"], check=True,
+    c = ["--linear-c", str(a.linear_c)] if a.linear_c else []
+    subprocess.run([sys.executable, __file__, "--run", str(run), "--stages", "torch", *c], check=True,
                    env={**os.environ, "PYTHONPATH": str(repo / "src")})
     t_new = time.perf_counter() - start
     new_result = json.loads((run / "eval-torch.json").read_text())
