@@ -280,3 +280,16 @@ def test_eval_cli_flags_reach_evaluate_run(monkeypatch, capsys):
         with pytest.raises(SystemExit):
             main(["eval", "r", flag, value])
         assert f"{flag} must be" in capsys.readouterr().err
+
+
+def test_umap_neighbour_graph_equals_sklearns_exact_cosine_neighbours():
+    from sklearn.neighbors import NearestNeighbors
+
+    from reprlearn.evaluate.figures import cosine_knn
+
+    x = np.random.default_rng(0).normal(size=(300, 12)).astype(np.float32)
+    idx, dist = cosine_knn(x, 15, chunk=64)
+    want_dist, want_idx = NearestNeighbors(n_neighbors=15, metric="cosine", algorithm="brute").fit(x).kneighbors(x)
+    assert (idx[:, 0] == np.arange(300)).all()  # each point its own first neighbour, as UMAP expects
+    assert np.allclose(dist, want_dist, atol=1e-5)
+    assert (idx == want_idx).mean() > 0.99  # the rest are float32 near-ties (swapped neighbours at equal distance)
