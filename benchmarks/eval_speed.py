@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -68,15 +69,15 @@ def evaluate_once(run: Path, backend: str, linear_c: float | None = None) -> tup
 BEFORE = "3476fd3"  # the commit before the torch probes: its `reprlearn eval` is the "before"
 
 
-def run_eval(src: Path, run: Path, tag: str, *extra: str) -> tuple[float, dict]:
-    """Wall-clock seconds of `reprlearn eval RUN` with the library at ``src``, and its eval.json."""
-    env = {**os.environ, "PYTHONPATH": str(src)}
+def timed_run(cmd: list[str], src: Path) -> tuple[float, float]:
+    """(wall-clock, CPU) seconds of a command run with the library at ``src``. CPU time (user +
+    system of the child) is the steadier figure on a machine shared with other work."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "reprlearn.cli", "eval", str(run), *extra], check=True, env=env)
-    seconds = time.perf_counter() - start
-    result = json.loads((run / "eval.json").read_text())
-    (run / f"eval-{tag}.json").write_text(json.dumps(result, indent=2))
-    return seconds, result
+    subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(src)})
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def main() -> int:
@@ -106,15 +107,16 @@ def main() -> int:
         archive = subprocess.run(["git", "-C", str(repo), "archive", a.before, "src"], check=True, capture_output=True)
         subprocess.run(["tar", "-x", "-C", old], input=archive.stdout, check=True)
         print(f"== before ({a.before}): reprlearn eval {run}", flush=True)
-        t_old, old_result = run_eval(Path(old) / "src", run, "before")
+        t_old = timed_run([sys.executable, "-m", "reprlearn.cli", "eval", str(run)], Path(old) / "src")
+        old_result = json.loads((run / "eval.json").read_text())
+        (run / "eval-before.json").write_text(json.dumps(old_result, indent=2))
     print("== after (this tree): the same, timed by stage", flush=True)
-    start = time.perf_counter()
     c = ["--linear-c", str(a.linear_c)] if a.linear_c else []
-    subprocess.run([sys.executable, __file__, "--run", str(run), "--stages", "torch", *c], check=True,
-                   env={**os.environ, "PYTHONPATH": str(repo / "src")})
-    t_new = time.perf_counter() - start
+    t_new = timed_run([sys.executable, __file__, "--run", str(run), "--stages", "torch", *c], repo / "src")
     new_result = json.loads((run / "eval-torch.json").read_text())
-    print(f"\nwhole `reprlearn eval`: before {t_old:.1f} s, after {t_new:.1f} s, {t_old / t_new:.2f}x faster")
+    print(f"\nwhole `reprlearn eval`: before {t_old[0]:.1f} s wall / {t_old[1]:.1f} s CPU, after {t_new[0]:.1f} s "
+          f"wall / {t_new[1]:.1f} s CPU: {t_old[0] / t_new[0]:.2f}x faster by the clock, "
+          f"{t_old[1] / t_new[1]:.2f}x by CPU time")
     print("\nmetric".ljust(19) + "column".ljust(14) + "before".rjust(9) + "after".rjust(9) + "  diff (points)")
     for column in [None, *old_result["baselines"]]:
         ro = old_result if column is None else old_result["baselines"][column]
