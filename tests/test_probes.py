@@ -56,6 +56,10 @@ def test_knn_weights_and_ties():
     assert probes.knn_top1(train, labels, query, np.array([0]), k=3, temperature=0.1) == 1.0  # e^9.6 > 2 e^2.9
     assert probes.knn_top1(train, labels, query, np.array([1]), k=3, temperature=10.0) == 1.0  # ~uniform votes
     assert _naive_knn_predict(train, labels, query[0], 3, 10.0) == 1
+    # a small temperature: e^(0.9 / 0.005) and e^(0.95 / 0.005) overflow float32, their ratio e^10 does not
+    near = np.array([[0.9, math.sqrt(1 - 0.81)], [0.95, math.sqrt(1 - 0.95 ** 2)]], dtype=np.float32)
+    assert probes.knn_top1(near, np.array([0, 1]), np.array([[1.0, 0.0]], dtype=np.float32), np.array([1]), k=2,
+                           temperature=0.005) == 1.0
 
 
 def test_knn_rejects_bad_options():

@@ -40,7 +40,8 @@ def knn_top1(train_f, train_y, test_f, test_y, k: int = 200, temperature: float 
     for start in range(0, len(test_y), chunk):
         q = F.normalize(_tensor(test_f[start:start + chunk], torch.float32, device), dim=1)
         sim, idx = (q @ bank.T).topk(k, dim=1)
-        votes = torch.zeros(len(q), num_classes, device=device).scatter_add_(1, labels[idx], (sim / temperature).exp())
+        weight = ((sim - sim[:, :1]) / temperature).exp()  # exp(sim / t) over its row maximum's: no overflow at small t
+        votes = torch.zeros(len(q), num_classes, device=device).scatter_add_(1, labels[idx], weight)
         correct += int((votes.argmax(1) == test_y[start:start + chunk]).sum())
     return correct / len(test_y)
 
