@@ -97,10 +97,15 @@ def embed(run_or_encoder: str | Path | torch.nn.Module, source: str | ImageSet, 
 def evaluate_run(run_dir: str | Path, *, method: Method | None = None, cfg: RunConfig | None = None,
                  info: DataInfo | None = None, data: RunData | None = None, eval_data: str | None = None,
                  labels_per_class: int | None = None, finetune: bool | None = None,
-                 anomaly_class: int | None = None, iwae_k: int = 50, method_file: str | Path | None = None) -> dict:
+                 anomaly_class: int | None = None, iwae_k: int = 50, method_file: str | Path | None = None,
+                 knn_k: int | None = None, knn_temperature: float | None = None,
+                 probe_backend: str | None = None, linear_c: float | None = None) -> dict:
     """Evaluate a run with the one harness; writes eval.json, umap.png and, for
     generative methods, reconstruction / sample / interpolation figures into the run;
-    for image-text methods also zero-shot accuracy, retrieval Recall@K and CLIP-score AUROC."""
+    for image-text methods also zero-shot accuracy, retrieval Recall@K and CLIP-score AUROC.
+
+    ``knn_k``, ``knn_temperature``, ``probe_backend`` and ``linear_c`` override the run's config; the values
+    used are recorded in eval.json under ``probes``."""
     from .augment import augment, preset
     from .evaluate import evaluate
 
@@ -109,6 +114,10 @@ def evaluate_run(run_dir: str | Path, *, method: Method | None = None, cfg: RunC
         method, cfg, info = load_method(run_dir, method_file)
     if eval_data:
         cfg = dataclasses.replace(cfg, eval_data=eval_data)
+    probe_opts = {"knn_k": knn_k if knn_k is not None else cfg.knn_k,
+                  "knn_temperature": knn_temperature if knn_temperature is not None else cfg.knn_temperature,
+                  "probe_backend": probe_backend or cfg.probe_backend,
+                  "linear_c": linear_c if linear_c is not None else cfg.linear_c}
     if data is None:
         data = load_run_data(dataclasses.replace(cfg, exclude_class=None), method.paired)
     train_set, eval_set, eval_pairs = data.train, data.eval, data.eval_pairs
@@ -124,7 +133,7 @@ def evaluate_run(run_dir: str | Path, *, method: Method | None = None, cfg: RunC
     if eval_set.labels is not None or not method.paired:
         result = evaluate(method.encoder, build_encoder(cfg, info), train_set, eval_set, labels_per_class=per_class,
                           seed=cfg.seed, max_train=cfg.eval_max_train, finetune_views=views, run_dir=run_dir,
-                          method=short_name(cfg.method))
+                          method=short_name(cfg.method), **probe_opts)
     else:  # captions but no labels (e.g. Flickr8k): no probe to fit; the joint space is scored below
         result = {"method": cfg.method, "test_images": len(eval_set),
                   "probes": "skipped: the evaluation pairs have no class labels"}

@@ -95,14 +95,28 @@ def _cmd_eval(argv: list[str]) -> int:
     p.add_argument("--iwae-k", type=int, default=50, help="importance samples for the IWAE bound (VAEs)")
     p.add_argument("--method-file", metavar="FILE.py", help="a run of a method in a user file: import it from here "
                    "instead of the path the run recorded")
+    p.add_argument("--knn-k", type=int, help="neighbours of the kNN probe (default: the run's, 200)")
+    p.add_argument("--knn-temperature", type=float, help="temperature of the kNN votes (default: the run's, 0.1; "
+                   "DINO uses 0.07)")
+    p.add_argument("--probe-backend", choices=("torch", "sklearn"), help="linear probe and PCA: torch on the "
+                   "run's device (default) or sklearn, the former CPU path")
+    p.add_argument("--linear-c", type=float, help="fix the linear probe's C (sklearn's meaning; 1 is sklearn's "
+                   "default) instead of sweeping its L2 weight on a validation split")
     a = p.parse_args(argv)
     if a.labels_per_class is not None and a.labels_per_class < 1:
         p.error(f"--labels-per-class must be >= 1, got {a.labels_per_class}")
     if a.iwae_k < 1:
         p.error(f"--iwae-k must be >= 1, got {a.iwae_k}")
+    if a.knn_k is not None and a.knn_k < 1:
+        p.error(f"--knn-k must be >= 1, got {a.knn_k}")
+    if a.knn_temperature is not None and not a.knn_temperature > 0:
+        p.error(f"--knn-temperature must be > 0, got {a.knn_temperature}")
+    if a.linear_c is not None and not a.linear_c > 0:
+        p.error(f"--linear-c must be > 0, got {a.linear_c}")
     result = evaluate_run(a.run_dir, eval_data=a.data, labels_per_class=a.labels_per_class,
                           finetune=a.finetune or None, anomaly_class=a.anomaly_class, iwae_k=a.iwae_k,
-                          method_file=a.method_file)
+                          method_file=a.method_file, knn_k=a.knn_k, knn_temperature=a.knn_temperature,
+                          probe_backend=a.probe_backend, linear_c=a.linear_c)
     print(format_table(result))
     return 0
 

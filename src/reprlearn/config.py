@@ -202,6 +202,11 @@ class RunConfig:
     finetune: bool = option(False, "also fine-tune the backbone with a linear head in the evaluation")
     labels_per_class: int = option(5, "labelled images per class for the low-label probes", min=1, max=100000)
     eval_max_train: int | None = option(20000, "at most this many training images for the probes (random subset)", min=10)
+    knn_k: int = option(200, "neighbours of the kNN probe (lightly's and solo-learn's CIFAR-10 value)", min=1)
+    knn_temperature: float = option(0.1, "temperature t of the kNN votes exp(sim / t) (DINO uses 0.07)", above=0.0)
+    probe_backend: str = option("torch", "linear probe and PCA: torch on the run's device, or sklearn (former path)",
+                                choices=("torch", "sklearn"))
+    linear_c: float | None = option(None, "fix the linear probe's C (as sklearn's) instead of the L2 sweep", above=0.0)
     progress: bool = option(True, "show a progress bar")
     options: dict = field(default_factory=dict)  # the method's own config, as a dict
 

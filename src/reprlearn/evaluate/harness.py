@@ -15,7 +15,7 @@ import torch
 
 from ..data import ImageSet, stratified_split
 from ..errors import fail
-from .probes import cluster_scores, few_label, finetune_top1, knn_top1, linear_top1
+from .probes import BACKENDS, L2_GRID, cluster_scores, few_label, finetune_top1, knn_top1, linear_probe, linear_top1
 
 METRICS = ("knn_top1", "linear_top1", "knn_top1_few", "linear_top1_few", "nmi", "ari", "finetune_top1")
 
@@ -47,44 +47,76 @@ def probe_split(train: ImageSet, test: ImageSet, max_train: int | None, seed: in
     return train, test
 
 
-def score_features(train_f, train_y, test_f, test_y, labels_per_class: int, seed: int) -> dict:
+def score_features(train_f, train_y, test_f, test_y, labels_per_class: int, seed: int, *, knn_k: int = 200,
+                   knn_temperature: float = 0.1, backend: str = "torch", linear_c: float | None = None) -> dict:
+    """Every probe on one feature set; the features may be tensors on a device (the torch probes run there)."""
+    linear = linear_probe(train_f, train_y, test_f, test_y, seed=seed, c=linear_c) if backend == "torch" else \
+        {"top1": linear_top1(train_f, train_y, test_f, test_y, seed=seed, backend=backend, c=linear_c)}
     result = {
-        "knn_top1": knn_top1(train_f, train_y, test_f, test_y),
-        "linear_top1": linear_top1(train_f, train_y, test_f, test_y, seed=seed),
+        "knn_top1": knn_top1(train_f, train_y, test_f, test_y, k=knn_k, temperature=knn_temperature),
+        "linear_top1": linear["top1"],
     }
-    result.update(few_label(train_f, train_y, test_f, test_y, labels_per_class, draws=5, seed=seed))
+    result.update(few_label(train_f, train_y, test_f, test_y, labels_per_class, draws=5, seed=seed, knn_k=knn_k,
+                            knn_temperature=knn_temperature, backend=backend, linear_c=linear_c))
     result.update(cluster_scores(test_f, test_y, seed=seed))
+    if "l2" in linear:
+        result["linear_l2"] = linear["l2"]
     return result
+
+
+def pca_project(train: torch.Tensor, test: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both sets projected on the top ``dim`` principal axes of ``train`` (centred with its mean):
+    the eigenvectors of its scatter matrix (decomposed in float64) on the tensors' device."""
+    mean = train.mean(0)
+    centred = train - mean
+    _, vectors = torch.linalg.eigh((centred.T @ centred).double())  # eigenvalues ascending
+    axes = vectors[:, -dim:].flip(1).to(train.dtype)
+    return centred @ axes, (test - mean) @ axes
 
 
 def evaluate(encoder: torch.nn.Module, random_encoder: torch.nn.Module, train: ImageSet, test: ImageSet, *,
              labels_per_class: int = 5, seed: int = 0, max_train: int | None = 20000,
-             finetune_views: Callable | None = None, run_dir: Path | None = None, method: str = "") -> dict:
-    """Score ``encoder`` and the baselines; write umap.png into ``run_dir`` when given."""
+             finetune_views: Callable | None = None, run_dir: Path | None = None, method: str = "",
+             knn_k: int = 200, knn_temperature: float = 0.1, probe_backend: str = "torch",
+             linear_c: float | None = None) -> dict:
+    """Score ``encoder`` and the baselines; write umap.png into ``run_dir`` when given.
+
+    ``probe_backend`` ``torch`` runs the probes and PCA on the encoder's device; ``sklearn`` is
+    the former CPU path (sklearn's LogisticRegression with C = 1 and PCA), kept for comparison.
+    ``linear_c`` fixes the linear probe's C (sklearn's meaning) instead of the torch probe's sweep."""
+    if probe_backend not in BACKENDS:
+        raise fail(f"unknown probe backend {probe_backend!r}; use one of {', '.join(BACKENDS)}")
     train, test = probe_split(train, test, max_train, seed)
     device = next(encoder.parameters()).device
+    on = device if probe_backend == "torch" else "cpu"
     train_x, test_x = train.tensor(device), test.tensor(device)
     train_f, test_f = extract(encoder, train_x), extract(encoder, test_x)
+    opts = {"knn_k": knn_k, "knn_temperature": knn_temperature, "backend": probe_backend, "linear_c": linear_c}
+
+    def score(tr, te) -> dict:
+        tr, te = torch.as_tensor(tr).to(on), torch.as_tensor(te).to(on)
+        return score_features(tr, train.labels, te, test.labels, labels_per_class, seed, **opts)
+
     result: dict = {"method": method, "train_images": len(train), "test_images": len(test),
                     "feature_dim": int(train_f.shape[1])}
-    result.update(score_features(train_f, train.labels, test_f, test.labels, labels_per_class, seed))
+    result.update(score(train_f, test_f))
     if finetune_views is not None:
         result["finetune_top1"] = finetune_top1(encoder, train_x, train.labels, test_x, test.labels,
                                                 finetune_views, seed=seed)
-    pix_train = train.images.reshape(len(train), -1).astype(np.float32) / 255
-    pix_test = test.images.reshape(len(test), -1).astype(np.float32) / 255
-    result["baselines"] = {"raw_pixels": score_features(pix_train, train.labels, pix_test, test.labels,
-                                                        labels_per_class, seed)}
-    from sklearn.decomposition import PCA
-
+    pix_train = torch.from_numpy(train.images.reshape(len(train), -1)).to(on).float() / 255
+    pix_test = torch.from_numpy(test.images.reshape(len(test), -1)).to(on).float() / 255
+    result["baselines"] = {"raw_pixels": score(pix_train, pix_test)}
     dim = min(train_f.shape[1], pix_train.shape[1], len(pix_train))
-    pca = PCA(n_components=dim, random_state=seed).fit(pix_train)
-    result["baselines"]["pca"] = score_features(pca.transform(pix_train), train.labels, pca.transform(pix_test),
-                                                test.labels, labels_per_class, seed)
+    if probe_backend == "torch":
+        result["baselines"]["pca"] = score(*pca_project(pix_train, pix_test, dim))
+    else:
+        from sklearn.decomposition import PCA
+
+        pca = PCA(n_components=dim, random_state=seed).fit(pix_train.numpy())
+        result["baselines"]["pca"] = score(pca.transform(pix_train.numpy()), pca.transform(pix_test.numpy()))
     random_init = random_encoder.to(device)
-    result["baselines"]["random_init"] = score_features(extract(random_init, train_x), train.labels,
-                                                        extract(random_init, test_x), test.labels,
-                                                        labels_per_class, seed)
+    result["baselines"]["random_init"] = score(extract(random_init, train_x), extract(random_init, test_x))
+    result["probes"] = _probe_record(result, opts)
     if run_dir is not None:
         from .figures import umap_plot
 
@@ -92,6 +124,21 @@ def evaluate(encoder: torch.nn.Module, random_encoder: torch.nn.Module, train: I
         umap_plot(test_f, test.labels, names, Path(run_dir) / "umap.png",
                   title=f"{method} test embeddings (UMAP)", seed=seed)
     return result
+
+
+def _probe_record(result: dict, opts: dict) -> dict:
+    """The probe settings for eval.json, with the L2 weight each linear probe chose (moved out of the rows)."""
+    linear: dict = {"backend": opts["backend"]}
+    chosen = {name: row.pop("linear_l2", None) for name, row in
+              [(result["method"] or "encoder", result), *result["baselines"].items()]}
+    if opts["linear_c"] is not None:
+        linear.update(C=opts["linear_c"])
+    elif opts["backend"] == "torch":
+        linear.update(val_fraction=0.2, l2_grid=list(L2_GRID), chosen_l2=chosen)
+    else:
+        linear.update(C=1.0)
+    linear["solver"] = "torch L-BFGS, strong Wolfe" if opts["backend"] == "torch" else "sklearn lbfgs"
+    return {"knn_k": opts["knn_k"], "knn_temperature": opts["knn_temperature"], "linear": linear}
 
 
 def format_table(result: dict) -> str:
@@ -103,8 +150,14 @@ def format_table(result: dict) -> str:
     for m in rows:
         cells = [result[m]] + [result["baselines"][b].get(m) for b in columns[1:]]
         lines.append(m.ljust(18) + "".join(("-" if v is None else f"{v:.4f}").rjust(width) for v in cells))
-    if "probes" in result:
-        lines.append(f"probes: {result['probes']}")
+    probes = result.get("probes")
+    if isinstance(probes, dict):
+        lin = probes["linear"]
+        chosen = ", ".join(f"{k} {v:g}" for k, v in lin.get("chosen_l2", {}).items())
+        lines.append(f"probes: kNN k={probes['knn_k']} t={probes['knn_temperature']:g}; linear {lin['backend']}"
+                     + (f" (L2 chosen: {chosen})" if chosen else f" (C={lin.get('C')})"))
+    elif probes:
+        lines.append(f"probes: {probes}")
     lines += _image_text_lines(result)
     return "\n".join(lines)
 

@@ -1,6 +1,7 @@
 """Probes on frozen features: kNN, linear, low-label draws, k-means; and fine-tuning.
 
-All return fractions in [0, 1]. Features are (N, D) float arrays.
+All return fractions in [0, 1]. Features are (N, D) float arrays or tensors; the kNN and
+torch linear probes run on the features' device (pass CUDA tensors to use a GPU).
 """
 
 from __future__ import annotations
@@ -9,61 +10,225 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import fail
 
-def knn_top1(train_f: np.ndarray, train_y: np.ndarray, test_f: np.ndarray, test_y: np.ndarray,
-             k: int = 200, temperature: float = 0.1, chunk: int = 1024) -> float:
-    """Weighted kNN (Wu et al. 2018): cosine neighbours vote with weight exp(sim / t)."""
-    k = min(k, len(train_f))
-    num_classes = int(max(train_y.max(), test_y.max())) + 1
-    bank = F.normalize(torch.as_tensor(train_f, dtype=torch.float32), dim=1)
-    labels = torch.as_tensor(train_y, dtype=torch.long)
+# L2 weights (on the mean cross-entropy) the torch linear probe chooses from, strongest first
+L2_GRID = (1.0, 1e-1, 1e-2, 1e-3, 1e-4)
+BACKENDS = ("torch", "sklearn")
+
+
+def _tensor(a, dtype, device=None) -> torch.Tensor:
+    t = torch.as_tensor(a)
+    return t.to(device=device if device is not None else t.device, dtype=dtype)
+
+
+def knn_top1(train_f, train_y, test_f, test_y, k: int = 200, temperature: float = 0.1, chunk: int = 1024) -> float:
+    """Weighted kNN (Wu et al. 2018): the ``k`` nearest training features by cosine similarity
+    vote for their class with weight ``exp(sim / t)``; the class with the largest sum wins
+    (ties: the lowest class index). k = 200, t = 0.1 as lightly's and solo-learn's CIFAR-10
+    benchmarks; DINO uses k = 20, t = 0.07. Runs on the device of ``train_f``."""
+    if k < 1 or temperature <= 0:
+        raise fail(f"kNN needs k >= 1 and temperature > 0, got k={k}, temperature={temperature}; "
+                   "pass e.g. --knn-k 200 --knn-temperature 0.1")
+    bank = F.normalize(_tensor(train_f, torch.float32), dim=1)
+    device = bank.device
+    labels = _tensor(train_y, torch.long, device)
+    test_y = _tensor(test_y, torch.long, device)
+    k = min(k, len(bank))
+    num_classes = int(max(labels.max(), test_y.max())) + 1
     correct = 0
-    for start in range(0, len(test_f), chunk):
-        q = F.normalize(torch.as_tensor(test_f[start:start + chunk], dtype=torch.float32), dim=1)
+    for start in range(0, len(test_y), chunk):
+        q = F.normalize(_tensor(test_f[start:start + chunk], torch.float32, device), dim=1)
         sim, idx = (q @ bank.T).topk(k, dim=1)
-        votes = torch.zeros(len(q), num_classes).scatter_add_(1, labels[idx], (sim / temperature).exp())
-        correct += (votes.argmax(1).numpy() == test_y[start:start + chunk]).sum()
-    return float(correct) / len(test_f)
+        weight = ((sim - sim[:, :1]) / temperature).exp()  # exp(sim / t) over its row maximum's: no overflow at small t
+        votes = torch.zeros(len(q), num_classes, device=device).scatter_add_(1, labels[idx], weight)
+        correct += int((votes.argmax(1) == test_y[start:start + chunk]).sum())
+    return correct / len(test_y)
 
 
-def linear_top1(train_f: np.ndarray, train_y: np.ndarray, test_f: np.ndarray, test_y: np.ndarray,
-                seed: int = 0) -> float:
-    """Multinomial logistic regression on standardised frozen features (L-BFGS, sklearn)."""
+def _fit_softmax(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float, w: torch.Tensor | None,
+                 max_iter: int) -> torch.Tensor:
+    """argmin_W mean_i CE(x_i W + b, y_i) + l2/2 ||W||^2 (bias unpenalised) by full-batch L-BFGS
+    with a strong-Wolfe line search, from ``w`` (warm start) or zeros. Returns (D+1, C), bias last."""
+    w = (torch.zeros(x.shape[1] + 1, num_classes, dtype=x.dtype, device=x.device) if w is None
+         else w.detach().clone()).requires_grad_(True)
+    opt = torch.optim.LBFGS([w], lr=1, max_iter=max_iter, history_size=20, tolerance_grad=1e-5,
+                            tolerance_change=1e-9, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(torch.addmm(w[-1], x, w[:-1]), y) + 0.5 * l2 * w[:-1].pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach()
+
+
+def _predict(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return torch.addmm(w[-1], x, w[:-1]).argmax(1)
+
+
+def _val_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Stratified (fit, val) indices, ``fraction`` of each class held out (at least one);
+    None when a class has fewer than two examples, so no class can be left out of the fit."""
+    classes, counts = np.unique(y, return_counts=True)
+    if counts.min() < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    val = []
+    for c, n in zip(classes, counts):
+        idx = np.flatnonzero(y == c)
+        val.append(rng.choice(idx, min(n - 1, max(1, int(round(n * fraction)))), replace=False))
+    val = np.sort(np.concatenate(val))
+    return np.setdiff1d(np.arange(len(y)), val), val
+
+
+def linear_probe(train_f, train_y, test_f, test_y, seed: int = 0, l2_grid=L2_GRID, val_fraction: float = 0.2,
+                 max_iter: int | None = None, dtype: torch.dtype = torch.float32, c: float | None = None) -> dict:
+    """Multinomial logistic regression on standardised frozen features, in torch on the features' device.
+
+    Features are standardised with the training mean and (population) standard deviation, as
+    sklearn's StandardScaler. For each ``l2`` in ``l2_grid`` (strongest first, each fit warm-started
+    from the previous one) the probe minimises ``mean_i CE(W x_i + b, y_i) + l2/2 ||W||^2`` by
+    full-batch L-BFGS on a stratified ``1 - val_fraction`` of the training features and scores
+    the held-out rest; the best ``l2`` (ties: the stronger) is then refitted on all training
+    features (from its held-out fit) and scored on the test features. This is Kornblith et al.
+    (2019)'s protocol on a shorter grid; each fit takes at most ``max_iter`` L-BFGS steps, 50 by
+    default (on CIFAR-10 pixels, 50, 100 and 500 steps gave the same test accuracy to 0.1 points).
+
+    Differs from sklearn's ``LogisticRegression()`` default, which fixes ``C = 1``, i.e.
+    ``l2 = 1 / n_train``, with no sweep (the ``sklearn`` backend of :func:`linear_top1`). When a
+    class has fewer than two training examples there is nothing to validate on, and the probe
+    uses that sklearn default, ``l2 = 1 / n_train``. Given ``c``, the probe fits sklearn's
+    objective at that ``C`` (``l2 = 1 / (C n_train)``, all training features) without a sweep,
+    by default with up to 500 steps (weak regularisation converges slowly; sklearn allows 1000).
+
+    Returns ``{"top1", "l2", "val_top1"}`` (``val_top1`` None without a sweep).
+    """
+    device = train_f.device if isinstance(train_f, torch.Tensor) else None
+    x = _tensor(train_f, dtype, device)
+    mean, std = x.mean(0), x.std(0, unbiased=False)
+    std = torch.where(std > 0, std, torch.ones_like(std))  # constant features stay 0, as StandardScaler's
+    x = (x - mean) / std
+    xt = (_tensor(test_f, dtype, x.device) - mean) / std
+    y_np = np.asarray(torch.as_tensor(train_y).cpu())
+    y, yt = _tensor(y_np, torch.long, x.device), _tensor(test_y, torch.long, x.device)
+    num_classes = int(max(y.max(), yt.max())) + 1
+    if c is not None:
+        l2_grid = (1.0 / (c * len(y)),)
+    max_iter = max_iter or (50 if c is None else 500)
+    split = _val_split(y_np, val_fraction, seed) if len(l2_grid) > 1 else None
+    start = None
+    if split is None:
+        best, val_top1 = (l2_grid[0] if len(l2_grid) == 1 else 1.0 / len(y)), None
+    else:
+        fit, val = (torch.as_tensor(i, device=x.device) for i in split)
+        fits, scores = [None], []
+        for l2 in l2_grid:  # each fit starts from the previous, stronger one's solution
+            fits.append(_fit_softmax(x[fit], y[fit], num_classes, l2, fits[-1], max_iter))
+            scores.append(int((_predict(x[val], fits[-1]) == y[val]).sum()) / len(val))
+        i = int(np.argmax(scores))  # first maximum: the strongest regularisation among the best
+        best, val_top1, start = l2_grid[i], scores[i], fits[i + 1]
+    w = _fit_softmax(x, y, num_classes, best, start, max_iter)
+    return {"top1": int((_predict(xt, w) == yt).sum()) / len(yt), "l2": float(best), "val_top1": val_top1}
+
+
+def linear_top1(train_f, train_y, test_f, test_y, seed: int = 0, backend: str = "torch",
+                c: float | None = None) -> float:
+    """Top-1 of the linear probe: ``torch`` (default, :func:`linear_probe`; ``c`` None sweeps) or
+    ``sklearn`` (sklearn's LogisticRegression at ``C = c`` or 1, L-BFGS, on StandardScaler
+    features: the former default)."""
+    if backend == "torch":
+        return linear_probe(train_f, train_y, test_f, test_y, seed=seed, c=c)["top1"]
+    if backend != "sklearn":
+        raise fail(f"unknown probe backend {backend!r}; use one of {', '.join(BACKENDS)}")
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
+    train_f, test_f = (np.asarray(torch.as_tensor(a).cpu()) for a in (train_f, test_f))
+    train_y, test_y = (np.asarray(torch.as_tensor(a).cpu()) for a in (train_y, test_y))
     scaler = StandardScaler().fit(train_f)
-    clf = LogisticRegression(max_iter=1000, C=1.0, random_state=seed)
+    clf = LogisticRegression(max_iter=1000, C=1.0 if c is None else c, random_state=seed)
     clf.fit(scaler.transform(train_f), train_y)
     return float((clf.predict(scaler.transform(test_f)) == test_y).mean())
 
 
-def few_label(train_f, train_y, test_f, test_y, per_class: int, draws: int = 5, seed: int = 0) -> dict:
-    """kNN and linear probes given only ``per_class`` labelled images per class, averaged over draws."""
+def low_label_draws(train_y: np.ndarray, per_class: int, draws: int = 5, seed: int = 0) -> list[np.ndarray]:
+    """``draws`` index sets of the training labels, each exactly ``per_class`` per class (all of a
+    class that has fewer), drawn without replacement; the same seed gives the same draws."""
     rng = np.random.default_rng(seed)
+    return [np.concatenate([rng.choice(np.flatnonzero(train_y == c), min(per_class, int((train_y == c).sum())),
+                                       replace=False) for c in np.unique(train_y)]) for _ in range(draws)]
+
+
+def few_label(train_f, train_y, test_f, test_y, per_class: int, draws: int = 5, seed: int = 0,
+              knn_k: int = 200, knn_temperature: float = 0.1, backend: str = "torch",
+              linear_c: float | None = None) -> dict:
+    """kNN and linear probes given only ``per_class`` labelled images per class, averaged over draws.
+
+    kNN uses ``min(knn_k, labelled images)`` neighbours."""
     knn, lin = [], []
-    for _ in range(draws):
-        pick = np.concatenate([rng.choice(np.flatnonzero(train_y == c), min(per_class, (train_y == c).sum()),
-                                          replace=False) for c in np.unique(train_y)])
-        knn.append(knn_top1(train_f[pick], train_y[pick], test_f, test_y, k=min(200, len(pick))))
-        lin.append(linear_top1(train_f[pick], train_y[pick], test_f, test_y, seed=seed))
+    for pick in low_label_draws(np.asarray(train_y), per_class, draws, seed):
+        knn.append(knn_top1(train_f[pick], train_y[pick], test_f, test_y, k=knn_k, temperature=knn_temperature))
+        lin.append(linear_top1(train_f[pick], train_y[pick], test_f, test_y, seed=seed, backend=backend, c=linear_c))
     return {"knn_top1_few": float(np.mean(knn)), "linear_top1_few": float(np.mean(lin))}
 
 
-def cluster_scores(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> dict:
-    """k-means with as many clusters as classes, scored by NMI and ARI against the labels.
+def contingency(labels: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """(classes, clusters) table of counts n_ij."""
+    _, a = np.unique(labels, return_inverse=True)
+    _, b = np.unique(pred, return_inverse=True)
+    table = np.zeros((a.max() + 1, b.max() + 1), dtype=np.int64)
+    np.add.at(table, (a, b), 1)
+    return table
+
+
+def partition_scores(labels: np.ndarray, pred: np.ndarray) -> dict:
+    """NMI and ARI of a partition ``pred`` against ``labels``, from their contingency table n_ij
+    (row sums a_i, column sums b_j, n items).
+
+    NMI = I(U; V) / ((H(U) + H(V)) / 2), the arithmetic-mean normalisation (Vinh et al. 2010;
+    sklearn's default); 1 when both sides are one block.
+    ARI = (sum_ij C(n_ij, 2) - E) / ((sum_i C(a_i, 2) + sum_j C(b_j, 2)) / 2 - E) with
+    E = sum_i C(a_i, 2) sum_j C(b_j, 2) / C(n, 2) (Hubert and Arabie 1985); 1 when the
+    denominator is 0 (both sides one block, or both all singletons). Negative ARI, agreement
+    below chance, is reported as it is.
+    """
+    table = contingency(np.asarray(labels), np.asarray(pred)).astype(np.float64)
+    n = table.sum()
+    a, b = table.sum(1), table.sum(0)
+    h_u = -np.sum(a / n * np.log(a / n))
+    h_v = -np.sum(b / n * np.log(b / n))
+    nz = table > 0
+    mi = np.sum(table[nz] / n * np.log(table[nz] * n / np.outer(a, b)[nz]))
+    nmi = 1.0 if h_u == h_v == 0 else float(max(mi, 0.0) / ((h_u + h_v) / 2))
+
+    def pairs(x):
+        return float(np.sum(x * (x - 1) / 2))
+
+    index, rows, cols = pairs(table), pairs(a), pairs(b)
+    expected = rows * cols / (n * (n - 1) / 2) if n > 1 else 0.0
+    denom = (rows + cols) / 2 - expected
+    ari = 1.0 if denom == 0 else (index - expected) / denom
+    return {"nmi": nmi, "ari": float(ari)}
+
+
+def cluster_scores(features, labels: np.ndarray, seed: int = 0) -> dict:
+    """k-means (sklearn, 10 k-means++ starts, Elkan's exact algorithm) with as many clusters as
+    classes, scored by :func:`partition_scores` (NMI, ARI) against the labels.
 
     Features are L2-normalised first (the cosine geometry the kNN probe uses too);
-    standardising instead would inflate low-variance noise directions.
+    standardising instead would inflate low-variance noise directions. Elkan's algorithm gives
+    Lloyd's result with fewer distance computations (1.6x faster on CIFAR-10 pixels).
     """
     from sklearn.cluster import KMeans
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-    from sklearn.preprocessing import normalize
 
+    labels = np.asarray(labels)
+    x = F.normalize(_tensor(features, torch.float32), dim=1).cpu().numpy()
     k = len(np.unique(labels))
-    pred = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(normalize(features))
-    return {"nmi": float(normalized_mutual_info_score(labels, pred)),
-            "ari": float(max(0.0, adjusted_rand_score(labels, pred)))}  # ARI < 0 means worse than chance: report 0
+    pred = KMeans(n_clusters=k, n_init=10, random_state=seed, algorithm="elkan").fit_predict(x)
+    return partition_scores(labels, pred)
 
 
 def finetune_top1(encoder: torch.nn.Module, train_x: torch.Tensor, train_y: np.ndarray, test_x: torch.Tensor,
