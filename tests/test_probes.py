@@ -226,13 +226,15 @@ def test_anomaly_auroc_known_case():
 
 
 def test_evaluate_uses_and_records_the_probe_options():
-    from reprlearn.api import build_encoder, data_info, load_data
+    from reprlearn.api import build_encoder, data_info
     from reprlearn.config import RunConfig
+    from reprlearn.data.run_data import load_run_data
     from reprlearn.evaluate import evaluate, extract
     from reprlearn.evaluate.harness import probe_split
 
     cfg = RunConfig()
-    train, test = load_data(cfg)
+    data = load_run_data(cfg, paired=False)
+    train, test = data.train, data.eval
     torch.manual_seed(0)
     encoder, random_init = build_encoder(cfg, data_info(train)), build_encoder(cfg, data_info(train))
     result = evaluate(encoder, random_init, train, test, max_train=300, labels_per_class=3,
@@ -251,12 +253,14 @@ def test_evaluate_uses_and_records_the_probe_options():
 def test_online_knn_monitor_logs_the_knn_probe():
     from types import SimpleNamespace
 
-    from reprlearn.api import build_encoder, data_info, load_data
+    from reprlearn.api import build_encoder, data_info
     from reprlearn.config import RunConfig
+    from reprlearn.data.run_data import load_run_data
     from reprlearn.engine import KNNMonitor
     from reprlearn.evaluate import extract
 
-    train, test = load_data(RunConfig())
+    data = load_run_data(RunConfig(), paired=False)
+    train, test = data.train, data.eval
     torch.manual_seed(0)
     encoder = build_encoder(RunConfig(), data_info(train))
     logged = {}

@@ -330,8 +330,10 @@ class KNNMonitor(L.Callback):
     Cheap enough to run every epoch: features of at most ``limit`` images per side.
     """
 
-    def __init__(self, train_images, train_labels, test_images, test_labels, limit: int = 5000):
+    def __init__(self, train_images, train_labels, test_images, test_labels, limit: int = 5000, k: int = 200,
+                 temperature: float = 0.1):
         self.train = (train_images[:limit], train_labels[:limit])
+        self.k, self.temperature = k, temperature  # the run's kNN probe settings
         self.test = (test_images[:limit], test_labels[:limit])
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
@@ -340,7 +342,8 @@ class KNNMonitor(L.Callback):
         if not trainer.is_global_zero:
             return
         encoder = pl_module.method.encoder
-        acc = knn_top1(extract(encoder, self.train[0]), self.train[1], extract(encoder, self.test[0]), self.test[1])
+        acc = knn_top1(extract(encoder, self.train[0]), self.train[1], extract(encoder, self.test[0]), self.test[1],
+                       k=self.k, temperature=self.temperature)
         pl_module.log("monitor/knn_top1", acc, rank_zero_only=True)
 
 
@@ -457,7 +460,8 @@ def train_run(cfg: RunConfig, method_cfg: Any, run_dir: Path, resume_from: Path 
     module = TrainModule(model, cfg, fit_images, meta, model.training_fields(data))
     callbacks = [CollapseWatch(fit_images), *extra_callbacks]
     if cfg.knn_monitor and eval_set is not None and eval_set.labels is not None and train_set.labels is not None:
-        callbacks.append(KNNMonitor(train_set.tensor(), train_set.labels, eval_set.tensor(), eval_set.labels))
+        callbacks.append(KNNMonitor(train_set.tensor(), train_set.labels, eval_set.tensor(), eval_set.labels,
+                                    k=cfg.knn_k, temperature=cfg.knn_temperature))
     print(f"training {cfg.method} on {train_set.name} ({len(fit_set)} images "
           f"{info.image_size}x{info.image_size}x{info.channels}), backbone {meta['backbone']}, run {run_dir}")
     trainer = fit(module, cfg, run_dir, callbacks, resume_from)
