@@ -86,7 +86,7 @@ def test_density_of_8_bit_data_reports_bits_per_dim():
     from reprlearn.evaluate.generative import density
 
     cfg, method_cfg = resolve_config("vae", {})
-    data = load_run_data(cfg, paired=False)
+    data = load_run_data(cfg, captions=False)
     train, test = data.train, data.eval
     torch.manual_seed(0)
     m = build_method(cfg, method_cfg, data_info(train)).eval()

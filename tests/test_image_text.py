@@ -18,7 +18,7 @@ from reprlearn.nets.text import TextTransformer
 from reprlearn.methods import METHODS
 from reprlearn.search import build_index, query_index
 
-IMAGE_TEXT = [m for m in METHODS.names() if METHODS.get(m).paired]  # every image-text method in the registry
+IMAGE_TEXT = [m for m in METHODS.names() if METHODS.get(m).trains_on_captions]  # every image-text method in the registry
 
 # ------------------------------------------------------------------ text tower
 
@@ -205,7 +205,7 @@ def test_short_training_on_scenes_beats_chance_in_zero_shot_and_retrieval(tmp_pa
     run = reprlearn.train(method, out=tmp_path / "run", data="scenes:n=1200,test_n=500", epochs=10, batch_size=128,
                           text_width=64, text_layers=1, embed_dim=64, eval=False, progress=False)
     trained, cfg, _ = load_method(run)
-    held_out = load_run_data(cfg, paired=True).eval_pairs
+    held_out = load_run_data(cfg, captions=True).eval_pairs
     got = image_text_metrics(trained, held_out, "cpu")
     print(method, {k: round(v, 3) for k, v in got.items() if isinstance(v, float)})
     assert got["zeroshot_top1"] > got["zeroshot_chance"] + 0.2

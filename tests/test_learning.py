@@ -56,7 +56,7 @@ def digits():
     return load_source("digits"), load_source("digits:test")
 
 
-IMAGE_ONLY = [m for m in METHODS.names() if m not in NEEDS_COLOUR and not METHODS.get(m).paired]  # image-text: test_image_text.py
+IMAGE_ONLY = [m for m in METHODS.names() if m not in NEEDS_COLOUR and not METHODS.get(m).trains_on_captions]  # image-text: test_image_text.py
 
 
 @pytest.mark.parametrize("method,extra", [(m, {}) for m in IMAGE_ONLY] + [

@@ -233,7 +233,7 @@ def test_evaluate_uses_and_records_the_probe_options():
     from reprlearn.evaluate.harness import probe_split
 
     cfg = RunConfig()
-    data = load_run_data(cfg, paired=False)
+    data = load_run_data(cfg, captions=False)
     train, test = data.train, data.eval
     torch.manual_seed(0)
     encoder, random_init = build_encoder(cfg, data_info(train)), build_encoder(cfg, data_info(train))
@@ -259,7 +259,7 @@ def test_online_knn_monitor_logs_the_knn_probe():
     from reprlearn.engine import KNNMonitor
     from reprlearn.evaluate import extract
 
-    data = load_run_data(RunConfig(), paired=False)
+    data = load_run_data(RunConfig(), captions=False)
     train, test = data.train, data.eval
     torch.manual_seed(0)
     encoder = build_encoder(RunConfig(), data_info(train))

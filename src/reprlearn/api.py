@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -94,62 +93,31 @@ def embed(run_or_encoder: str | Path | torch.nn.Module, source: str | ImageSet, 
     return extract(encoder, images.tensor(), batch_size)
 
 
+EVAL_OPTIONS = {"labels_per_class", "finetune", "knn_k", "knn_temperature", "probe_backend", "linear_c"}
+
+
 def evaluate_run(run_dir: str | Path, *, method: Method | None = None, cfg: RunConfig | None = None,
                  info: DataInfo | None = None, data: RunData | None = None, eval_data: str | None = None,
-                 labels_per_class: int | None = None, finetune: bool | None = None,
                  anomaly_class: int | None = None, iwae_k: int = 50, method_file: str | Path | None = None,
-                 knn_k: int | None = None, knn_temperature: float | None = None,
-                 probe_backend: str | None = None, linear_c: float | None = None) -> dict:
-    """Evaluate a run with the one harness; writes eval.json, umap.png and, for
-    generative methods, reconstruction / sample / interpolation figures into the run;
-    for image-text methods also zero-shot accuracy, retrieval Recall@K and CLIP-score AUROC.
+                 **overrides: Any) -> dict:
+    """Evaluate a run with the one harness (see evaluate/run.py); writes eval.json and figures.
 
-    ``knn_k``, ``knn_temperature``, ``probe_backend`` and ``linear_c`` override the run's config; the values
-    used are recorded in eval.json under ``probes``."""
-    from .augment import augment, preset
-    from .evaluate import evaluate
+    ``overrides`` replace the run's evaluation options for this evaluation: ``labels_per_class``,
+    ``finetune``, ``knn_k``, ``knn_temperature``, ``probe_backend``, ``linear_c`` (None: the run's).
+    """
+    from .evaluate.run import evaluate_method
 
-    run_dir = Path(run_dir)
+    unknown = set(overrides) - EVAL_OPTIONS
+    if unknown:
+        raise fail(f"unknown evaluation option {sorted(unknown)[0]!r}; the options are {', '.join(sorted(EVAL_OPTIONS))}")
     if method is None:
         method, cfg, info = load_method(run_dir, method_file)
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     if eval_data:
         cfg = dataclasses.replace(cfg, eval_data=eval_data)
-    probe_opts = {"knn_k": knn_k if knn_k is not None else cfg.knn_k,
-                  "knn_temperature": knn_temperature if knn_temperature is not None else cfg.knn_temperature,
-                  "probe_backend": probe_backend or cfg.probe_backend,
-                  "linear_c": linear_c if linear_c is not None else cfg.linear_c}
     if data is None:
-        data = load_run_data(dataclasses.replace(cfg, exclude_class=None), method.paired)
-    train_set, eval_set, eval_pairs = data.train, data.eval, data.eval_pairs
-    if eval_set is None:
-        raise fail(f"{cfg.data} is too small to hold out evaluation images; give --data with a test set")
-    per_class = labels_per_class or cfg.labels_per_class
-    device = "cuda" if torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda") else "cpu"
-    method = method.to(device).eval()
-    views = None
-    if finetune if finetune is not None else cfg.finetune:
-        spec = preset(cfg.augment, info.image_size, info.channels)
-        views = lambda x, g: augment(x, spec, g)  # noqa: E731
-    if eval_set.labels is not None or not method.paired:
-        result = evaluate(method.encoder, build_encoder(cfg, info), train_set, eval_set, labels_per_class=per_class,
-                          seed=cfg.seed, max_train=cfg.eval_max_train, finetune_views=views, run_dir=run_dir,
-                          method=short_name(cfg.method), **probe_opts)
-    else:  # captions but no labels (e.g. Flickr8k): no probe to fit; the joint space is scored below
-        result = {"method": cfg.method, "test_images": len(eval_set),
-                  "probes": "skipped: the evaluation pairs have no class labels"}
-    if method.paired:
-        from .evaluate.image_text_harness import image_text_metrics
-
-        result.update(image_text_metrics(method, eval_pairs, device))
-    result["labels_per_class"] = per_class
-    result["eval_data"] = eval_set.name
-    result["skipped_items"] = {"train": len(train_set.skipped), "eval": len(eval_set.skipped)}
-    if isinstance(method, Reconstructs):
-        from .evaluate.generative import generative_metrics
-
-        result.update(generative_metrics(method, cfg, info, eval_set, run_dir, anomaly_class, iwae_k, device))
-    (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
-    return result
+        data = load_run_data(dataclasses.replace(cfg, exclude_class=None), captions=method.trains_on_captions)
+    return evaluate_method(method, cfg, info, data, Path(run_dir), anomaly_class=anomaly_class, iwae_k=iwae_k)
 
 
 def search(run_dir: str | Path, index: str, queries: list[str] | None = None,
@@ -178,7 +146,7 @@ def zeroshot(run_dir: str | Path, data: str | None = None, classes: str | list[s
     from .evaluate.zero_shot import class_task, zero_shot_scores, zero_shot_tasks
 
     method, cfg, info = load_method(run_dir)
-    if not method.paired:
+    if not isinstance(method, EmbedsText):
         raise fail(f"{run_dir} is a {cfg.method} run; zero-shot needs an image-text run (clip or siglip)")
     if data is None:
         pairs = load_run_data(cfg, True).eval_pairs
@@ -186,9 +154,7 @@ def zeroshot(run_dir: str | Path, data: str | None = None, classes: str | list[s
             raise fail(f"{cfg.data} has no held-out pairs; give --data with labelled images")
     else:
         pairs = load_pairs(data, "test", info.image_size)
-    if pairs.images.images.shape[1:] != (info.image_size, info.image_size, info.channels):
-        raise fail(f"{data} images are {pairs.images.images.shape[1:]} but the run was trained on "
-                   f"{(info.image_size, info.image_size, info.channels)}; pass a source of that shape")
+    info.check_images(pairs.images, data or cfg.eval_data or cfg.data)
     tasks = [class_task(pairs, classes, templates)] if classes is not None or templates else zero_shot_tasks(pairs)
     method = method.to("cpu")
     image_emb = torch.from_numpy(extract(method.image_tower(), pairs.images.tensor(), 512))
@@ -222,9 +188,7 @@ def reconstruct_images(run_dir: str | Path, source: str, out: str | Path, n: int
     if not isinstance(method, Reconstructs):
         raise fail(f"{cfg.method} does not reconstruct images; use an autoencoder run (ae, vae, mae, ...)")
     images = load_source(source, info.image_size)
-    if images.images.shape[1:] != (info.image_size, info.image_size, info.channels):
-        raise fail(f"{source} images are {images.images.shape[1:]} but the run was trained on "
-                   f"{(info.image_size, info.image_size, info.channels)}")
+    info.check_images(images, source)
     x = images.tensor()[:n].float() / 255
     labels = None
     if method.needs_labels:

@@ -436,7 +436,7 @@ def train_run(cfg: RunConfig, method_cfg: Any, run_dir: Path, resume_from: Path 
     from .runs import CONFIG_FILE, backbone_name, build_method, data_info
 
     method_cls = method_class(cfg.method)
-    data = load_run_data(cfg, method_cls.paired)
+    data = load_run_data(cfg, captions=method_cls.trains_on_captions)
     train_set, eval_set = data.train, data.eval
     info = data_info(train_set)
     data.artifacts = method_cls.prepare(method_cfg, data, info)

@@ -88,9 +88,7 @@ def search(method, info, run_dir: str | Path, index_source: str, queries: list[s
         images, captions = pairs.images, pairs.first_captions()
     else:
         images = load_source(index_source, info.image_size)
-    if images.images.shape[1:] != (info.image_size, info.image_size, info.channels):
-        raise fail(f"{index_source} images are {images.images.shape[1:]} but the run was trained on "
-                   f"{(info.image_size, info.image_size, info.channels)}; pass a source of that shape")
+    info.check_images(images, index_source)
     path = run_dir / "search" / f"{index_key(run_dir, index_source)}.faiss"
     import faiss
 

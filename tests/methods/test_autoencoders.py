@@ -21,7 +21,7 @@ AE_METHODS = ["sparse-ae", "denoising-ae", "contractive-ae", "robust-ae"]
 
 def build(name, **options):
     cfg, method_cfg = api.resolve_config(name, options)
-    data = load_run_data(cfg, paired=False)
+    data = load_run_data(cfg, captions=False)
     train, test = data.train, data.eval
     method = api.build_method(cfg, method_cfg, api.data_info(train))
     return method, train.tensor(), test.tensor()

@@ -34,7 +34,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def digits():
     cfg, _ = resolve_config("vae", {})
-    train = load_run_data(cfg, paired=False).train
+    train = load_run_data(cfg, captions=False).train
     return train.tensor(), torch.from_numpy(train.labels).long(), data_info(train)
 
 

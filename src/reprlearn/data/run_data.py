@@ -1,4 +1,4 @@
-"""What a run trains and is evaluated on: ``load_run_data(cfg, paired) -> RunData``.
+"""What a run trains and is evaluated on: ``load_run_data(cfg, captions) -> RunData``.
 
 One entry point for every family: images (an :class:`ImageSet`) for training and for the
 held-out evaluation, the image-caption pairs beside them for image-text methods, and the
@@ -44,12 +44,12 @@ def default_eval_spec(data: str) -> str | None:
     return None
 
 
-def load_run_data(cfg, paired: bool) -> RunData:
+def load_run_data(cfg, captions: bool) -> RunData:
     """The run's data from its config (``data``, ``eval_data``, ``image_size``, ``skip_bad``,
-    ``exclude_class``); ``paired``: load image-caption pairs (image-text methods)."""
-    data = _load_pairs(cfg) if paired else _load_images(cfg)
+    ``exclude_class``); ``captions``: load images with their captions (image-text methods)."""
+    data = _load_pairs(cfg) if captions else _load_images(cfg)
     if cfg.exclude_class is not None:  # anomaly detection: learn without one class, probes still see all
-        if paired:
+        if captions:
             raise fail(f"--exclude-class is for image-only methods; {cfg.method} trains on (image, caption) pairs")
         labels = data.train.labels
         if labels is None or cfg.exclude_class not in set(labels.tolist()):

@@ -36,6 +36,12 @@ class DataInfo:
     # image-text methods: the tokenizer's sizes {"vocab_size", "sot_id", "eot_id", "pad_id"}
     text: dict | None = None
 
+    def check_images(self, images, source: str) -> None:
+        """One line when ``source``'s images (an ImageSet) are not the shape the run was trained on."""
+        want, got = (self.image_size, self.image_size, self.channels), images.images.shape[1:]
+        if got != want:
+            raise fail(f"{source} images are {got} but the run was trained on {want}; pass a source of that shape")
+
 
 # every built-in method registers here by name (``reprlearn methods`` lists them)
 METHODS: Registry = Registry("method")
@@ -102,7 +108,7 @@ class Method(nn.Module):
     needs_labels: ClassVar[bool] = False
     # image-text methods (clip, siglip) train on (image, caption) pairs and get the batch's
     # captions: views(images, generator, tokens=..., caption_counts=...)
-    paired: ClassVar[bool] = False
+    trains_on_captions: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -56,7 +56,7 @@ class _UnitNorm(nn.Module):
 class ImageTextMethod(Method, EmbedsText):
     """Base of the image-text methods; subclasses define ``image_text_loss`` and the scale's start."""
 
-    paired: ClassVar[bool] = True  # trained on (image, caption) pairs, not on images alone
+    trains_on_captions: ClassVar[bool] = True  # (image, caption) pairs, not images alone
     # sized for scenes on a CPU: both methods train and evaluate in under 3 minutes on 2 cores
     run_defaults: ClassVar[dict] = {"data": "scenes", "epochs": 20, "batch_size": 256, "lr": 2e-3,
                                     "warmup_epochs": 2, "weight_decay": 0.1, "eval_max_train": 2000}
@@ -83,7 +83,7 @@ class ImageTextMethod(Method, EmbedsText):
         from ..text import TextTokenizer
 
         if data.train_pairs is None:
-            raise fail(f"{cls.__name__.lower()} trains on (image, caption) pairs; give paired --data")
+            raise fail(f"{cls.__name__.lower()} trains on (image, caption) pairs; give --data with captions")
         if config.tokenizer:
             tokenizer = TextTokenizer.load(config.tokenizer)
         else:

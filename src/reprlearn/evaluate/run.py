@@ -1,0 +1,61 @@
+"""The one harness on a trained method: what ``reprlearn eval`` computes and writes to eval.json.
+
+Every method's encoder gets the probes and the three baselines (evaluate/harness.py); what a
+method declares adds the rest: ``EmbedsText`` zero-shot, retrieval and CLIP-score AUROC
+(image_text_harness.py), ``Reconstructs`` reconstructions, figures, densities and the anomaly
+AUROC (generative.py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..data.run_data import RunData
+from ..errors import fail
+from ..files import atomic_write
+from ..methods import EmbedsText, Reconstructs
+from ..methods.lookup import short_name
+from ..runs import build_encoder
+from .harness import evaluate
+
+
+def evaluate_method(method, cfg, info, data: RunData, run_dir: Path, anomaly_class: int | None = None,
+                    iwae_k: int = 50) -> dict:
+    """Score ``method`` on ``data`` with the run config's evaluation options; writes RUN/eval.json."""
+    from ..augment import augment, preset
+
+    train_set, eval_set = data.train, data.eval
+    if eval_set is None:
+        raise fail(f"{cfg.data} is too small to hold out evaluation images; give --data with a test set")
+    device = "cuda" if torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda") else "cpu"
+    method = method.to(device).eval()
+    views = None
+    if cfg.finetune:
+        spec = preset(cfg.augment, info.image_size, info.channels)
+        views = lambda x, g: augment(x, spec, g)  # noqa: E731
+    if eval_set.labels is not None or not isinstance(method, EmbedsText):
+        result = evaluate(method.encoder, build_encoder(cfg, info), train_set, eval_set,
+                          labels_per_class=cfg.labels_per_class, seed=cfg.seed, max_train=cfg.eval_max_train,
+                          finetune_views=views, run_dir=run_dir, method=short_name(cfg.method), knn_k=cfg.knn_k,
+                          knn_temperature=cfg.knn_temperature, probe_backend=cfg.probe_backend,
+                          linear_c=cfg.linear_c)
+    else:  # captions but no labels (e.g. Flickr8k): no probe to fit; the joint space is scored below
+        result = {"method": cfg.method, "test_images": len(eval_set),
+                  "probes": "skipped: the evaluation pairs have no class labels"}
+    if isinstance(method, EmbedsText):
+        from .image_text_harness import image_text_metrics
+
+        result.update(image_text_metrics(method, data.eval_pairs, device))
+    result["labels_per_class"] = cfg.labels_per_class
+    result["eval_data"] = eval_set.name
+    result["skipped_items"] = {"train": len(train_set.skipped), "eval": len(eval_set.skipped)}
+    if isinstance(method, Reconstructs):
+        from .generative import generative_metrics
+
+        result.update(generative_metrics(method, cfg, info, eval_set, run_dir, anomaly_class, iwae_k, device))
+    with atomic_write(run_dir / "eval.json", "w") as f:
+        f.write(json.dumps(result, indent=2))
+    return result
