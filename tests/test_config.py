@@ -155,3 +155,15 @@ def test_method_options_do_not_shadow_run_options():
     for name in METHODS.names():
         clash = run & {f.name for f in dataclasses.fields(METHODS.get(name).Config)}
         assert not clash, f"{name} options {clash} shadow run options of the same name"
+
+
+def test_a_refused_option_leaves_no_run_folder(tmp_path, monkeypatch):
+    import reprlearn
+    from reprlearn.errors import ReprlearnError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ReprlearnError, match="unknown method 'nosuch'"):
+        reprlearn.train("nosuch", epochs=1)
+    with pytest.raises(ReprlearnError, match="unknown option 'temprature'"):
+        reprlearn.train("simclr", temprature=0.2)
+    assert not (tmp_path / "runs").exists()

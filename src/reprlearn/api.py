@@ -25,9 +25,6 @@ def methods() -> list[str]:
     return METHODS.names()
 
 
-# ---------------------------------------------------------------- train
-
-
 def train(method: str | type = DEFAULT_METHOD, *, out: str | Path | None = None, config: str | None = None,
           resume: bool = False, callbacks: list | None = None, **options: Any) -> Path:
     """Train ``method`` and return its run directory.
@@ -43,6 +40,8 @@ def train(method: str | type = DEFAULT_METHOD, *, out: str | Path | None = None,
     from .runs import CHECKPOINT
 
     method = method_spec(method) if method else method
+    if not resume:  # a bad option or method is refused before any run folder is made
+        resolve_config(method, options, config)
     run_dir = Path(out) if out else new_run_dir(short_name(method or DEFAULT_METHOD))
     ckpt = run_dir / "checkpoints" / CHECKPOINT
     with RunLock(run_dir):
