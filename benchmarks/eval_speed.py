@@ -99,13 +99,15 @@ def main() -> int:
             print(f"  {name:<16s}{sec:8.1f}")
         return 0
     repo = Path(__file__).resolve().parents[1]
-    if not (run / "checkpoints" / "last.ckpt").is_file():
-        cmd = [sys.executable, "-m", "reprlearn.cli", *TRAIN, "--out", str(run)]
-        print("training:", " ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(repo / "src")})
     with tempfile.TemporaryDirectory() as old:
         archive = subprocess.run(["git", "-C", str(repo), "archive", a.before, "src"], check=True, capture_output=True)
         subprocess.run(["tar", "-x", "-C", old], input=archive.stdout, check=True)
+        if not (run / "checkpoints" / "last.ckpt").is_file():
+            # trained by the old code: the new one reads its config (new options take their
+            # defaults), while the old one would refuse the options added since
+            cmd = [sys.executable, "-m", "reprlearn.cli", *TRAIN, "--out", str(run)]
+            print("training:", " ".join(cmd), flush=True)
+            subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(Path(old) / "src")})
         print(f"== before ({a.before}): reprlearn eval {run}", flush=True)
         t_old = timed_run([sys.executable, "-m", "reprlearn.cli", "eval", str(run)], Path(old) / "src")
         old_result = json.loads((run / "eval.json").read_text())
