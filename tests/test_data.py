@@ -63,7 +63,7 @@ def test_image_size_resizes_mixed_sizes(tmp_path):
     (tmp_path / "f" / "a").mkdir(parents=True)
     Image.fromarray(rgb(0, 8)).save(tmp_path / "f" / "a" / "0.png")
     Image.fromarray(rgb(1, 12)).save(tmp_path / "f" / "a" / "1.png")
-    one_line_error(lambda: load_source(str(tmp_path / "f")), "size", "--image-size")
+    assert load_source(str(tmp_path / "f")).images.shape == (2, 10, 10, 3)  # stored at the median shorter side
     resized = load_source(str(tmp_path / "f"), image_size=6)
     assert resized.images.shape == (2, 6, 6, 3)
 
@@ -103,9 +103,10 @@ def test_non_integer_label(tmp_path):
 
 
 def test_other_size_or_channels_inside_shard(tmp_path):
-    gray = np.zeros((8, 8), np.uint8)
+    gray = np.full((8, 8), 77, np.uint8)
     shard = write_shard(tmp_path / "s.tar.gz", good_members(2) + [("g.png", png_bytes(gray)), ("g.cls", b"0")])
-    one_line_error(lambda: load_source(str(shard)), "g", "channel count")
+    mixed = load_source(str(shard))  # a grey image among colour ones is kept, as RGB
+    assert mixed.images.shape == (3, 8, 8, 3) and (mixed.images[2] == 77).all()
     big = write_shard(tmp_path / "b.tar.gz", good_members(2) + [("b.png", png_bytes(rgb(3, 16))), ("b.cls", b"0")])
     one_line_error(lambda: load_source(str(big)), "size", "--image-size")
     assert len(load_source(str(big), skip_bad=True)) == 2
@@ -136,3 +137,105 @@ def test_npz_problems(tmp_path):
 def test_unknown_file_kind(tmp_path):
     (tmp_path / "notes.txt").write_text("hi")
     one_line_error(lambda: load_source(str(tmp_path / "notes.txt")), "notes.txt", "is not a shard")
+
+
+# ---------------------------------------------------------------- photos as people have them
+
+
+def _encode(img, fmt: str, **kw) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def test_exif_orientation_is_applied():
+    from PIL import Image
+
+    from reprlearn.data.decode import decode_image
+
+    a = np.zeros((8, 16, 3), np.uint8)
+    a[:, :8] = 255  # left half white: a wide image
+    img = Image.fromarray(a)
+    exif = img.getexif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    out = decode_image(_encode(img, "PNG", exif=exif), "rotated.png", None)
+    assert out.shape == (16, 8, 3)  # displayed upright: tall
+    np.testing.assert_array_equal(out, np.rot90(a, k=-1))  # the white half is now on top
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_16_bit_grey_keeps_its_range(fmt):
+    from PIL import Image
+
+    from reprlearn.data.decode import decode_image
+
+    img = Image.fromarray(np.array([[0, 257 * 128, 65535, 257 * 3]], dtype=np.uint16))
+    out = decode_image(_encode(img, fmt), f"deep.{fmt.lower()}", None)
+    np.testing.assert_array_equal(out[..., 0], [[0, 128, 255, 3]])
+
+
+def test_transparency_palette_cmyk_gif_webp_bmp_become_8_bit():
+    from PIL import Image
+
+    from reprlearn.data.decode import decode_image
+
+    rgba = Image.fromarray(np.array([[[255, 0, 0, 128], [0, 255, 0, 255]]], np.uint8), "RGBA")
+    np.testing.assert_array_equal(decode_image(_encode(rgba, "PNG"), "a.png", None)[0],
+                                  [[128, 0, 0], [0, 255, 0]])  # composited on black
+    la = Image.fromarray(np.array([[[200, 255], [200, 0]]], np.uint8), "LA")
+    np.testing.assert_array_equal(decode_image(_encode(la, "PNG"), "la.png", None)[0, :, 0], [200, 0])
+    palette = Image.fromarray(np.array([[10, 200]], np.uint8)).convert("P")
+    assert decode_image(_encode(palette, "PNG"), "p.png", None).shape == (1, 2, 3)
+    cmyk = Image.new("CMYK", (4, 4), (0, 255, 255, 0))  # pure red in CMYK
+    red = decode_image(_encode(cmyk, "JPEG", quality=95), "c.jpg", None)
+    assert red.shape == (4, 4, 3) and red[..., 0].min() > 200 and red[..., 1:].max() < 60
+    frames = [Image.new("RGB", (4, 4), c) for c in ((255, 0, 0), (0, 0, 255))]
+    gif = _encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    first = decode_image(gif, "anim.gif", None)
+    assert first[..., 0].min() > 200 and first[..., 2].max() < 60  # the first frame
+    for fmt in ("WEBP", "BMP"):
+        img = Image.fromarray(rgb(4))
+        out = decode_image(_encode(img, fmt, **({"lossless": True} if fmt == "WEBP" else {})), f"x.{fmt}", None)
+        np.testing.assert_array_equal(out, rgb(4))
+
+
+def test_a_folder_of_mixed_photos_loads_at_its_median_shorter_side(tmp_path, capsys):
+    from PIL import Image
+
+    for name, (w, h), mode in [("a.jpg", (40, 30), "RGB"), ("b.png", (20, 50), "L"), ("c.png", (24, 24), "RGB"),
+                               ("d.webp", (60, 28), "RGB"), ("e.bmp", (26, 90), "RGB")]:
+        (tmp_path / "photos").mkdir(exist_ok=True)
+        Image.new(mode, (w, h), 120).save(tmp_path / "photos" / name)
+    images = load_source(str(tmp_path / "photos"))
+    assert images.images.shape == (5, 26, 26, 3)  # shorter sides 30, 20, 24, 28, 26: median 26; grey -> RGB
+    assert "storing them at 26x26" in capsys.readouterr().out
+    assert load_source(str(tmp_path / "photos"), image_size=16).images.shape == (5, 16, 16, 3)  # explicit wins
+
+
+def test_the_default_storage_size_is_capped(tmp_path):
+    from PIL import Image
+
+    from reprlearn.data.decode import MAX_DEFAULT_SIZE, storage_size
+
+    for i, side in enumerate((300, 400, 500)):
+        Image.new("RGB", (side, side + i)).save(tmp_path / f"{i}.png")
+    assert storage_size(sorted(tmp_path.iterdir()), "x") == MAX_DEFAULT_SIZE == 224
+    same = tmp_path / "same"
+    same.mkdir()
+    for i in range(3):
+        Image.new("RGB", (12, 9)).save(same / f"{i}.png")
+    assert storage_size(sorted(same.iterdir()), "x") is None  # one size: kept as it is
+
+
+def test_an_unquoted_shard_glob_on_the_command_line_is_one_source(tmp_path, monkeypatch):
+    import reprlearn.api
+    from reprlearn.cli import main
+
+    shards = [write_shard(tmp_path / f"train-{i}.tar.gz", good_members(4)) for i in range(3)]
+    seen = {}
+    monkeypatch.setattr(reprlearn.api, "train", lambda name, **kw: seen.update(kw))
+    assert main(["train", "simclr", "--data", *map(str, shards), "--epochs", "1"]) == 0  # as the shell expands *.tar.gz
+    assert seen["data"] == ",".join(map(str, shards)) and seen["epochs"] == "1"
+    assert len(load_source(seen["data"])) == 12

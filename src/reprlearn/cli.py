@@ -31,6 +31,8 @@ class _Parser(argparse.ArgumentParser):
 
 # flags handled by the command itself, not stored in RunConfig
 _SPECIAL = {"out", "config", "resume", "options", "method"}
+# data sources: several paths after the flag are one comma list
+_SOURCES = {"data", "eval-data"}
 
 
 def _add_fields(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
@@ -46,9 +48,19 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
                                help=argparse.SUPPRESS if default else help_text)
             group.add_argument(f"--no-{flag}", dest=flag, action="store_const", const=False,
                                default=argparse.SUPPRESS, help=f"do not: {help_text}" if default else argparse.SUPPRESS)
+        elif flag in _SOURCES:  # an unquoted glob reaches us as several paths: one source list
+            group.add_argument(f"--{flag}", dest=flag, metavar="SOURCE", nargs="+", action=_JoinSources,
+                               default=argparse.SUPPRESS, help=f"{help_text} (default: {default})")
         else:
             group.add_argument(f"--{flag}", dest=flag, metavar="X", default=argparse.SUPPRESS,
                                help=f"{help_text}; {accepted} (default: {default})")
+
+
+class _JoinSources(argparse.Action):
+    """``--data a.tar b.tar`` (what the shell makes of ``--data *.tar``) means the list ``a.tar,b.tar``."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, ",".join(values))
 
 
 def _train_parser(method: str | None) -> argparse.ArgumentParser:

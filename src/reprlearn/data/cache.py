@@ -19,7 +19,7 @@ from ..errors import ReprlearnError
 from ..files import atomic_write
 from .imageset import ImageSet
 
-CACHE_VERSION = 1  # bump when decoding changes, so stale entries are not reused
+CACHE_VERSION = 2  # bump when decoding changes, so stale entries are not reused
 
 
 def cache_dir() -> Path:

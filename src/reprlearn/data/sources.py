@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import fail
 from .cache import cached, content_key
-from .decode import IMAGE_EXTENSIONS, BadItem, Collector, decode_image, parse_label
+from .decode import BadItem, Collector, IMAGE_EXTENSIONS, decode_image, parse_label, storage_size
 from .imageset import ImageSet, stratified_split
 
 IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp", "bmp")  # a shard sample's image member, by extension
@@ -141,6 +141,8 @@ def load_folder(folder: Path, image_size: int | None, skip_bad: bool) -> ImageSe
     if not files:
         raise fail(f"{folder} holds no images ({', '.join(IMAGE_EXTENSIONS[:4])} ...); "
                    "put images in one sub-folder per class")
+    if image_size is None:  # photos of mixed sizes are stored at one size, not refused
+        image_size = storage_size([p for p, _ in files], str(folder))
     stats = [(str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p, _ in files]
     key = content_key("folder", stats, image_size, skip_bad)
 
