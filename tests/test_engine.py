@@ -105,3 +105,22 @@ def test_lars_trust_ratio_step():
     opt.step()
     # local lr = 0.1 * 5 / 1 = 0.5
     torch.testing.assert_close(w.detach(), torch.tensor([3.0, 3.5]))
+
+
+@pytest.mark.parametrize("budget, steps", [({"max_steps": 7}, 7), ({"samples_seen": 1000}, 8)])
+def test_a_step_budget_replaces_epochs_and_the_schedule_spans_it(tmp_path, budget, steps):
+    import csv
+
+    run = reprlearn.train("simclr", out=tmp_path / "r", epochs=100, batch_size=128, warmup_epochs=0, eval=False,
+                          progress=False, **budget)  # 1000 samples / 128 per step: 8 steps (rounded up)
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == steps  # mid-epoch (11 steps an epoch), checkpoint written at the end
+    sched = ckpt["lr_schedulers"][0]
+    assert sched["last_epoch"] == steps and sched["_last_lr"][0] == pytest.approx(0.0, abs=1e-12)  # cosine at its end
+
+
+def test_two_budgets_are_refused():
+    from reprlearn.errors import ReprlearnError
+
+    with pytest.raises(ReprlearnError, match="one budget"):
+        reprlearn.train("simclr", max_steps=5, samples_seen=100)

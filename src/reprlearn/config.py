@@ -181,6 +181,9 @@ class RunConfig:
                            choices=("auto", *list_backbones()))
     augment: str = option("auto", "view preset", choices=PRESETS)
     epochs: int = option(150, "training epochs", min=1, max=100000)
+    max_steps: int | None = option(None, "a budget of optimiser steps instead of --epochs (the schedules span it)", min=1)
+    samples_seen: int | None = option(None, "a budget of samples seen instead of --epochs: optimiser steps x global "
+                                      "batch x accumulate, rounded up to whole steps", min=1)
     batch_size: int = option(256, "global batch size (split across devices)", min=2, max=1 << 20)
     optimizer: str = option("adamw", "optimiser", choices=tuple(OPTIMIZERS))
     lr: float = option(2e-3, "peak learning rate (after warm-up)", above=0.0, max=100.0)
@@ -211,8 +214,19 @@ class RunConfig:
     options: dict = field(default_factory=dict)  # the method's own config, as a dict
 
     def check(self) -> None:
+        if self.max_steps is not None and self.samples_seen is not None:
+            raise fail("give one budget: --max-steps or --samples-seen, not both")
         if self.strategy == "fsdp" and self.precision == "16-mixed":
             raise fail("option 'precision' 16-mixed is not supported with fsdp here; use bf16-mixed or 32")
+
+
+def step_budget(cfg: RunConfig) -> int | None:
+    """The run's budget in optimiser steps (--max-steps, or --samples-seen in whole steps), or None: epochs."""
+    if cfg.max_steps is not None:
+        return cfg.max_steps
+    if cfg.samples_seen is not None:
+        return -(-cfg.samples_seen // (cfg.batch_size * cfg.accumulate))
+    return None
 
 
 def merge_config(method: str, method_config: type, layers: list[dict]) -> tuple[RunConfig, Any]:

@@ -25,7 +25,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from .config import RunConfig
+from .config import RunConfig, step_budget
 from .errors import ReprlearnError, fail
 from .files import atomic_write
 from .methods import Method
@@ -163,7 +163,8 @@ class TrainModule(L.LightningModule):
         return max(1, len(self._images_cpu) // (self.per_device_batch() * world) // self.cfg.accumulate)
 
     def total_steps(self) -> int:
-        return self.steps_per_epoch() * self.cfg.epochs
+        """Optimiser steps the run will take: its step budget, else epochs x steps per epoch."""
+        return step_budget(self.cfg) or self.steps_per_epoch() * self.cfg.epochs
 
     def configure_optimizers(self):
         c = self.cfg
@@ -201,6 +202,7 @@ class Checkpointing(L.Callback):
         self.every_steps = every_steps
         self.requested: int | None = None
         self._previous: dict = {}
+        self._saved_at: int | None = None  # global step of the last checkpoint written
 
     def install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -228,9 +230,9 @@ class Checkpointing(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.every_steps and trainer.global_step % self.every_steps == 0:
-            trainer.save_checkpoint(self.path, weights_only=False)
+            self._save(trainer)
         if self.requested is not None:
-            trainer.save_checkpoint(self.path, weights_only=False)
+            self._save(trainer)
             name = signal.Signals(self.requested).name
             raise Interrupted(f"stopped by {name} at epoch {trainer.current_epoch + 1}, step {trainer.global_step}; "
                               f"checkpoint written", self.requested)
@@ -238,7 +240,15 @@ class Checkpointing(L.Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         done = trainer.current_epoch + 1
         if done % self.every_epochs == 0 or done == trainer.max_epochs:
-            trainer.save_checkpoint(self.path, weights_only=False)
+            self._save(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._saved_at != trainer.global_step:  # a step budget can end the run mid-epoch
+            self._save(trainer)
+
+    def _save(self, trainer) -> None:
+        trainer.save_checkpoint(self.path, weights_only=False)
+        self._saved_at = trainer.global_step
 
 
 class RunLock:
@@ -307,7 +317,8 @@ def make_trainer(cfg: RunConfig, run_dir: Path, callbacks: list) -> L.Trainer:
         num_nodes=cfg.num_nodes,
         strategy=strategy,
         precision=cfg.precision,
-        max_epochs=cfg.epochs,
+        max_epochs=-1 if step_budget(cfg) else cfg.epochs,  # a budget in steps ends the run mid-epoch
+        max_steps=step_budget(cfg) or -1,
         accumulate_grad_batches=cfg.accumulate,
         gradient_clip_val=cfg.grad_clip,
         logger=loggers,
