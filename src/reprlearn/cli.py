@@ -7,6 +7,7 @@
     reprlearn reconstruct RUN_DIR --data SOURCE --out FILE.png
     reprlearn zeroshot RUN_DIR --data SOURCE [--classes FILE_OR_LIST]   zero-shot classification (clip, siglip)
     reprlearn search RUN_DIR --index SOURCE --query TEXT [--query-image PATH] [--k 8] [--out SHEET.png]
+    reprlearn shards SOURCE --out DIR [--image-size N] [--shard-size 10000] [--workers N]   write WebDataset shards
     reprlearn methods                    list the registered methods
 """
 
@@ -202,6 +203,25 @@ def _cmd_zeroshot(argv: list[str]) -> int:
     return 0
 
 
+def _cmd_shards(argv: list[str]) -> int:
+    from .data.shards import FORMATS, write_shards
+
+    p = _Parser(prog="reprlearn shards", description="Write any image or image-caption source as WebDataset "
+                "shards (KEY.jpg + KEY.cls / KEY.txt, classes.txt); a rerun keeps the shards already written.")
+    p.add_argument("source", help="images or pairs to write (any data source)")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--image-size", type=int, help="store every image at this side (shorter side, centre crop)")
+    p.add_argument("--shard-size", type=int, default=10000, help="images per shard (default 10000)")
+    p.add_argument("--workers", type=int, default=1, help="processes encoding shards in parallel (default 1)")
+    p.add_argument("--format", choices=FORMATS, default="jpg", help="jpg (quality 95) or png (lossless)")
+    p.add_argument("--split", choices=("train", "test"), default="train", help="shard names: SPLIT-000000.tar")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images and count them")
+    a = p.parse_args(argv)
+    paths = write_shards(a.source, a.out, a.image_size, a.shard_size, a.workers, a.format, a.split, a.skip_bad)
+    print(f"{len(paths)} shards in {a.out}")
+    return 0
+
+
 def _cmd_search(argv: list[str]) -> int:
     from .api import search
     from .search import contact_sheet
@@ -235,7 +255,7 @@ def _cmd_methods(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "embed": _cmd_embed, "sample": _cmd_sample,
+COMMANDS = {"shards": _cmd_shards, "train": _cmd_train, "eval": _cmd_eval, "embed": _cmd_embed, "sample": _cmd_sample,
             "reconstruct": _cmd_reconstruct, "zeroshot": _cmd_zeroshot, "search": _cmd_search,
             "methods": _cmd_methods}
 
