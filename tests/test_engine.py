@@ -124,3 +124,24 @@ def test_two_budgets_are_refused():
 
     with pytest.raises(ReprlearnError, match="one budget"):
         reprlearn.train("simclr", max_steps=5, samples_seen=100)
+
+
+def test_auto_backbone_is_chosen_by_image_size_and_device_and_recorded(tmp_path, capsys):
+    from reprlearn.config import RunConfig
+    from reprlearn.methods import DataInfo
+    from reprlearn.runs import resolve_backbone
+
+    def info(size):
+        return DataInfo(channels=3, image_size=size, num_classes=10, mean=[0.5] * 3, std=[0.25] * 3)
+
+    cpu = RunConfig(accelerator="cpu")
+    assert resolve_backbone(cpu, info(32))[0] == "cnn"
+    name, why = resolve_backbone(cpu, info(64))
+    assert name == "cnn" and "CPU" in why  # resnet18 would keep 64 px at full resolution
+    assert resolve_backbone(cpu, info(96))[0] == "resnet18"
+    assert resolve_backbone(RunConfig(backbone="mlp"), info(64)) == ("mlp", "as asked")
+    run = reprlearn.train("ae", out=tmp_path / "r", epochs=1, batch_size=128, eval=False, progress=False)
+    out = capsys.readouterr().out
+    assert "backbone cnn (auto: 8 px images)" in out
+    assert "backbone: cnn" in (run / "config.yaml").read_text()  # loads as cnn on any device
+    assert "images/s; the 11 steps of this run take about" in out  # said once, after the first steps

@@ -358,6 +358,46 @@ class KNNMonitor(L.Callback):
         pl_module.log("monitor/knn_top1", acc, rank_zero_only=True)
 
 
+class CostEstimate(L.Callback):
+    """Says once, after the first optimiser steps, the run's images/s and how long it will take.
+
+    The first step (compilation, allocation) is left out of the measurement.
+    """
+
+    def __init__(self, images_per_step: int, total_steps, after: int = 5):
+        self.images_per_step, self.total_steps, self.after = images_per_step, total_steps, after
+        self._start: float | None = None
+        self._first = 0
+        self.said: str | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        import time
+
+        step = trainer.global_step
+        if self.said is not None or not trainer.is_global_zero or step < 1:
+            return
+        if self._start is None:
+            self._start, self._first = time.perf_counter(), step
+            return
+        if step - self._first < self.after:
+            return
+        seconds_per_step = (time.perf_counter() - self._start) / (step - self._first)
+        left = max(0, self.total_steps() - step) * seconds_per_step
+        self.said = (f"{self.images_per_step / seconds_per_step:.0f} images/s; the {self.total_steps()} steps of "
+                     f"this run take about {_duration(left + step * seconds_per_step)} (training only)")
+        print(self.said, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 1:
+        return "under a second"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 class CollapseWatch(L.Callback):
     """Logs collapse metrics of the encoder features on a fixed sample after every epoch and
     warns once per run when they fall below their floors (see monitor.py). The floors are
@@ -444,12 +484,13 @@ def train_run(cfg: RunConfig, method_cfg: Any, run_dir: Path, resume_from: Path 
     from .config import save_yaml
     from .data.run_data import load_run_data
     from .methods.lookup import method_class
-    from .runs import CONFIG_FILE, backbone_name, build_method, data_info
+    from .runs import CONFIG_FILE, build_method, data_info, resolve_backbone
 
     method_cls = method_class(cfg.method)
     data = load_run_data(cfg, captions=method_cls.trains_on_captions)
     train_set, eval_set = data.train, data.eval
     info = data_info(train_set)
+    cfg.backbone, why = resolve_backbone(cfg, info)  # recorded by name: a run loads the same network anywhere
     data.artifacts = method_cls.prepare(method_cfg, data, info)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     model = build_method(cfg, method_cfg, info)
@@ -464,7 +505,7 @@ def train_run(cfg: RunConfig, method_cfg: Any, run_dir: Path, resume_from: Path 
         (run_dir / "skipped.txt").write_text("\n".join(train_set.skipped) + "\n")
         print(f"skipped {len(train_set.skipped)} unreadable items (listed in {run_dir / 'skipped.txt'}; "
               f"first: {train_set.skipped[0]})")
-    meta = {"config": config_data, "data_info": dataclasses.asdict(info), "backbone": backbone_name(cfg, info),
+    meta = {"config": config_data, "data_info": dataclasses.asdict(info), "backbone": cfg.backbone,
             "skipped_items": len(train_set.skipped), "artifacts": data.artifacts}
     fit_set = data.fit
     fit_images = fit_set.tensor()  # one host copy (N, C, H, W) shared by the module and the collapse watch
@@ -474,6 +515,7 @@ def train_run(cfg: RunConfig, method_cfg: Any, run_dir: Path, resume_from: Path 
         callbacks.append(KNNMonitor(train_set.tensor(), train_set.labels, eval_set.tensor(), eval_set.labels,
                                     k=cfg.knn_k, temperature=cfg.knn_temperature))
     print(f"training {cfg.method} on {train_set.name} ({len(fit_set)} images "
-          f"{info.image_size}x{info.image_size}x{info.channels}), backbone {meta['backbone']}, run {run_dir}")
+          f"{info.image_size}x{info.image_size}x{info.channels}), backbone {cfg.backbone} ({why}), run {run_dir}")
+    callbacks.append(CostEstimate(cfg.batch_size * cfg.accumulate, module.total_steps))
     trainer = fit(module, cfg, run_dir, callbacks, resume_from)
     return model, info, data, trainer

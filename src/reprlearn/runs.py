@@ -53,10 +53,22 @@ def data_info(train: ImageSet) -> DataInfo:
 # ---------------------------------------------------------------- models
 
 
-def backbone_name(cfg: RunConfig, info: DataInfo) -> str:
+def resolve_backbone(cfg: RunConfig, info: DataInfo) -> tuple[str, str]:
+    """The backbone ``auto`` stands for on this data and device, and why (said when training starts;
+    the run then records the name, so loading it elsewhere builds the same network)."""
     if cfg.backbone != "auto":
-        return cfg.backbone
-    return "cnn" if info.image_size <= 32 else "resnet18"
+        return cfg.backbone, "as asked"
+    size = info.image_size
+    gpu = torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda")
+    if size <= 32:
+        return "cnn", f"auto: {size} px images"
+    if not gpu and size <= 64:  # resnet18 keeps 64 px at full resolution (CIFAR stem): ~1 min a step on 2 cores
+        return "cnn", f"auto: {size} px images on a CPU; --backbone resnet18 for more capacity at ~20x the time"
+    return "resnet18", f"auto: {size} px images{' on a GPU' if gpu else ''}"
+
+
+def backbone_name(cfg: RunConfig, info: DataInfo) -> str:
+    return resolve_backbone(cfg, info)[0]
 
 
 def build_encoder(cfg: RunConfig, info: DataInfo) -> Encoder:
