@@ -239,3 +239,12 @@ def test_an_unquoted_shard_glob_on_the_command_line_is_one_source(tmp_path, monk
     assert main(["train", "simclr", "--data", *map(str, shards), "--epochs", "1"]) == 0  # as the shell expands *.tar.gz
     assert seen["data"] == ",".join(map(str, shards)) and seen["epochs"] == "1"
     assert len(load_source(seen["data"])) == 12
+
+
+def test_brace_lists_and_commas_name_shards(tmp_path):
+    shards = [write_shard(tmp_path / f"train-{i:06d}.tar.gz", good_members(2)) for i in range(4)]
+    spec = str(tmp_path / "train-{000000..000002}.tar.gz")
+    assert len(load_source(spec)) == 6  # three shards of two
+    both = f"{tmp_path}/train-{{000000,000003}}.tar.gz,{shards[1]}"  # a comma inside braces and one outside
+    assert len(load_source(both)) == 6
+    one_line_error(lambda: load_source(str(tmp_path / "train-{000000..000009}.tar.gz")), "000004", "does not exist")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import glob
 import os
 import pickle
+import re
 import tarfile
 import zlib
 from concurrent.futures import ProcessPoolExecutor
@@ -65,9 +66,13 @@ def load_source(spec: str, image_size: int | None = None, skip_bad: bool = False
 
 
 def expand_spec(spec: str) -> list[Path]:
-    """A source spec's paths: comma-separated parts, globs expanded (sorted); a one-line error for a missing one."""
+    """A source spec's paths: comma-separated parts, each with brace lists (``train-{000000..000127}.tar``,
+    ``{a,b}.tar``) and globs expanded (sorted); a one-line error for a missing one."""
+    from braceexpand import braceexpand
+
     paths: list[Path] = []
-    for part in (p.strip() for p in spec.split(",") if p.strip()):
+    parts = [p.strip() for p in re.split(r",(?![^{]*\})", spec) if p.strip()]  # commas outside braces
+    for part in (q for p in parts for q in braceexpand(p)):
         part = os.path.expanduser(part)
         if any(ch in part for ch in "*?["):
             matches = sorted(glob.glob(part))
