@@ -97,18 +97,31 @@ def test_linear_probe_solves_sklearns_objective_on_digits(c):
     assert abs(out["top1"] - _sklearn_top1(tr, ytr, te, yte, C=c)) <= 0.005
 
 
+def _sklearn_val(train_f, train_y, val_f, val_y, C):
+    """(held-out log-loss, held-out accuracy) of a converged sklearn fit."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(train_f)
+    clf = LogisticRegression(C=C, max_iter=5000, tol=1e-5).fit(scaler.transform(train_f), train_y)
+    v = scaler.transform(val_f)
+    return log_loss(val_y, clf.predict_proba(v), labels=clf.classes_), float((clf.predict(v) == val_y).mean())
+
+
 def test_linear_probe_sweep_matches_the_same_sweep_in_sklearn():
     """The sweep against sklearn doing the same: each l2 fitted on the same stratified split,
-    the best held-out accuracy chosen (ties: the stronger), refitted on all training features."""
+    the lowest held-out log-loss chosen, refitted on all training features."""
     tr, ytr, te, yte = _digits()
     out = probes.linear_probe(tr, ytr, te, yte, seed=3)
     fit, val = probes._val_split(ytr, 0.2, 3)
     assert len(np.intersect1d(fit, val)) == 0 and len(fit) + len(val) == len(ytr)
     assert sorted(np.bincount(ytr[val])) == sorted(np.round(np.bincount(ytr) * 0.2).astype(int))
-    scores = [_sklearn_top1(tr[fit], ytr[fit], tr[val], ytr[val], C=1.0 / (l2 * len(fit))) for l2 in probes.L2_GRID]
-    best = probes.L2_GRID[int(np.argmax(scores))]
+    scores = [_sklearn_val(tr[fit], ytr[fit], tr[val], ytr[val], C=1.0 / (l2 * len(fit))) for l2 in probes.L2_GRID]
+    i = int(np.argmin([loss for loss, _ in scores]))
+    best = probes.L2_GRID[i]
     assert out["l2"] == best
-    assert abs(out["val_top1"] - max(scores)) <= 0.005
+    assert abs(out["val_log_loss"] - scores[i][0]) <= 0.02 and abs(out["val_top1"] - scores[i][1]) <= 0.005
     assert abs(out["top1"] - _sklearn_top1(tr, ytr, te, yte, C=1.0 / (best * len(ytr)))) <= 0.005
 
 
@@ -122,7 +135,8 @@ def test_linear_probe_separable_case():
     tr, te = np.arange(0, 150, 2), np.arange(1, 150, 2)
     swept = probes.linear_probe(x[tr], y[tr], x[te], y[te])
     assert swept["top1"] == 1.0 == _sklearn_top1(x[tr], y[tr], x[te], y[te], C=1.0)
-    assert swept["val_top1"] == 1.0 and swept["l2"] == probes.L2_GRID[0]  # a tie: the strongest L2
+    # separable: every L2 is perfect on the held-out split, and the weakest is the most confident there
+    assert swept["val_top1"] == 1.0 and swept["l2"] == probes.L2_GRID[-1]
     # with one example of a class there is nothing to validate on: sklearn's C = 1
     one = probes.linear_probe(x[[0, 50, 51, 100, 101]], y[[0, 50, 51, 100, 101]], x[te], y[te])
     assert one["l2"] == pytest.approx(1 / 5) and one["val_top1"] is None

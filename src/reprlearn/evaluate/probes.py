@@ -92,7 +92,7 @@ def linear_probe(train_f, train_y, test_f, test_y, seed: int = 0, l2_grid=L2_GRI
     sklearn's StandardScaler. For each ``l2`` in ``l2_grid`` (strongest first, each fit warm-started
     from the previous one) the probe minimises ``mean_i CE(W x_i + b, y_i) + l2/2 ||W||^2`` by
     full-batch L-BFGS on a stratified ``1 - val_fraction`` of the training features and scores
-    the held-out rest; the best ``l2`` (ties: the stronger) is then refitted on all training
+    the held-out rest; the ``l2`` of the lowest held-out cross-entropy is then refitted on all training
     features (from its held-out fit) and scored on the test features. This is Kornblith et al.
     (2019)'s protocol on a shorter grid; each fit takes at most ``max_iter`` L-BFGS steps, 50 by
     default (on CIFAR-10 pixels, 50, 100 and 500 steps gave the same test accuracy to 0.1 points).
@@ -104,7 +104,7 @@ def linear_probe(train_f, train_y, test_f, test_y, seed: int = 0, l2_grid=L2_GRI
     objective at that ``C`` (``l2 = 1 / (C n_train)``, all training features) without a sweep,
     by default with up to 500 steps (weak regularisation converges slowly; sklearn allows 1000).
 
-    Returns ``{"top1", "l2", "val_top1"}`` (``val_top1`` None without a sweep).
+    Returns ``{"top1", "l2", "val_top1", "val_log_loss"}`` (the held-out figures None without a sweep).
     """
     device = train_f.device if isinstance(train_f, torch.Tensor) else None
     x = _tensor(train_f, dtype, device)
@@ -121,17 +121,22 @@ def linear_probe(train_f, train_y, test_f, test_y, seed: int = 0, l2_grid=L2_GRI
     split = _val_split(y_np, val_fraction, seed) if len(l2_grid) > 1 else None
     start = None
     if split is None:
-        best, val_top1 = (l2_grid[0] if len(l2_grid) == 1 else 1.0 / len(y)), None
+        best, val_top1, val_loss = (l2_grid[0] if len(l2_grid) == 1 else 1.0 / len(y)), None, None
     else:
         fit, val = (torch.as_tensor(i, device=x.device) for i in split)
-        fits, scores = [None], []
+        fits, losses, accs = [None], [], []
         for l2 in l2_grid:  # each fit starts from the previous, stronger one's solution
             fits.append(_fit_softmax(x[fit], y[fit], num_classes, l2, fits[-1], max_iter))
-            scores.append(int((_predict(x[val], fits[-1]) == y[val]).sum()) / len(val))
-        i = int(np.argmax(scores))  # first maximum: the strongest regularisation among the best
-        best, val_top1, start = l2_grid[i], scores[i], fits[i + 1]
+            logits = torch.addmm(fits[-1][-1], x[val], fits[-1][:-1])
+            losses.append(float(F.cross_entropy(logits, y[val])))
+            accs.append(int((logits.argmax(1) == y[val]).sum()) / len(val))
+        # chosen by held-out log-loss, a proper score: held-out accuracy on a few hundred images
+        # ties often and then favoured the strongest L2 (on digits pixels 0.925 against C = 1's 0.955)
+        i = int(np.argmin(losses))
+        best, val_top1, val_loss, start = l2_grid[i], accs[i], losses[i], fits[i + 1]
     w = _fit_softmax(x, y, num_classes, best, start, max_iter)
-    return {"top1": int((_predict(xt, w) == yt).sum()) / len(yt), "l2": float(best), "val_top1": val_top1}
+    return {"top1": int((_predict(xt, w) == yt).sum()) / len(yt), "l2": float(best), "val_top1": val_top1,
+            "val_log_loss": val_loss}
 
 
 def linear_top1(train_f, train_y, test_f, test_y, seed: int = 0, backend: str = "torch",
