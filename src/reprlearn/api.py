@@ -40,8 +40,8 @@ def train(method: str | type = DEFAULT_METHOD, *, out: str | Path | None = None,
     from .runs import CHECKPOINT
 
     method = method_spec(method) if method else method
-    if not resume:  # a bad option or method is refused before any run folder is made
-        resolve_config(method, options, config)
+    # a new run's config is resolved (and a bad option or method refused) before any run folder is made
+    resolved = None if resume else resolve_config(method, options, config)
     run_dir = Path(out) if out else new_run_dir(short_name(method or DEFAULT_METHOD))
     ckpt = run_dir / "checkpoints" / CHECKPOINT
     with RunLock(run_dir):
@@ -54,7 +54,7 @@ def train(method: str | type = DEFAULT_METHOD, *, out: str | Path | None = None,
                 raise fail(f"cannot resume: {run_dir} holds a {base.get('method')} run, not {method}")
         elif ckpt.exists():
             raise fail(f"{run_dir} already holds a trained run; pass --resume to continue it or --out NEW_DIR")
-        cfg, method_cfg = resolve_config(method, options, config, base)
+        cfg, method_cfg = resolved or resolve_config(method, options, config, base)
         model, info, data, trainer = train_run(cfg, method_cfg, run_dir, ckpt if resume and ckpt.exists() else None,
                                                callbacks or [])
         if cfg.eval and trainer.is_global_zero and data.eval is not None:

@@ -53,13 +53,18 @@ def data_info(train: ImageSet) -> DataInfo:
 # ---------------------------------------------------------------- models
 
 
+def run_device(cfg: RunConfig) -> str:
+    """"cuda" when the run may use a GPU and one is there (``--accelerator auto|gpu|cuda``), else "cpu"."""
+    return "cuda" if torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda") else "cpu"
+
+
 def resolve_backbone(cfg: RunConfig, info: DataInfo) -> tuple[str, str]:
     """The backbone ``auto`` stands for on this data and device, and why (said when training starts;
     the run then records the name, so loading it elsewhere builds the same network)."""
     if cfg.backbone != "auto":
         return cfg.backbone, "as asked"
     size = info.image_size
-    gpu = torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda")
+    gpu = run_device(cfg) == "cuda"
     if size <= 32:
         return "cnn", f"auto: {size} px images"
     if not gpu and size <= 64:  # resnet18 keeps 64 px at full resolution (CIFAR stem): ~1 min a step on 2 cores

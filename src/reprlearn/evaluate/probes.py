@@ -57,7 +57,7 @@ def _fit_softmax(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float, 
 
     def closure():
         opt.zero_grad()
-        loss = F.cross_entropy(torch.addmm(w[-1], x, w[:-1]), y) + 0.5 * l2 * w[:-1].pow(2).sum()
+        loss = F.cross_entropy(_logits(x, w), y) + 0.5 * l2 * w[:-1].pow(2).sum()
         loss.backward()
         return loss
 
@@ -65,8 +65,13 @@ def _fit_softmax(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float, 
     return w.detach()
 
 
+def _logits(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x W + b for the (D+1, C) weights of :func:`_fit_softmax` (bias last)."""
+    return torch.addmm(w[-1], x, w[:-1])
+
+
 def _predict(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    return torch.addmm(w[-1], x, w[:-1]).argmax(1)
+    return _logits(x, w).argmax(1)
 
 
 def _val_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -127,7 +132,7 @@ def linear_probe(train_f, train_y, test_f, test_y, seed: int = 0, l2_grid=L2_GRI
         fits, losses, accs = [None], [], []
         for l2 in l2_grid:  # each fit starts from the previous, stronger one's solution
             fits.append(_fit_softmax(x[fit], y[fit], num_classes, l2, fits[-1], max_iter))
-            logits = torch.addmm(fits[-1][-1], x[val], fits[-1][:-1])
+            logits = _logits(x[val], fits[-1])
             losses.append(float(F.cross_entropy(logits, y[val])))
             accs.append(int((logits.argmax(1) == y[val]).sum()) / len(val))
         # chosen by held-out log-loss, a proper score: held-out accuracy on a few hundred images

@@ -11,14 +11,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from ..data.run_data import RunData
 from ..errors import fail
 from ..files import atomic_write
 from ..methods import EmbedsText, Reconstructs
 from ..methods.lookup import short_name
-from ..runs import build_encoder
+from ..runs import build_encoder, run_device
 from .harness import evaluate
 
 
@@ -30,7 +28,7 @@ def evaluate_method(method, cfg, info, data: RunData, run_dir: Path, anomaly_cla
     train_set, eval_set = data.train, data.eval
     if eval_set is None:
         raise fail(f"{cfg.data} is too small to hold out evaluation images; give --data with a test set")
-    device = "cuda" if torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda") else "cpu"
+    device = run_device(cfg)
     method = method.to(device).eval()
     views = None
     if cfg.finetune:
