@@ -267,7 +267,9 @@ def _quiet_libraries() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
     for pattern in (".*LeafSpec.*", ".*smaller than the logging interval.*", ".*litlogger.*",
-                    ".*does not have many workers.*", ".*weights_only.*"):
+                    ".*does not have many workers.*", ".*weights_only.*",
+                    # the streaming loader splits its samples by rank and worker itself (data/stream.py)
+                    ".*`IterableDataset` has `__len__` defined.*"):
         warnings.filterwarnings("ignore", message=pattern)
 
 

@@ -177,6 +177,12 @@ class RunConfig:
     image_size: int | None = option(None, "resize every image to this side (needed for folders of mixed sizes)", min=4, max=1024)
     exclude_class: int | None = option(None, "train without this class (anomaly detection; evaluated on it)", min=0)
     skip_bad: bool = option(False, "skip unreadable images and count them instead of stopping")
+    loader: str = option("auto", "data path: memory (decoded once, batches index it on the device), stream (shards or "
+                         "a folder read by DataLoader workers), or auto (memory when it fits)",
+                         choices=("auto", "memory", "stream"))
+    workers: int | None = option(None, "DataLoader workers of the streaming path (default: CPU cores - 1, at most 8)",
+                                 min=0, max=256)
+    shuffle_buffer: int = option(2000, "samples in each streaming worker's shuffle buffer", min=1, max=1 << 24)
     backbone: str = option("auto", "backbone: auto (cnn for images <= 32 px, else resnet18) or a registered one",
                            choices=("auto", *list_backbones()))
     augment: str = option("auto", "view preset", choices=PRESETS)

@@ -26,6 +26,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from .config import RunConfig, step_budget
+from .data.stream import default_workers, stream_steps
 from .errors import ReprlearnError, fail
 from .files import atomic_write
 from .methods import Method
@@ -80,13 +81,19 @@ class ResumableLoader(DataLoader):
 
 
 class TrainModule(L.LightningModule):
-    def __init__(self, method: Method, cfg: RunConfig, images: torch.Tensor, meta: dict,
-                 fields: dict[str, torch.Tensor] | None = None):
+    """Trains one method. ``images``: the in-memory path (uint8 (N, C, H, W), indexed per batch);
+    ``stream``: the streaming path (batches of uint8 made by DataLoader workers, see data/stream.py)."""
+
+    def __init__(self, method: Method, cfg: RunConfig, images: torch.Tensor | None, meta: dict,
+                 fields: dict[str, torch.Tensor] | None = None, stream=None):
         super().__init__()
         self.method = method
         self.cfg = cfg
         self.meta = meta  # saved in every checkpoint: config, data info
         self._images_cpu = images  # uint8 (N, C, H, W); moved to the device in setup
+        self.stream = stream
+        self.workers = 0 if stream is None else (default_workers() if cfg.workers is None else cfg.workers)
+        self.skipped: list[str] = []  # unreadable samples the streaming workers skipped (--skip-bad)
         # per-image tensors a method asks for besides the images (labels for cvae; caption
         # tokens for clip/siglip), indexed like the images and passed to views() by name
         self._fields_cpu = dict(fields or {})
@@ -98,6 +105,8 @@ class TrainModule(L.LightningModule):
         self.on_fit_start()
 
     def on_fit_start(self) -> None:
+        if self.stream is not None:
+            return
         device = self.device if self.device.type != "meta" else torch.device("cpu")
         if self.images is None or self.images.device != device:
             self.images = self._images_cpu.to(device)
@@ -107,10 +116,15 @@ class TrainModule(L.LightningModule):
         world = self.trainer.world_size if self._trainer is not None else 1
         return max(1, self.cfg.batch_size // world)
 
+    def _training_images(self) -> int:
+        return len(self.stream) if self.stream is not None else len(self._images_cpu)
+
     def train_dataloader(self) -> DataLoader:
-        n = len(self._images_cpu)
+        n = self._training_images()
         world, rank = self.trainer.world_size, self.trainer.global_rank
         batch = self.per_device_batch()
+        if self.stream is not None:
+            return self._stream_loader(n, world, rank, batch)
         if n < batch * world:
             raise fail(f"batch size {self.cfg.batch_size} is larger than the {n} training images; "
                        f"use --batch-size {max(2, n // 2)} or less")
@@ -120,6 +134,29 @@ class TrainModule(L.LightningModule):
                                       drop_last=True)
         return self.loader
 
+    def _stream_loader(self, n: int, world: int, rank: int, batch: int) -> DataLoader:
+        from .data.stream import StreamDataset, StreamLoader
+
+        if stream_steps(n, batch, world, self.workers) == 0:
+            raise fail(f"{n} streamed images are too few for batches of {batch} on each of {world} rank(s) x "
+                       f"{max(1, self.workers)} worker(s); use a smaller --batch-size or fewer --workers")
+        dataset = StreamDataset(self.stream, batch, self.cfg.seed, world=world, rank=rank, workers=self.workers,
+                                buffer=self.cfg.shuffle_buffer)
+        self.loader = StreamLoader(dataset, self.workers, pin_memory=self.device.type == "cuda",
+                                   epoch_of=lambda: self.current_epoch)
+        return self.loader
+
+    def _batch(self, batch) -> tuple[torch.Tensor, dict]:
+        """(uint8 images, named fields) of a training batch, from either data path."""
+        if self.stream is None:
+            (index,) = batch
+            return self.images[index], {name: value[index] for name, value in self.fields.items()}
+        from .data.stream import take_batch
+
+        batch = take_batch(batch)
+        self.skipped += batch["skipped"]
+        return batch["images"], self.method.stream_fields(batch)
+
     # ------------------------------------------------------------------ steps
     def _generator(self) -> torch.Generator:
         g = torch.Generator(device=self.device)
@@ -127,11 +164,10 @@ class TrainModule(L.LightningModule):
         return g
 
     def training_step(self, batch, batch_idx):
-        (index,) = batch
         # counted here, not in on_train_batch_end: callbacks (which write checkpoints) run before that hook
         self.loader.trained_in_epoch += 1
-        views = self.method.views(self.images[index], self._generator(),
-                                  **{name: value[index] for name, value in self.fields.items()})
+        images, fields = self._batch(batch)
+        views = self.method.views(images, self._generator(), **fields)
         terms = self.method.loss(views)
         total = terms["loss"]
         for name, value in terms.items():
@@ -139,9 +175,10 @@ class TrainModule(L.LightningModule):
                 raise FloatingPointError(
                     f"loss term '{name}' is {value.item()} at step {self.global_step} (epoch {self.current_epoch}); "
                     f"the last good checkpoint is kept; lower --lr or set --grad-clip")
+        n = len(images)
         self.log_dict({f"train/{k}": v.detach().float() for k, v in terms.items()},
-                      on_step=True, on_epoch=True, prog_bar=False, sync_dist=True)
-        self.log("loss", total.detach().float(), prog_bar=True, logger=False)
+                      on_step=True, on_epoch=True, prog_bar=False, sync_dist=True, batch_size=n)
+        self.log("loss", total.detach().float(), prog_bar=True, logger=False, batch_size=n)
         return total
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
@@ -160,6 +197,9 @@ class TrainModule(L.LightningModule):
     # ------------------------------------------------------------------ optimisation
     def steps_per_epoch(self) -> int:
         world = self.trainer.world_size if self._trainer is not None else 1
+        if self.stream is not None:
+            batches = stream_steps(len(self.stream), self.per_device_batch(), world, self.workers)
+            return max(1, batches // self.cfg.accumulate)
         return max(1, len(self._images_cpu) // (self.per_device_batch() * world) // self.cfg.accumulate)
 
     def total_steps(self) -> int:
@@ -508,14 +548,32 @@ def train_run(cfg: RunConfig, method_cfg: Any, run_dir: Path, resume_from: Path 
     meta = {"config": config_data, "data_info": dataclasses.asdict(info), "backbone": cfg.backbone,
             "skipped_items": len(train_set.skipped), "artifacts": data.artifacts}
     fit_set = data.fit
-    fit_images = fit_set.tensor()  # one host copy (N, C, H, W) shared by the module and the collapse watch
-    module = TrainModule(model, cfg, fit_images, meta, model.training_fields(data))
-    callbacks = [CollapseWatch(fit_images), *extra_callbacks]
-    if cfg.knn_monitor and eval_set is not None and eval_set.labels is not None and train_set.labels is not None:
-        callbacks.append(KNNMonitor(train_set.tensor(), train_set.labels, eval_set.tensor(), eval_set.labels,
-                                    k=cfg.knn_k, temperature=cfg.knn_temperature))
+    if data.streamed:  # nothing held but the first images (the monitors')
+        if model.needs_labels and not fit_set.has_labels:
+            model.stream_fields({})  # refuses in one line
+        module = TrainModule(model, cfg, None, meta, stream=fit_set)
+        watched = fit_set.head.tensor()
+    else:
+        watched = fit_set.tensor()  # one host copy (N, C, H, W) shared by the module and the collapse watch
+        module = TrainModule(model, cfg, watched, meta, model.training_fields(data))
+    callbacks = [CollapseWatch(watched), *extra_callbacks]
+    if cfg.knn_monitor and eval_set is not None:
+        train_probe, eval_probe = _held(train_set), _held(eval_set)
+        if train_probe.labels is not None and eval_probe.labels is not None:
+            callbacks.append(KNNMonitor(train_probe.tensor(), train_probe.labels, eval_probe.tensor(),
+                                        eval_probe.labels, k=cfg.knn_k, temperature=cfg.knn_temperature))
     print(f"training {cfg.method} on {train_set.name} ({len(fit_set)} images "
-          f"{info.image_size}x{info.image_size}x{info.channels}), backbone {cfg.backbone} ({why}), run {run_dir}")
+          f"{info.image_size}x{info.image_size}x{info.channels}, {data.loader}), backbone {cfg.backbone} ({why}), "
+          f"run {run_dir}")
     callbacks.append(CostEstimate(cfg.batch_size * cfg.accumulate, module.total_steps))
     trainer = fit(module, cfg, run_dir, callbacks, resume_from)
+    if module.skipped:  # the streaming workers' skips (--skip-bad), this run's epochs
+        (run_dir / "skipped-streamed.txt").write_text("\n".join(module.skipped) + "\n")
+        print(f"skipped {len(module.skipped)} unreadable samples while streaming (listed in "
+              f"{run_dir / 'skipped-streamed.txt'}; first: {module.skipped[0]})")
     return model, info, data, trainer
+
+
+def _held(images):
+    """The images of a set held in memory: all of an ImageSet, the first of a stream (its ``head``)."""
+    return getattr(images, "head", images)

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from .config import DEFAULT_METHOD, RunConfig, load_yaml, merge_config
-from .data import ImageSet
 from .errors import ReprlearnError, fail
 from .methods import DataInfo, Method
 from .methods.lookup import is_user_method, method_class, short_name
@@ -43,8 +42,10 @@ def resolve_config(method: str, overrides: dict[str, Any], config_file: str | No
 # ---------------------------------------------------------------- data
 
 
-def data_info(train: ImageSet) -> DataInfo:
-    x = train.images.reshape(-1, train.channels).astype(np.float64) / 255
+def data_info(train) -> DataInfo:
+    """Shape, classes and per-channel normalisation of the training images (of a stream: its first images)."""
+    sample = getattr(train, "head", train)
+    x = sample.images.reshape(-1, train.channels).astype(np.float64) / 255
     std = np.maximum(x.std(axis=0), 1e-3)
     return DataInfo(channels=train.channels, image_size=train.image_size, num_classes=train.num_classes,
                     mean=[float(v) for v in x.mean(axis=0)], std=[float(v) for v in std])

@@ -19,16 +19,24 @@ from ..errors import fail
 from .imageset import ImageSet, stratified_split
 from .pairset import PairSet
 from .sources import load_source
+from .stream import ShardStream
+
+MEMORY_SHARE = 0.25  # auto keeps a set in memory when its decoded size is at most this share of what is free
 
 
 @dataclass
 class RunData:
-    train: ImageSet  # every training image: the probes fit on these
-    eval: ImageSet | None  # held-out images the probes score on (None: too few to hold any out)
+    train: ImageSet | ShardStream  # every training image: the probes fit on these (a stream: read, not held)
+    eval: ImageSet | ShardStream | None  # held-out images the probes score on (None: too few to hold any out)
     train_pairs: PairSet | None = None  # image-text sources: each training image's captions
     eval_pairs: PairSet | None = None  # image-text sources: the held-out pairs (zero-shot, retrieval)
     fit_index: np.ndarray | None = None  # the training images the method fits on (None: all)
     artifacts: dict[str, Any] = field(default_factory=dict)  # what Method.prepare learned from the data
+    loader: str = "memory, as asked"  # which data path training takes, and why (said in its first line)
+
+    @property
+    def streamed(self) -> bool:
+        return isinstance(self.train, ShardStream)
 
     @property
     def fit(self) -> ImageSet:
@@ -48,6 +56,9 @@ def load_run_data(cfg, captions: bool) -> RunData:
     """The run's data from its config (``data``, ``eval_data``, ``image_size``, ``skip_bad``,
     ``exclude_class``); ``captions``: load images with their captions (image-text methods)."""
     data = _load_pairs(cfg) if captions else _load_images(cfg)
+    if cfg.exclude_class is not None and data.streamed:
+        raise fail("--exclude-class needs the in-memory loader (a stream cannot drop a class without reading it "
+                   "all first); pass --loader memory")
     if cfg.exclude_class is not None:  # anomaly detection: learn without one class, probes still see all
         if captions:
             raise fail(f"--exclude-class is for image-only methods; {cfg.method} trains on (image, caption) pairs")
@@ -60,16 +71,84 @@ def load_run_data(cfg, captions: bool) -> RunData:
 
 def _load_images(cfg) -> RunData:
     """(training set, evaluation set); a 10% stratified hold-out when there is no test split."""
-    train = load_source(cfg.data, cfg.image_size, cfg.skip_bad)
+    train, why = open_images(cfg.data, cfg, cfg.image_size)
     eval_spec = cfg.eval_data or default_eval_spec(cfg.data)
     if eval_spec:
-        test = load_source(eval_spec, cfg.image_size or train.image_size, cfg.skip_bad)
+        test, _ = open_images(eval_spec, cfg, cfg.image_size or train.image_size)
         _same_shape(test, train)
-        return RunData(train, test)
+        return RunData(train, test, loader=why)
+    if isinstance(train, ShardStream):
+        if cfg.eval:
+            raise fail(f"{train.name} is streamed, so no images can be held out of it for evaluation; give "
+                       "--eval-data (e.g. the test shards), or --no-eval")
+        return RunData(train, None, loader=why)
     if len(train) < 20:
-        return RunData(train, None)
+        return RunData(train, None, loader=why)
     keep, held = stratified_split(train.labels, len(train), 0.1, seed=0)
-    return RunData(train.subset(keep), train.subset(held, train.name + "[held-out 10%]"))
+    return RunData(train.subset(keep), train.subset(held, train.name + "[held-out 10%]"), loader=why)
+
+
+def open_images(spec: str, cfg, image_size: int | None) -> tuple[ImageSet | ShardStream, str]:
+    """A source in memory (decoded once, cached) or as a stream, by ``cfg.loader``, and why.
+
+    ``auto`` keeps it in memory when its decoded size fits a quarter of the host's free memory
+    (and of the GPU's, when training on one); shards and image folders stream otherwise."""
+    from .sources import streamable_paths
+
+    paths = streamable_paths(spec)
+    if paths is None:  # digits, an .npz: in memory already
+        if cfg.loader == "stream":
+            raise fail(f"{spec} cannot be streamed (only shards and image folders can); pass --loader memory or auto")
+        return load_source(spec, image_size, cfg.skip_bad), "in memory: not a shard set or folder"
+    if cfg.loader == "memory":
+        return load_source(spec, image_size, cfg.skip_bad), "in memory, as asked (--loader memory)"
+    from .stream import open_stream
+
+    stream = open_stream(paths, image_size, cfg.skip_bad, spec)
+    if cfg.loader == "stream":
+        return stream, "streamed, as asked (--loader stream)"
+    need = stream.decoded_bytes()
+    budget, where = memory_budget(cfg)
+    if need <= budget:
+        return (load_source(spec, image_size or stream.image_size, cfg.skip_bad),
+                f"in memory: {_size(need)} decoded fits {where}")
+    return stream, f"streamed: {_size(need)} decoded exceeds {where}"
+
+
+def memory_budget(cfg) -> tuple[float, str]:
+    """The bytes ``auto`` may hold in memory, and the words that say whose memory."""
+    from ..runs import run_device
+
+    host = _available_host_memory()
+    budget, where = MEMORY_SHARE * host, f"{MEMORY_SHARE:.0%} of {_size(host)} free host memory"
+    if run_device(cfg) == "cuda":
+        import torch
+
+        free, _ = torch.cuda.mem_get_info()
+        if MEMORY_SHARE * free < budget:
+            budget, where = MEMORY_SHARE * free, f"{MEMORY_SHARE:.0%} of {_size(free)} free GPU memory"
+    return budget, where
+
+
+def _available_host_memory() -> float:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+
+    return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
 
 
 def _load_pairs(cfg) -> RunData:
@@ -93,10 +172,11 @@ def _load_pairs(cfg) -> RunData:
     return RunData(train.images, test.images if test is not None else None, train, test)
 
 
-def _same_shape(test: ImageSet, train: ImageSet) -> None:
-    if test.images.shape[1:] != train.images.shape[1:]:
-        raise fail(f"evaluation images are {test.images.shape[1:]} but training images are "
-                   f"{train.images.shape[1:]}; pass --image-size N")
+def _same_shape(test, train) -> None:
+    got, want = (test.image_size, test.channels), (train.image_size, train.channels)
+    if got != want:
+        raise fail(f"evaluation images are {got[0]} px with {got[1]} channels but training images are {want[0]} px "
+                   f"with {want[1]}; pass --image-size N")
 
 
 def _with_probe_labels(pairs: PairSet) -> PairSet:

@@ -65,6 +65,25 @@ def load_source(spec: str, image_size: int | None = None, skip_bad: bool = False
     return load_shards(paths, image_size, skip_bad, name=spec)
 
 
+def streamable_paths(spec: str) -> list[Path] | None:
+    """The shard files or the image folder a spec names (what the streaming path can read), or None
+    for a source that is in memory anyway (digits, an .npz, CIFAR-10 from its python batches)."""
+    spec = (spec or "").strip()
+    name, _, split = spec.partition(":")
+    if name == "digits" and split in ("", "train", "test"):
+        return None
+    if name == "cifar10" and split in ("", "train", "test"):
+        local = os.environ.get("REPRLEARN_CIFAR10")
+        shards = sorted(Path(local).expanduser().glob(f"{split or 'train'}-*.tar*")) if local else []
+        return shards or None
+    paths = expand_spec(spec)
+    if len(paths) == 1 and paths[0].is_dir():
+        return paths
+    if all(p.name.endswith(SHARD_SUFFIXES) for p in paths):
+        return paths
+    return None
+
+
 def expand_spec(spec: str) -> list[Path]:
     """A source spec's paths: comma-separated parts, each with brace lists (``train-{000000..000127}.tar``,
     ``{a,b}.tar``) and globs expanded (sorted); a one-line error for a missing one."""

@@ -149,6 +149,16 @@ class Method(nn.Module):
                        "give --data with labels (KEY.cls members, class sub-folders or an npz 'labels' array)")
         return {"labels": torch.from_numpy(data.fit.labels)}
 
+    def stream_fields(self, batch: dict) -> dict[str, Tensor]:
+        """The streaming path's counterpart of :meth:`training_fields`: the same named tensors for
+        one streamed batch, from its ``labels`` (and ``captions``) as the workers read them."""
+        if not self.needs_labels:
+            return {}
+        if "labels" not in batch:
+            raise fail(f"{type(self).__name__.lower()} is conditioned on labels, but the streamed samples have none; "
+                       "give shards with KEY.cls members or class sub-folders")
+        return {"labels": batch["labels"]}
+
     # ------------------------------------------------------------------ training
     def views(self, images: Tensor, generator: torch.Generator) -> Any:
         """uint8 batch (N, C, H, W) on the device -> whatever ``loss`` takes. Two views by default."""
