@@ -483,3 +483,27 @@ def stream_steps(n: int, batch: int, world: int, workers: int) -> int:
     """Batches each rank trains on in an epoch of ``n`` samples (see StreamDataset)."""
     workers = max(1, workers)
     return workers * (n // (world * workers) // batch)
+
+
+def eval_batches(stream: ShardStream, batch_size: int = 512, workers: int | None = None) -> Iterator[dict]:
+    """Every sample of ``stream`` once, in batches (evaluation: features are extracted from these
+    and only the features kept)."""
+    workers = default_workers() if workers is None else workers
+    dataset = StreamDataset(stream, batch_size, train=False, workers=workers)
+    for batch in StreamLoader(dataset, workers, pin_memory=False):
+        yield take_batch(batch)
+
+
+def read_subset(stream: ShardStream, n: int, seed: int) -> ImageSet:
+    """``n`` samples of ``stream`` drawn uniformly without replacement (seeded), decoded: the probes'
+    training subset (``--eval-max-train``). Every part is read, only the chosen samples decoded."""
+    chosen = set(np.random.default_rng(seed).choice(len(stream), n, replace=False).tolist())
+    images, labels, bad = [], [], []
+    for i, sample in enumerate(_raw_samples(stream.parts, 0, len(stream))):
+        if i in chosen and (item := _decode(sample, stream, bad)) is not None:
+            images.append(item[0])
+            labels.append(item[1])
+    stream.skipped += bad
+    has = stream.has_labels and all(label is not None for label in labels)
+    return ImageSet(np.stack(images), np.asarray(labels, np.int64) if has else None, stream.class_names,
+                    f"{stream.name}[{len(images)} of {len(stream)}]", list(bad))

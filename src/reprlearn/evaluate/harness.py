@@ -7,6 +7,7 @@ dimension) and ``random_init`` (the same architecture, untrained).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 
 from ..data import ImageSet, stratified_split
+from ..data.stream import ShardStream, eval_batches, read_subset
 from ..errors import fail
 from .probes import BACKENDS, L2_GRID, cluster_scores, few_label, finetune_top1, knn_top1, linear_probe, linear_top1
 
@@ -34,17 +36,69 @@ def extract(encoder: torch.nn.Module, images: torch.Tensor, batch_size: int = 10
     return torch.cat(out).numpy()
 
 
-def probe_split(train: ImageSet, test: ImageSet, max_train: int | None, seed: int) -> tuple[ImageSet, ImageSet]:
-    """The labelled sets the probes fit and score on."""
-    if test.labels is None:
+def probe_split(train, test, max_train: int | None, seed: int):
+    """The labelled sets the probes fit and score on. A streamed training set is decoded as a
+    random subset of ``max_train`` (or whole, when smaller); with ``max_train`` None it stays a
+    stream, and its features are extracted batch by batch."""
+    if not labelled(test):
         raise fail(f"evaluation data {test.name} has no labels; give --eval-data with labels, or pass --no-eval")
-    if train.labels is None:  # unlabelled training data: the probes split the labelled test set
+    if not labelled(train):  # unlabelled training data: the probes split the labelled test set
+        if isinstance(test, ShardStream):
+            test = read_subset(test, min(len(test), 2 * (max_train or 20000)), seed)
         fit, score = stratified_split(test.labels, len(test), 0.5, seed)
         train, test = test.subset(fit, test.name + "[probe-fit]"), test.subset(score, test.name + "[probe-score]")
+    if isinstance(train, ShardStream) and max_train is not None:
+        return read_subset(train, min(max_train, len(train)), seed), test
     if max_train is not None and len(train) > max_train:
         keep = np.sort(np.random.default_rng(seed).choice(len(train), max_train, replace=False))
         train = train.subset(keep)
     return train, test
+
+
+def labelled(images) -> bool:
+    return images.has_labels if isinstance(images, ShardStream) else images.labels is not None
+
+
+PIXEL_BASELINE_MAX = 20000  # streamed sets: the pixel baselines fit on at most this many images (spread evenly)
+
+
+@dataclass
+class Encoded:
+    """What the probes need of one image set: each encoder's features and the labels; the flat
+    pixels (the baselines), of every image or, for a stream, of an evenly spread subset."""
+
+    features: list[np.ndarray]
+    labels: np.ndarray
+    pixels: torch.Tensor
+    pixel_labels: np.ndarray
+
+
+@torch.no_grad()
+def encode(images, encoders: list[torch.nn.Module], device) -> Encoded:
+    """Features of ``images`` (an ImageSet, or a stream read once batch by batch) under each encoder."""
+    if not isinstance(images, ShardStream):
+        x = images.tensor(device)
+        pixels = torch.from_numpy(images.images.reshape(len(images), -1))
+        return Encoded([extract(e, x) for e in encoders], images.labels, pixels, images.labels)
+    modes = [e.training for e in encoders]
+    for e in encoders:
+        e.eval()
+    every = -(-len(images) // PIXEL_BASELINE_MAX)
+    feats: list[list[torch.Tensor]] = [[] for _ in encoders]
+    labels, pixels, pixel_labels, seen = [], [], [], 0
+    for batch in eval_batches(images):
+        x = batch["images"].to(device, non_blocking=True).float() / 255
+        for out, e in zip(feats, encoders):
+            out.append(e(x).float().cpu())
+        labels.append(batch["labels"])
+        keep = (torch.arange(seen, seen + len(x)) % every) == 0
+        pixels.append(batch["images"][keep].reshape(int(keep.sum()), -1))
+        pixel_labels.append(batch["labels"][keep])
+        seen += len(x)
+    for e, mode in zip(encoders, modes):
+        e.train(mode)
+    return Encoded([torch.cat(f).numpy() for f in feats], torch.cat(labels).numpy(), torch.cat(pixels),
+                   torch.cat(pixel_labels).numpy())
 
 
 def score_features(train_f, train_y, test_f, test_y, labels_per_class: int, seed: int, *, knn_k: int = 200,
@@ -74,7 +128,8 @@ def pca_project(train: torch.Tensor, test: torch.Tensor, dim: int) -> tuple[torc
     return centred @ axes, (test - mean) @ axes
 
 
-def evaluate(encoder: torch.nn.Module, random_encoder: torch.nn.Module, train: ImageSet, test: ImageSet, *,
+def evaluate(encoder: torch.nn.Module, random_encoder: torch.nn.Module, train: ImageSet | ShardStream,
+             test: ImageSet | ShardStream, *,
              labels_per_class: int = 5, seed: int = 0, max_train: int | None = 20000,
              finetune_views: Callable | None = None, run_dir: Path | None = None, method: str = "",
              knn_k: int = 200, knn_temperature: float = 0.1, probe_backend: str = "torch",
@@ -89,39 +144,43 @@ def evaluate(encoder: torch.nn.Module, random_encoder: torch.nn.Module, train: I
     train, test = probe_split(train, test, max_train, seed)
     device = next(encoder.parameters()).device
     on = device if probe_backend == "torch" else "cpu"
-    train_x, test_x = train.tensor(device), test.tensor(device)
-    train_f, test_f = extract(encoder, train_x), extract(encoder, test_x)
+    random_init = random_encoder.to(device)
+    tr, te = encode(train, [encoder, random_init], device), encode(test, [encoder, random_init], device)
+    train_f, test_f = tr.features[0], te.features[0]
     opts = {"knn_k": knn_k, "knn_temperature": knn_temperature, "backend": probe_backend, "linear_c": linear_c}
 
-    def score(tr, te) -> dict:
-        tr, te = torch.as_tensor(tr).to(on), torch.as_tensor(te).to(on)
-        return score_features(tr, train.labels, te, test.labels, labels_per_class, seed, **opts)
+    def score(a, b, train_y=tr.labels, test_y=te.labels) -> dict:
+        a, b = torch.as_tensor(a).to(on), torch.as_tensor(b).to(on)
+        return score_features(a, train_y, b, test_y, labels_per_class, seed, **opts)
 
-    result: dict = {"method": method, "train_images": len(train), "test_images": len(test),
+    result: dict = {"method": method, "train_images": len(tr.labels), "test_images": len(te.labels),
                     "feature_dim": int(train_f.shape[1])}
     result.update(score(train_f, test_f))
     if finetune_views is not None:
-        result["finetune_top1"] = finetune_top1(encoder, train_x, train.labels, test_x, test.labels,
-                                                finetune_views, seed=seed)
-    pix_train = torch.from_numpy(train.images.reshape(len(train), -1)).to(on).float() / 255
-    pix_test = torch.from_numpy(test.images.reshape(len(test), -1)).to(on).float() / 255
-    result["baselines"] = {"raw_pixels": score(pix_train, pix_test)}
+        if isinstance(train, ShardStream) or isinstance(test, ShardStream):
+            raise fail("--finetune needs the evaluation images in memory; pass --loader memory or --eval-max-train N")
+        result["finetune_top1"] = finetune_top1(encoder, train.tensor(device), train.labels, test.tensor(device),
+                                                test.labels, finetune_views, seed=seed)
+    pix_train, pix_test = tr.pixels.to(on).float() / 255, te.pixels.to(on).float() / 255
+    pixel_score = lambda a, b: score(a, b, tr.pixel_labels, te.pixel_labels)  # noqa: E731
+    result["baselines"] = {"raw_pixels": pixel_score(pix_train, pix_test)}
     dim = min(train_f.shape[1], pix_train.shape[1], len(pix_train))
     if probe_backend == "torch":
-        result["baselines"]["pca"] = score(*pca_project(pix_train, pix_test, dim))
+        result["baselines"]["pca"] = pixel_score(*pca_project(pix_train, pix_test, dim))
     else:
         from sklearn.decomposition import PCA
 
         pca = PCA(n_components=dim, random_state=seed).fit(pix_train.numpy())
-        result["baselines"]["pca"] = score(pca.transform(pix_train.numpy()), pca.transform(pix_test.numpy()))
-    random_init = random_encoder.to(device)
-    result["baselines"]["random_init"] = score(extract(random_init, train_x), extract(random_init, test_x))
+        result["baselines"]["pca"] = pixel_score(pca.transform(pix_train.numpy()), pca.transform(pix_test.numpy()))
+    if len(pix_train) < len(tr.labels) or len(pix_test) < len(te.labels):
+        result["pixel_baselines_images"] = {"train": len(pix_train), "test": len(pix_test)}
+    result["baselines"]["random_init"] = score(tr.features[1], te.features[1])
     result["probes"] = _probe_record(result, opts)
     if run_dir is not None:
         from .figures import umap_plot
 
-        names = test.class_names or [str(c) for c in range(int(test.labels.max()) + 1)]
-        umap_plot(test_f, test.labels, names, Path(run_dir) / "umap.png",
+        names = test.class_names or [str(c) for c in range(int(te.labels.max()) + 1)]
+        umap_plot(test_f, te.labels, names, Path(run_dir) / "umap.png",
                   title=f"{method} test embeddings (UMAP)", seed=seed)
     return result
 

@@ -12,12 +12,15 @@ import json
 from pathlib import Path
 
 from ..data.run_data import RunData
+from ..data.stream import ShardStream, read_subset
 from ..errors import fail
 from ..files import atomic_write
 from ..methods import EmbedsText, Reconstructs
 from ..methods.lookup import short_name
 from ..runs import build_encoder, run_device
-from .harness import evaluate
+from .harness import evaluate, labelled
+
+GENERATIVE_MAX = 10000  # a streamed evaluation set: the densities are computed on this many of its images
 
 
 def evaluate_method(method, cfg, info, data: RunData, run_dir: Path, anomaly_class: int | None = None,
@@ -34,7 +37,7 @@ def evaluate_method(method, cfg, info, data: RunData, run_dir: Path, anomaly_cla
     if cfg.finetune:
         spec = preset(cfg.augment, info.image_size, info.channels)
         views = lambda x, g: augment(x, spec, g)  # noqa: E731
-    if eval_set.labels is not None or not isinstance(method, EmbedsText):
+    if labelled(eval_set) or not isinstance(method, EmbedsText):
         result = evaluate(method.encoder, build_encoder(cfg, info), train_set, eval_set,
                           labels_per_class=cfg.labels_per_class, seed=cfg.seed, max_train=cfg.eval_max_train,
                           finetune_views=views, run_dir=run_dir, method=short_name(cfg.method), knn_k=cfg.knn_k,
@@ -52,6 +55,10 @@ def evaluate_method(method, cfg, info, data: RunData, run_dir: Path, anomaly_cla
     result["skipped_items"] = {"train": len(train_set.skipped), "eval": len(eval_set.skipped)}
     if isinstance(method, Reconstructs):
         from .generative import generative_metrics
+
+        if isinstance(eval_set, ShardStream):  # likelihoods and figures on a decoded random subset
+            eval_set = read_subset(eval_set, min(len(eval_set), GENERATIVE_MAX), cfg.seed)
+            result["generative_images"] = len(eval_set)
 
         result.update(generative_metrics(method, cfg, info, eval_set, run_dir, anomaly_class, iwae_k, device))
     with atomic_write(run_dir / "eval.json", "w") as f:
