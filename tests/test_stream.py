@@ -181,3 +181,57 @@ def test_read_subset_draws_distinct_samples(digit_shards):
     rows = {full.images[i].tobytes() for i in range(len(full))}
     assert all(img.tobytes() in rows for img in sub.images)
     assert len(np.unique(sub.images.reshape(300, -1), axis=0)) >= 290  # digits has a few exact duplicates
+
+
+STREAM_RUN = ["--loader", "stream", "--workers", "2", "--epochs", "3", "--batch-size", "128", "--warmup-epochs", "1",
+              "--no-eval", "--no-progress", "--checkpoint-every", "1"]
+STREAM_STEPS = 2 * (1438 // 2 // 128)  # 2 workers' ranges of 719 samples: 5 batches of 128 each
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_streamed_run(digit_shards, tmp_path):
+    """A real SIGKILL of a streamed run after a mid-epoch checkpoint: the resumed run ends with the
+    weights of an uninterrupted one, bit for bit (no sample repeated or skipped, same order)."""
+    import signal
+    import time
+
+    from test_reliability import assert_same_weights, cli, read_ckpt
+
+    data = ",".join(map(str, digit_shards))
+    ref = cli("train", "simclr", "--data", data, "--out", str(tmp_path / "ref"), *STREAM_RUN)
+    _, err = ref.communicate(timeout=600)
+    assert ref.returncode == 0, err
+    run = tmp_path / "run"
+    proc = cli("train", "simclr", "--data", data, "--out", str(run), *STREAM_RUN, "--checkpoint-steps", "3")
+    deadline, step = time.time() + 300, 0
+    while time.time() < deadline and not (step and step % STREAM_STEPS):
+        assert proc.poll() is None, f"run ended early: {proc.communicate()}"
+        if (run / "checkpoints" / "last.ckpt").exists():
+            step = read_ckpt(run)["global_step"]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert step % STREAM_STEPS, "no mid-epoch checkpoint to resume from"
+    resumed = cli("train", "simclr", "--data", data, "--out", str(run), "--resume", *STREAM_RUN,
+                  "--checkpoint-steps", "3")
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    assert_same_weights(read_ckpt(tmp_path / "ref"), read_ckpt(run), steps=3 * STREAM_STEPS)
+
+
+def test_streamed_ddp_run_on_two_cpu_ranks_takes_equal_steps_and_loads(digit_shards, tmp_path):
+    """Lightning's DDP launcher with the streaming loader: each rank reads its own ranges, no
+    rank waits at the end of an epoch, and the run loads and embeds."""
+    import subprocess
+    import sys
+
+    import reprlearn
+
+    out = tmp_path / "ddp"
+    proc = subprocess.run([sys.executable, "-m", "reprlearn.cli", "train", "simclr", "--data",
+                           ",".join(map(str, digit_shards)), "--loader", "stream", "--workers", "1", "--devices", "2",
+                           "--strategy", "ddp", "--accelerator", "cpu", "--epochs", "2", "--batch-size", "128",
+                           "--no-eval", "--no-progress", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 2 * (1438 // 2 // 64)  # 64 a rank: 11 full batches of each rank's 719
+    assert reprlearn.embed(out, "digits:test").shape[0] == 359
