@@ -226,6 +226,13 @@ class RunConfig:
             raise fail("option 'precision' 16-mixed is not supported with fsdp here; use bf16-mixed or 32")
 
 
+def run_device(cfg: RunConfig) -> str:
+    """"cuda" when the run may use a GPU and one is there (``--accelerator auto|gpu|cuda``), else "cpu"."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda") else "cpu"
+
+
 def step_budget(cfg: RunConfig) -> int | None:
     """The run's budget in optimiser steps (--max-steps, or --samples-seen in whole steps), or None: epochs."""
     if cfg.max_steps is not None:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import DEFAULT_METHOD, RunConfig, load_yaml, merge_config
+from .config import DEFAULT_METHOD, RunConfig, load_yaml, merge_config, run_device
 from .errors import ReprlearnError, fail
 from .methods import DataInfo, Method
 from .methods.lookup import is_user_method, method_class, short_name
@@ -52,11 +52,6 @@ def data_info(train) -> DataInfo:
 
 
 # ---------------------------------------------------------------- models
-
-
-def run_device(cfg: RunConfig) -> str:
-    """"cuda" when the run may use a GPU and one is there (``--accelerator auto|gpu|cuda``), else "cpu"."""
-    return "cuda" if torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda") else "cpu"
 
 
 def resolve_backbone(cfg: RunConfig, info: DataInfo) -> tuple[str, str]:

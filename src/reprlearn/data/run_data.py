@@ -117,7 +117,7 @@ def open_images(spec: str, cfg, image_size: int | None) -> tuple[ImageSet | Shar
 
 def memory_budget(cfg) -> tuple[float, str]:
     """The bytes ``auto`` may hold in memory, and the words that say whose memory."""
-    from ..runs import run_device
+    from ..config import run_device
 
     host = _available_host_memory()
     budget, where = MEMORY_SHARE * host, f"{MEMORY_SHARE:.0%} of {_size(host)} free host memory"

@@ -17,7 +17,8 @@ from ..errors import fail
 from ..files import atomic_write
 from ..methods import EmbedsText, Reconstructs
 from ..methods.lookup import short_name
-from ..runs import build_encoder, run_device
+from ..config import run_device
+from ..runs import build_encoder
 from .harness import evaluate, labelled
 
 GENERATIVE_MAX = 10000  # a streamed evaluation set: the densities are computed on this many of its images
