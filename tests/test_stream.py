@@ -235,3 +235,23 @@ def test_streamed_ddp_run_on_two_cpu_ranks_takes_equal_steps_and_loads(digit_sha
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 2 * (1438 // 2 // 64)  # 64 a rank: 11 full batches of each rank's 719
     assert reprlearn.embed(out, "digits:test").shape[0] == 359
+
+
+def test_caption_shards_stream_with_their_captions_and_clip_trains_on_them(tmp_path):
+    import json
+
+    import reprlearn
+    from reprlearn.data.pairs import load_pairs
+
+    pairs = load_pairs("scenes:n=300", "train")
+    paths = write_shards("scenes:n=300", tmp_path / "caps", shard_size=128, fmt="png", progress=False)
+    stream = stream_of(paths)
+    assert stream.has_captions and len(stream) == 300
+    for batch in eval_batches(stream, batch_size=64, workers=1):
+        for key, captions in zip(batch["keys"], batch["captions"]):
+            assert captions == pairs.captions[int(key)]
+    run = reprlearn.train("clip", data=",".join(map(str, paths)), eval_data="scenes:n=300", loader="stream",
+                          workers=1, max_steps=3, batch_size=64, progress=False, out=tmp_path / "run",
+                          eval_max_train=200)
+    result = json.loads((run / "eval.json").read_text())
+    assert "i2t_recall@1" in result and result["zeroshot_tasks"]

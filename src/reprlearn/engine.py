@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import warnings
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,9 @@ class TrainModule(L.LightningModule):
         if stream_steps(n, batch, world, self.workers) == 0:
             raise fail(f"{n} streamed images are too few for batches of {batch} on each of {world} rank(s) x "
                        f"{max(1, self.workers)} worker(s); use a smaller --batch-size or fewer --workers")
+        # Lightning warns that a sized IterableDataset may repeat samples across workers; this one
+        # splits its samples by rank and worker itself (data/stream.py)
+        warnings.filterwarnings("ignore", message=".*`IterableDataset` has `__len__` defined.*")
         dataset = StreamDataset(self.stream, batch, self.cfg.seed, world=world, rank=rank, workers=self.workers,
                                 buffer=self.cfg.shuffle_buffer)
         self.loader = StreamLoader(dataset, self.workers, pin_memory=self.device.type == "cuda",

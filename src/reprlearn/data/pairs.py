@@ -67,7 +67,7 @@ def load_pairs(spec: str, split: str = "train", image_size: int | None = None, s
         return load_csv(spec, image_size, skip_bad)
     if head in ("digits", "cifar10") and options in ("", "train", "test"):
         return _from_labels(load_source(f"{head}:{options or split}", image_size, skip_bad))
-    shards = _shards(spec, split)
+    shards = pair_shards(spec, split)
     if shards and _has_captions(shards[0]):
         named = expand_spec(spec)
         name = f"{spec} ({split})" if len(named) == 1 and named[0].is_dir() else spec
@@ -85,7 +85,7 @@ def is_pair_source(spec: str) -> bool:
     if spec.partition(":")[0] == "scenes" or _is_table(spec):
         return True
     try:
-        shards = _shards(spec, "train")
+        shards = pair_shards(spec, "train")
     except ReprlearnError:
         return False
     return bool(shards) and _has_captions(shards[0])
@@ -95,7 +95,7 @@ def _is_table(spec: str) -> bool:
     return bool(re.search(r"\.(csv|tsv)(\?|$)", spec, re.IGNORECASE))
 
 
-def _shards(spec: str, split: str) -> list[Path]:
+def pair_shards(spec: str, split: str) -> list[Path]:
     """The shards a spec names ([] when it names something else); a folder gives its ``split`` shards."""
     paths = expand_spec(spec)
     if len(paths) == 1 and paths[0].is_dir():
@@ -275,7 +275,7 @@ def load_pair_shards(paths: list[Path], image_size: int | None = None, skip_bad:
     def decode() -> PairSet:
         out = Collector(name, skip_bad)
         captions: list[list[str]] = []
-        for part in decode_shards(paths, image_size, skip_bad, read_extra=_shard_captions):
+        for part in decode_shards(paths, image_size, skip_bad, read_extra=shard_captions):
             out.skipped.extend(part["skipped"])
             for k, img, label, caps in part["items"]:
                 before = len(out.images)
@@ -289,7 +289,7 @@ def load_pair_shards(paths: list[Path], image_size: int | None = None, skip_bad:
     return cached(key, decode, pair_set_arrays, pair_set_from, prefix="pairs-")
 
 
-def _shard_captions(sample: dict, where: str) -> list[str]:
+def shard_captions(sample: dict, where: str) -> list[str]:
     if "json" in sample:
         try:
             meta = json.loads(sample["json"].decode("utf-8"))

@@ -38,6 +38,17 @@ class RunData:
     def streamed(self) -> bool:
         return isinstance(self.train, ShardStream)
 
+    def captions(self, limit: int = 200_000):
+        """The training captions (a tokenizer is trained on them): every one held in memory, or those
+        of a stream's first ``limit`` samples."""
+        if self.train_pairs is not None:
+            return (c for caps in self.train_pairs.captions for c in caps)
+        if self.streamed and self.train.has_captions:
+            from .stream import stream_captions
+
+            return stream_captions(self.train, limit)
+        return None
+
     @property
     def fit(self) -> ImageSet:
         """The images the method trains on."""
@@ -156,6 +167,16 @@ def _load_pairs(cfg) -> RunData:
     (scenes draws a disjoint set; digits and cifar10 have one), else a 10% hold-out."""
     from .pairs import load_pairs
 
+    stream, why = _pair_stream(cfg)
+    if stream is not None:  # the evaluation pairs (zero-shot, retrieval) are held in memory
+        if cfg.eval_data is None and cfg.eval:
+            raise fail(f"{stream.name} is streamed, so no pairs can be held out of it for evaluation; give "
+                       "--eval-data (e.g. the test shards), or --no-eval")
+        if cfg.eval_data is None:
+            return RunData(stream, None, loader=why)
+        test = _with_probe_labels(load_pairs(cfg.eval_data, "test", stream.image_size, cfg.skip_bad))
+        _same_shape(test.images, stream)
+        return RunData(stream, test.images, None, test, loader=why)
     train = _with_probe_labels(load_pairs(cfg.data, "train", cfg.image_size, cfg.skip_bad))
     eval_spec = cfg.eval_data
     if eval_spec is None and cfg.data.partition(":")[0] in ("scenes", "digits", "cifar10"):
@@ -169,7 +190,32 @@ def _load_pairs(cfg) -> RunData:
     else:
         keep, held = stratified_split(None, len(train), 0.1, seed=0)
         train, test = train.subset(keep), train.subset(held)
-    return RunData(train.images, test.images if test is not None else None, train, test)
+    return RunData(train.images, test.images if test is not None else None, train, test, loader=why)
+
+
+def _pair_stream(cfg) -> tuple[ShardStream | None, str]:
+    """Caption shards as a stream when ``cfg.loader`` asks for one or ``auto`` finds them too large
+    for memory (None: load the pairs in memory), and why."""
+    from .pairs import is_pair_source, pair_shards
+
+    shards = pair_shards(cfg.data, "train") if is_pair_source(cfg.data) else []
+    if not shards:
+        if cfg.loader == "stream":
+            raise fail(f"{cfg.data} cannot be streamed (only shards with KEY.txt/KEY.json captions can); "
+                       "pass --loader memory or auto")
+        return None, "in memory: not a caption shard set"
+    if cfg.loader == "memory":
+        return None, "in memory, as asked (--loader memory)"
+    from .stream import open_stream
+
+    stream = open_stream(shards, cfg.image_size, cfg.skip_bad, cfg.data)
+    if cfg.loader == "stream":
+        return stream, "streamed, as asked (--loader stream)"
+    need = stream.decoded_bytes()
+    budget, where = memory_budget(cfg)
+    if need <= budget:
+        return None, f"in memory: {_size(need)} decoded fits {where}"
+    return stream, f"streamed: {_size(need)} decoded exceeds {where}"
 
 
 def _same_shape(test, train) -> None:

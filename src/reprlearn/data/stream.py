@@ -41,6 +41,7 @@ import torch
 from ..errors import ReprlearnError, fail
 from .decode import IMAGE_EXTENSIONS, BadItem, decode_image, parse_label, MAX_DEFAULT_SIZE
 from .imageset import ImageSet
+from .pairs import shard_captions
 
 IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 FOLDER_PART = 1000  # files of a folder per streamed part (the unit of shard-order shuffling)
@@ -303,8 +304,7 @@ def _decode(sample: dict, stream: ShardStream, bad: list | None = None) -> tuple
         label = parse_label(sample["cls"], where) if "cls" in sample else None
         if stream.has_labels and label is None:
             raise BadItem(f"{where} has no label (.cls) while other samples do")
-        key = _caption_key(sample)
-        captions = _captions(sample[key], key, where) if key else None
+        captions = shard_captions(sample, where) if stream.has_captions else None
         return image, label, captions
     except BadItem as e:
         if not stream.skip_bad:
@@ -314,16 +314,13 @@ def _decode(sample: dict, stream: ShardStream, bad: list | None = None) -> tuple
         return None
 
 
-def _captions(raw: bytes, kind: str, where: str) -> list[str]:
-    text = raw.decode("utf-8", "replace")
-    if kind == "json":
+def stream_captions(stream: ShardStream, n: int) -> Iterator[str]:
+    """The captions of the first ``n`` samples (images not decoded): what a tokenizer is trained on."""
+    for sample in _raw_samples(stream.parts, 0, min(n, len(stream))):
         try:
-            value = json.loads(text)
-        except ValueError:
-            raise BadItem(f"{where}.json is not valid JSON") from None
-        value = value.get("caption", value.get("captions", "")) if isinstance(value, dict) else value
-        return [str(v) for v in value] if isinstance(value, list) else [str(value)]
-    return [line.strip() for line in text.splitlines() if line.strip()]
+            yield from shard_captions(sample, sample["__key__"])
+        except BadItem:
+            continue
 
 
 # ---------------------------------------------------------------- the epoch's order
@@ -432,7 +429,7 @@ class StreamDataset(torch.utils.data.IterableDataset):
         if self.stream.has_labels:
             batch["labels"] = torch.tensor([d[1] for _, d in items], dtype=torch.long)
         if self.stream.has_captions:
-            batch["captions"] = [d[2] or [""] for _, d in items]
+            batch["captions"] = [d[2] for _, d in items]
         return batch
 
 

@@ -82,13 +82,13 @@ class ImageTextMethod(Method, EmbedsText):
         """The user's tokenizer.json, or a byte-level BPE trained on the training captions."""
         from ..text import TextTokenizer
 
-        if data.train_pairs is None:
+        captions = data.captions()
+        if captions is None:
             raise fail(f"{cls.__name__.lower()} trains on (image, caption) pairs; give --data with captions")
         if config.tokenizer:
             tokenizer = TextTokenizer.load(config.tokenizer)
         else:
-            tokenizer = TextTokenizer.train((c for caps in data.train_pairs.captions for c in caps),
-                                            vocab_size=config.vocab_size)
+            tokenizer = TextTokenizer.train(captions, vocab_size=config.vocab_size)
         info.text = {"vocab_size": tokenizer.vocab_size, "sot_id": tokenizer.sot_id, "eot_id": tokenizer.eot_id,
                      "pad_id": tokenizer.pad_id}
         return {"tokenizer.json": tokenizer.to_json()}  # the run alone must be enough to embed new captions
@@ -101,7 +101,14 @@ class ImageTextMethod(Method, EmbedsText):
     def training_fields(self, data):
         """``tokens`` (N, M, L): every image's captions tokenised (rows past its count are padding);
         ``caption_counts`` (N,): how many captions each image has."""
-        captions = data.train_pairs.captions
+        return self._caption_tokens(data.train_pairs.captions)
+
+    def stream_fields(self, batch):
+        """The same ``tokens`` and ``caption_counts`` for one streamed batch's captions."""
+        return {name: value.to(batch["images"].device) for name, value in
+                self._caption_tokens(batch["captions"]).items()}
+
+    def _caption_tokens(self, captions: list[list[str]]) -> dict[str, Tensor]:
         counts = torch.tensor([len(c) for c in captions])
         flat = self.tokenize([c for caps in captions for c in caps])
         tokens = torch.zeros(len(captions), int(counts.max()), self.config.context_length, dtype=torch.long)
