@@ -7,6 +7,7 @@ from PIL import Image
 
 from fakedata import SHARED, good_members, jpg_bytes, one_line_error, png_bytes, rgb, write_shard
 from reprlearn.data import load_source
+from reprlearn.errors import ReprlearnError
 
 
 
@@ -248,3 +249,26 @@ def test_brace_lists_and_commas_name_shards(tmp_path):
     both = f"{tmp_path}/train-{{000000,000003}}.tar.gz,{shards[1]}"  # a comma inside braces and one outside
     assert len(load_source(both)) == 6
     one_line_error(lambda: load_source(str(tmp_path / "train-{000000..000009}.tar.gz")), "000004", "does not exist")
+
+
+def test_a_csv_list_of_image_paths_with_class_names_is_an_image_source(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "img").mkdir()
+    rows = []
+    for i, (w, h, mode, cls) in enumerate([(40, 30, "RGB", "dog"), (64, 64, "L", "cat"), (50, 80, "RGB", "dog"),
+                                           (30, 40, "I;16", "cat")]):
+        if mode == "I;16":
+            img = Image.fromarray(rng.integers(0, 65535, (h, w), dtype=np.uint16))
+        else:
+            img = Image.fromarray(rng.integers(0, 255, (h, w, 3) if mode == "RGB" else (h, w), dtype=np.uint8), mode)
+        img.save(tmp_path / "img" / f"{i}.png")
+        rows.append(f"img/{i}.png,{cls},ignored")
+    (tmp_path / "list.csv").write_text("path,label,note\n" + "\n".join(rows) + "\nimg/missing.png,cat,x\n")
+    with pytest.raises(ReprlearnError, match=r"row 5 .*missing.png.* does not exist.*--skip-bad"):
+        load_source(str(tmp_path / "list.csv"))
+    images = load_source(str(tmp_path / "list.csv"), skip_bad=True)
+    assert images.images.shape == (4, 40, 40, 3)  # median shorter side of 30, 64, 50, 30; grey made RGB
+    assert images.class_names == ["cat", "dog"] and images.labels.tolist() == [1, 0, 1, 0]
+    assert len(images.skipped) == 1

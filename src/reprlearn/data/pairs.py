@@ -27,7 +27,6 @@ content), so the second load of a shard set or CSV reads one .npz.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
@@ -45,8 +44,7 @@ from .prompts import DIGIT_NAMES, prompts_for
 from .scenes import TEST_SEED_OFFSET, make_scenes
 from .sources import SHARD_SUFFIXES, class_names_beside, decode_shards, expand_spec, file_digest, load_source
 
-IMAGE_COLUMNS = ("image", "image_path", "filepath", "file_path", "filename", "file", "path", "img")
-CAPTION_COLUMNS = ("caption", "text", "title", "sentence", "description")
+from .tables import CAPTION_COLUMNS, IMAGE_COLUMNS, column, read_table, split_spec  # noqa: E402
 PAIRS_CACHE_VERSION = 1  # bump when pair decoding changes
 
 
@@ -170,22 +168,10 @@ def _from_labels(images: ImageSet) -> PairSet:
 
 def load_csv(spec: str, image_size: int | None = None, skip_bad: bool = False) -> PairSet:
     """``FILE.csv`` or ``FILE.tsv``, optionally ``?base=FOLDER`` (image paths relative to FOLDER)."""
-    file_part, _, query = spec.partition("?")
-    base = None
-    for item in (q for q in query.split("&") if q):
-        key, eq, value = item.partition("=")
-        if key != "base" or not eq or not value:
-            raise fail(f"{spec}: unknown option {item!r}; the only option is ?base=FOLDER (where image paths start)")
-        base = Path(os.path.expanduser(value))
-    table = Path(os.path.expanduser(file_part))
-    if not table.is_file():
-        raise fail(f"captions file {str(table)!r} does not exist; check the path")
-    base = base if base is not None else table.parent
-    if not base.is_dir():
-        raise fail(f"{spec}: base folder {str(base)!r} does not exist; ?base= must name the images' folder")
-    rows, header = _read_table(table)
-    img_col = _column(header, IMAGE_COLUMNS)
-    cap_col = _column(header, CAPTION_COLUMNS)
+    table, base = split_spec(spec)
+    rows, header = read_table(table)
+    img_col = column(header, IMAGE_COLUMNS)
+    cap_col = column(header, CAPTION_COLUMNS)
     if img_col is None or cap_col is None:
         missing = " or ".join(w for w, c in (("image", img_col), ("caption", cap_col)) if c is None)
         raise fail(f"{table} has columns {', '.join(map(repr, header)) or 'none'} but no {missing} column; "
@@ -236,33 +222,6 @@ def load_csv(spec: str, image_size: int | None = None, skip_bad: bool = False) -
         return PairSet(ImageSet(images, None, None, str(table), out.skipped), captions, str(table))
 
     return cached(key, decode, pair_set_arrays, pair_set_from, prefix="pairs-")
-
-
-def _read_table(table: Path) -> tuple[list[tuple[int, int, list[str]]], list[str]]:
-    """(row number from 1 after the header, line number of the row's start, fields), header."""
-    delimiter = "\t" if table.suffix.lower() == ".tsv" else ","
-    rows = []
-    try:
-        with open(table, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f, delimiter=delimiter)
-            header = next(reader, [])
-            line = reader.line_num + 1
-            for row in reader:
-                if any(c.strip() for c in row):
-                    rows.append((len(rows) + 1, line, row))
-                line = reader.line_num + 1
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise fail(f"{table} is not a readable UTF-8 {'TSV' if delimiter == chr(9) else 'CSV'} file "
-                   f"({' '.join(str(e).split())[:60]})") from None
-    return rows, [h.strip() for h in header]
-
-
-def _column(header: list[str], accepted: tuple[str, ...]) -> int | None:
-    lower = [h.lower() for h in header]
-    for name in accepted:
-        if name in lower:
-            return lower.index(name)
-    return None
 
 
 # ------------------------------------------------------------------ caption shards

@@ -8,6 +8,8 @@ A spec is one of
                           several may be joined with commas
   FOLDER                  an image folder, one sub-folder per class (or flat, unlabelled)
   FILE.npz                arrays 'images' (N,H,W[,C] uint8) and optional 'labels'
+  FILE.csv | FILE.tsv     a header naming an image column (paths relative to the file, or to
+                          ?base=FOLDER) and optionally a label column
 
 Decoded images are cached as uint8 arrays keyed by the files' content, so no run
 decodes the same data twice.
@@ -49,6 +51,8 @@ def load_source(spec: str, image_size: int | None = None, skip_bad: bool = False
         split = split or "train"
         images = _digits(split) if name == "digits" else _cifar10(split, skip_bad)
         return _maybe_resize(images, image_size)
+    if re.search(r"\.(csv|tsv)(\?|$)", spec, re.IGNORECASE):
+        return load_image_table(spec, image_size, skip_bad)
     paths = expand_spec(spec)
     if len(paths) == 1 and paths[0].is_dir():
         folder = paths[0]
@@ -179,6 +183,58 @@ def load_folder(folder: Path, image_size: int | None, skip_bad: bool) -> ImageSe
                 out.bad(str(e))
         images, labels = out.arrays()
         return ImageSet(images, labels, classes or None, str(folder), out.skipped)
+
+    return cached(key, decode)
+
+
+# ---------------------------------------------------------------- CSV / TSV lists of image paths
+
+
+def load_image_table(spec: str, image_size: int | None, skip_bad: bool) -> ImageSet:
+    """``FILE.csv|tsv[?base=FOLDER]``: a header naming an image column and, optionally, a label column
+    (integers, or class names numbered in sorted order); other columns are ignored."""
+    from .tables import IMAGE_COLUMNS, LABEL_COLUMNS, column, read_table, split_spec
+
+    table, base = split_spec(spec)
+    rows, header = read_table(table)
+    img_col, label_col = column(header, IMAGE_COLUMNS), column(header, LABEL_COLUMNS)
+    if img_col is None:
+        raise fail(f"{table} has columns {', '.join(map(repr, header)) or 'none'} but no image column; its header "
+                   f"must name one ({', '.join(IMAGE_COLUMNS)}), and may name a label ({', '.join(LABEL_COLUMNS)})")
+    if not rows:
+        raise fail(f"{table} has a header but no rows; add one row per image")
+    entries, problems = [], []
+    for n, line, row in rows:
+        where = f"{table} row {n} (line {line})"
+        need = max(img_col, label_col if label_col is not None else 0)
+        if need >= len(row) or not row[img_col].strip():
+            problems.append(f"{where}: no image path")
+            continue
+        path = base / row[img_col].strip()
+        if not path.is_file():
+            problems.append(f"{where}: image {row[img_col].strip()!r} does not exist (looked for {path})")
+            continue
+        entries.append((where, path, (row[label_col].strip() or None) if label_col is not None else None))
+    names = sorted({e[2] for e in entries if e[2] is not None}) if label_col is not None else []
+    numeric = bool(names) and all(re.fullmatch(r"\d+", v) for v in names)
+    classes = None if numeric or not names else names
+    if image_size is None:
+        image_size = storage_size([p for _, p, _ in entries], str(table))
+    stats = [(str(p), p.stat().st_size, p.stat().st_mtime_ns, y) for _, p, y in entries]
+    key = content_key("table", file_digest(table), stats, problems, image_size, skip_bad)
+
+    def decode() -> ImageSet:
+        out = Collector(str(table), skip_bad)
+        for problem in problems:
+            out.bad(problem)
+        for where, path, value in entries:
+            label = None if value is None else (int(value) if numeric else names.index(value))
+            try:
+                out.add(where, decode_image(path.read_bytes(), f"{where}: {path.name}", image_size), label)
+            except BadItem as e:
+                out.bad(str(e))
+        images, labels = out.arrays()
+        return ImageSet(images, labels, classes, str(table), out.skipped)
 
     return cached(key, decode)
 
