@@ -89,6 +89,15 @@ def is_pair_source(spec: str) -> bool:
     return bool(shards) and _has_captions(shards[0])
 
 
+def caption_shards(spec: str, split: str = "train") -> list[Path]:
+    """The shards a spec names when they carry captions (what the streaming path can read), else []."""
+    spec = (spec or "").strip()
+    if not spec or spec.partition(":")[0] in ("scenes", "digits", "cifar10") or _is_table(spec):
+        return []
+    shards = pair_shards(spec, split)
+    return shards if shards and _has_captions(shards[0]) else []
+
+
 def _is_table(spec: str) -> bool:
     return bool(re.search(r"\.(csv|tsv)(\?|$)", spec, re.IGNORECASE))
 

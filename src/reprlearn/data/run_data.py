@@ -196,9 +196,9 @@ def _load_pairs(cfg) -> RunData:
 def _pair_stream(cfg) -> tuple[ShardStream | None, str]:
     """Caption shards as a stream when ``cfg.loader`` asks for one or ``auto`` finds them too large
     for memory (None: load the pairs in memory), and why."""
-    from .pairs import is_pair_source, pair_shards
+    from .pairs import caption_shards
 
-    shards = pair_shards(cfg.data, "train") if is_pair_source(cfg.data) else []
+    shards = caption_shards(cfg.data)
     if not shards:
         if cfg.loader == "stream":
             raise fail(f"{cfg.data} cannot be streamed (only shards with KEY.txt/KEY.json captions can); "
