@@ -49,6 +49,8 @@ __all__ = [
     "barlow_twins_loss",
     "vicreg_loss",
     "vicreg_terms",
+    "simsiam_loss",
+    "swapped_prediction_loss",
 ]
 
 
@@ -576,5 +578,36 @@ def vicreg_loss(z_a: Tensor, z_b: Tensor, sim_weight: float = 25.0, var_weight: 
     """
     s, v, c = vicreg_terms(z_a, z_b, eps, gamma, gather)
     return sim_weight * s + var_weight * v + cov_weight * c
+
+def simsiam_loss(p: Tensor, z: Tensor, stop_gradient: bool = True) -> Tensor:
+    """SimSiam's negative cosine (Chen and He 2021): D(p, z) = −(1/N) Σ_i cos(p_i, sg(z_i)).
+
+    sg is the stop-gradient (z detached, gradients reach p only); ``stop_gradient=False`` keeps
+    z's gradient: the ablation of the paper's Fig. 2, which collapses. p, z: (N, D). In [−1, 1].
+    """
+    return -F.cosine_similarity(p, z.detach() if stop_gradient else z, dim=1).mean()
+
+
+def swapped_prediction_loss(scores: list[Tensor], codes: list[Tensor], temperature: float = 0.1) -> Tensor:
+    """SwAV's swapped prediction (Caron et al. 2020): each view predicts the codes of the others.
+
+    scores: V views' prototype scores s_v (N, K) (cosines z̄ᵀ c_k); codes: the Sinkhorn–Knopp codes
+    q_g (N, K) of the first G views, in the same order. With p_v = softmax(s_v / τ):
+
+        L = (1/|P|) Σ_{(g, v) ∈ P} (1/N) Σ_i −Σ_k q_g[i, k] log p_v[i, k],
+        P = {(g, v) : g < G, v < V, v ≠ g}
+
+    (a view never predicts its own code). The codes are targets: detached here.
+    """
+    if not codes or len(scores) < 2 or len(codes) > len(scores):
+        raise ValueError("swapped_prediction_loss needs codes of at least one view and scores of at least two")
+    log_p = [F.log_softmax(s / temperature, dim=-1) for s in scores]
+    total, pairs = 0.0, 0
+    for g, q in enumerate(codes):
+        for v, lp in enumerate(log_p):
+            if v != g:
+                total = total + (-(q.detach() * lp).sum(dim=-1)).mean()
+                pairs += 1
+    return total / pairs
 
 from .image_text_losses import clip_loss, siglip_loss  # noqa: E402,F401
