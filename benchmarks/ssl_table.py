@@ -9,7 +9,7 @@ defaults. Methods run one after another in this process, so on a shared machine 
 of one are not disturbed by another of ours (run it on an otherwise idle machine). images/s
 counts training images (each gives its views) per second between steps after the first epoch.
 kNN top-1: the encoder's features of the training shard against those of the test shard
-(``--test``), k = 200, t = 0.1, as every probe here; the random-init encoder is the first row.
+(``--test``), k = 200, t = 0.1, as every probe here; each backbone's random-init encoder has a row.
 Writes a Markdown table (with the command and the hardware) to ``--out`` and to stdout.
 ``--subset N`` trains and evaluates on N images of each shard (a quick check of the script).
 """
@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--train", default=str(shards / "train-000000.tar.gz"), help="training shard")
     p.add_argument("--test", default=str(shards / "test-000000.tar.gz"), help="evaluation shard")
     p.add_argument("--backbone", default="cnn")
+    p.add_argument("--backbone-of", default="", help="per-method backbones, e.g. ijepa=vit-tiny,dinov2=vit-tiny "
+                   "(methods that need patch tokens)")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--warmup-epochs", type=int, default=1)
@@ -74,7 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=None, help="also write the Markdown table here")
     a = p.parse_args(argv)
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in reprlearn.methods()]
+    backbone_of = dict(pair.split("=", 1) for pair in a.backbone_of.split(",") if "=" in pair)
+    unknown = [m for m in [*methods, *backbone_of] if m not in reprlearn.methods()]
     if unknown:
         raise SystemExit(f"unknown method {unknown[0]!r}; registered: {', '.join(reprlearn.methods())}")
     for path in (a.train, a.test):
@@ -89,24 +92,26 @@ def main(argv: list[str] | None = None) -> None:
     train, test = load_source(train_spec), load_source(test_spec)
     runs = Path(a.runs) if a.runs else scratch / "runs"
 
-    rows = []
+    rows, random_done = [], set()
     for method in methods:
         clock = Throughput()
         start = time.perf_counter()
-        run = reprlearn.train(method, out=runs / method, data=train_spec, eval_data=test_spec, backbone=a.backbone,
+        run = reprlearn.train(method, out=runs / method, data=train_spec, eval_data=test_spec, backbone=backbone_of.get(method, a.backbone),
                               epochs=a.epochs, batch_size=a.batch_size, warmup_epochs=a.warmup_epochs, seed=a.seed,
                               eval=False, progress=False, checkpoint_every=a.epochs, callbacks=[clock])
         seconds = time.perf_counter() - start
         encoder = reprlearn.load(run)
-        if not rows:
+        backbone = encoder.run_config.backbone
+        if backbone not in random_done:  # the random-init encoder of each backbone, once
+            random_done.add(backbone)
             random_init = build_encoder(encoder.run_config, encoder.data_info)
-            rows.append(("random init (cnn)", knn_of(random_init, train, test), float("nan"), 0.0))
-        rows.append((method, knn_of(encoder, train, test), clock.images_per_second(), seconds))
+            rows.append((f"random init ({backbone})", knn_of(random_init, train, test), float("nan"), 0.0))
+        rows.append((f"{method} ({backbone})", knn_of(encoder, train, test), clock.images_per_second(), seconds))
         print(f"{method}: kNN {rows[-1][1]:.4f}, {rows[-1][2]:.0f} images/s, {seconds:.0f} s", flush=True)
 
     command = "python benchmarks/ssl_table.py " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
     lines = [f"CIFAR-10, {len(train)} training images ({Path(a.train).name}), kNN on {len(test)} test images; "
-             f"backbone {a.backbone}, {a.epochs} epochs, batch {a.batch_size}, seed {a.seed}; {hardware()}.",
+             f"backbone {a.backbone} unless named, {a.epochs} epochs, batch {a.batch_size}, seed {a.seed}; {hardware()}.",
              f"Command: `{command.strip()}`", "",
              "| method | kNN top-1 | images/s | training wall time |", "| --- | --- | --- | --- |"]
     for name, knn, speed, seconds in rows:
