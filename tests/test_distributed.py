@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 
 from gloo_ranks import run_on_ranks
-from reprlearn.losses import nt_xent
+from reprlearn.losses import barlow_twins_loss, koleo_loss, nt_xent, sinkhorn_knopp, vicreg_loss
 
 N_PER_RANK, DIM_IN, DIM_OUT, T = 6, 5, 4, 0.3
 
@@ -86,3 +86,46 @@ def test_cli_trains_siglip_with_two_ddp_processes(tmp_path):
     assert ckpt["global_step"] == 256 // 64
     method, _, _ = load_method(out)
     assert method.embed_texts(["a red circle."]).shape == (1, method.config.embed_dim)
+
+
+# the losses that need batch statistics: each rank's loss on its half, DDP's averaged gradients
+BATCH_LOSSES = {
+    "barlow_twins": lambda a, b: barlow_twins_loss(a, b, lambda_=0.1),
+    "vicreg": lambda a, b: vicreg_loss(a, b, 2.0, 3.0, 0.5),
+    "koleo": lambda a, b: koleo_loss(a) + koleo_loss(b),
+}
+
+
+def _batch_stat_worker(rank: int, world: int, out_dir: str) -> None:
+    x_a, x_b = _data()
+    local = slice(rank * N_PER_RANK, (rank + 1) * N_PER_RANK)
+    out = {}
+    for name, fn in BATCH_LOSSES.items():
+        model = torch.nn.parallel.DistributedDataParallel(_model())
+        loss = fn(model(x_a[local]), model(x_b[local]))
+        loss.backward()
+        mean_loss = loss.detach().clone()
+        dist.all_reduce(mean_loss)
+        out[name] = {"loss": mean_loss / world, "grad_w": model.module.weight.grad, "grad_b": model.module.bias.grad}
+    out["sinkhorn"] = sinkhorn_knopp(torch.tanh(x_a[local, :4]), iterations=3, epsilon=0.1)
+    torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
+
+
+def test_ddp_batch_statistic_losses_equal_single_process(tmp_path):
+    """Barlow Twins' cross-correlation, VICReg's variance and covariance, KoLeo's neighbours and
+    Sinkhorn's marginals over the global batch: 2 ranks give one process's loss, gradients and codes."""
+    run_on_ranks(_batch_stat_worker, 2, tmp_path)
+    x_a, x_b = _data()
+    got = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
+    for name, fn in BATCH_LOSSES.items():
+        model = _model()
+        loss = fn(model(x_a), model(x_b))
+        loss.backward()
+        for rank in range(2):
+            torch.testing.assert_close(got[rank][name]["loss"], loss.detach(), rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(got[rank][name]["grad_w"], model.weight.grad, rtol=1e-9, atol=1e-12)
+            torch.testing.assert_close(got[rank][name]["grad_b"], model.bias.grad, rtol=1e-9, atol=1e-12)
+    codes = sinkhorn_knopp(torch.tanh(x_a[:, :4]), iterations=3, epsilon=0.1)
+    torch.testing.assert_close(torch.cat([got[0]["sinkhorn"], got[1]["sinkhorn"]]), codes, rtol=1e-10, atol=1e-12)
+    # and the global batch matters: one rank's half alone gives other codes
+    assert not torch.allclose(sinkhorn_knopp(torch.tanh(x_a[:N_PER_RANK, :4]), 3, 0.1), codes[:N_PER_RANK])

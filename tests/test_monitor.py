@@ -1,5 +1,6 @@
 """Collapse metrics on collapsed and healthy embeddings, and the warning in a real run."""
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -87,3 +88,33 @@ def test_collapse_floors_are_kept_in_the_checkpoint(tmp_path):
     watch = CollapseWatch(torch.zeros(4, 1, 8, 8, dtype=torch.uint8))
     watch.load_state_dict(state)
     assert watch.floors == tuple(state["floors"])
+
+
+class _KillLastStage(L.Callback):
+    """From the second epoch on, the backbone's last BatchNorm outputs 0 and is frozen: every unit
+    after it is dead (ReLU(0)), so the features are all zero: a collapsed run, made on purpose."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            bn = [m for m in pl_module.method.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)][-1]
+            with torch.no_grad():
+                bn.weight.zero_()
+                bn.bias.zero_()
+            bn.weight.requires_grad_(False)
+            bn.bias.requires_grad_(False)
+
+
+@pytest.mark.parametrize("method", ["barlow-twins", "vicreg", "simsiam", "swav"])
+def test_collapse_watch_catches_a_collapsed_run(tmp_path, method):
+    """The watch, with floors from each method's own start, stays quiet after a healthy first epoch
+    and warns (naming the epoch) once the run's features have collapsed."""
+    import warnings
+
+    import reprlearn
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        reprlearn.train(method, out=tmp_path / "r", epochs=2, batch_size=256, eval=False, progress=False,
+                        callbacks=[_KillLastStage()])
+    collapsed = [str(w.message) for w in caught if "looks collapsed" in str(w.message)]
+    assert len(collapsed) == 1 and collapsed[0].startswith("epoch 2:"), collapsed

@@ -1,4 +1,4 @@
-"""Heads on top of backbone features: MLP projectors (SimCLR, MoCo, BYOL), DINO's prototype head."""
+"""Heads on top of backbone features: MLP projectors (SimCLR, MoCo, BYOL), DINO's and SwAV's prototype heads."""
 
 from __future__ import annotations
 
@@ -86,3 +86,24 @@ class DINOHead(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         z = F.normalize(self.mlp(x), dim=-1)
         return F.linear(z, F.normalize(self.prototypes, dim=-1))
+
+
+class PrototypeHead(nn.Module):
+    """K prototypes c_k (unit rows of ``weight``, (K, D)) scoring embeddings by cosine: z̄ᵀ c_k (SwAV).
+
+    The embeddings are L2-normalised here; the prototypes are kept on the sphere by
+    :meth:`normalize_`, which SwAV calls after every optimiser step (the paper normalises them
+    at each iteration, outside the gradient), so the scores are cosines in [−1, 1].
+    """
+
+    def __init__(self, dim: int, num_prototypes: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(num_prototypes, dim) / dim ** 0.5)
+        self.normalize_()
+
+    @torch.no_grad()
+    def normalize_(self) -> None:
+        self.weight.copy_(F.normalize(self.weight, dim=1))
+
+    def forward(self, z: Tensor) -> Tensor:
+        return F.normalize(z, dim=-1) @ self.weight.T
