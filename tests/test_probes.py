@@ -27,8 +27,13 @@ def _naive_knn_predict(train_f, train_y, q, k, t):
     return min(c for c, v in votes.items() if v == best)  # ties: the lowest class
 
 
+@pytest.mark.parametrize("search", ["torch", "faiss"])
 @pytest.mark.parametrize("k,t", [(1, 0.1), (5, 0.07), (20, 0.1), (40, 1.0), (500, 0.5)])
-def test_knn_matches_naive_loop_per_query(k, t):
+def test_knn_matches_naive_loop_per_query(k, t, search, monkeypatch):
+    """Both neighbour searches: torch's matmul + top-k, and the FAISS index used above 100,000
+    CPU references (forced here on 60)."""
+    if search == "faiss":
+        monkeypatch.setattr(probes, "FAISS_ABOVE", 0)
     rng = np.random.default_rng(k)
     centres = rng.normal(size=(4, 6))
     train_y = rng.integers(0, 4, 60)
