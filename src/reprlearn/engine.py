@@ -81,7 +81,7 @@ class ResumableLoader(DataLoader):
 
 class TrainModule(L.LightningModule):
     def __init__(self, method: Method, cfg: RunConfig, images: torch.Tensor, meta: dict,
-                 fields: dict[str, torch.Tensor] | None = None):
+                 fields: dict[str, torch.Tensor] | None = None, pools: dict[str, torch.Tensor] | None = None):
         super().__init__()
         self.method = method
         self.cfg = cfg
@@ -90,8 +90,14 @@ class TrainModule(L.LightningModule):
         # per-image tensors a method asks for besides the images (labels for cvae; caption
         # tokens for clip/siglip), indexed like the images and passed to views() by name
         self._fields_cpu = dict(fields or {})
+        # whole tensors views() draws from by itself (a second domain's images), not indexed by the batch
+        self._pools_cpu = dict(pools or {})
+        clash = set(self._fields_cpu) & set(self._pools_cpu)
+        if clash:
+            raise ValueError(f"{type(method).__name__} names {sorted(clash)} as both a field and a pool")
         self.images: torch.Tensor | None = None
         self.fields: dict[str, torch.Tensor] = {}
+        self.pools: dict[str, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ data
     def setup(self, stage: str) -> None:
@@ -102,6 +108,7 @@ class TrainModule(L.LightningModule):
         if self.images is None or self.images.device != device:
             self.images = self._images_cpu.to(device)
             self.fields = {name: value.to(device) for name, value in self._fields_cpu.items()}
+            self.pools = {name: value.to(device) for name, value in self._pools_cpu.items()}
 
     def per_device_batch(self) -> int:
         world = self.trainer.world_size if self._trainer is not None else 1
@@ -131,7 +138,7 @@ class TrainModule(L.LightningModule):
         # counted here, not in on_train_batch_end: callbacks (which write checkpoints) run before that hook
         self.loader.trained_in_epoch += 1
         views = self.method.views(self.images[index], self._generator(),
-                                  **{name: value[index] for name, value in self.fields.items()})
+                                  **{name: value[index] for name, value in self.fields.items()}, **self.pools)
         terms = self.method.loss(views)
         total = terms["loss"]
         for name, value in terms.items():
@@ -142,6 +149,8 @@ class TrainModule(L.LightningModule):
         self.log_dict({f"train/{k}": v.detach().float() for k, v in terms.items()},
                       on_step=True, on_epoch=True, prog_bar=False, sync_dist=True)
         self.log("loss", total.detach().float(), prog_bar=True, logger=False)
+        for name in self.method.progress_terms:  # the method's own terms beside the loss on the bar
+            self.log(name, terms[name].detach().float(), prog_bar=True, logger=False)
         return total
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
@@ -509,13 +518,14 @@ def train_run(cfg: RunConfig, method_cfg: Any, run_dir: Path, resume_from: Path 
             "skipped_items": len(train_set.skipped), "artifacts": data.artifacts}
     fit_set = data.fit
     fit_images = fit_set.tensor()  # one host copy (N, C, H, W) shared by the module and the collapse watch
-    module = TrainModule(model, cfg, fit_images, meta, model.training_fields(data))
+    module = TrainModule(model, cfg, fit_images, meta, model.training_fields(data), model.training_pools(data))
     callbacks = [CollapseWatch(fit_images), *extra_callbacks]
     if cfg.knn_monitor and eval_set is not None and eval_set.labels is not None and train_set.labels is not None:
         callbacks.append(KNNMonitor(train_set.tensor(), train_set.labels, eval_set.tensor(), eval_set.labels,
                                     k=cfg.knn_k, temperature=cfg.knn_temperature))
     print(f"training {cfg.method} on {train_set.name} ({len(fit_set)} images "
-          f"{info.image_size}x{info.image_size}x{info.channels}), backbone {cfg.backbone} ({why}), run {run_dir}")
+          f"{info.image_size}x{info.image_size}x{info.channels}), backbone {cfg.backbone} ({why}), run {run_dir}"
+          + (f"; {data.shapes}" if data.shapes else ""))
     callbacks.append(CostEstimate(cfg.batch_size * cfg.accumulate, module.total_steps))
     trainer = fit(module, cfg, run_dir, callbacks, resume_from)
     return model, info, data, trainer

@@ -2,6 +2,8 @@
 
 A spec is one of
   digits[:train|:test]    scikit-learn's 8x8 digits (embedded; fixed stratified split)
+  digits-m[:train|:test]  the digits coloured and blended onto natural-image patches (MNIST-M's way)
+  cifar10-shifted[:train|:test]  CIFAR-10 under a fixed colour transform and blur (data/domains.py)
   cifar10[:train|:test]   a local copy ($REPRLEARN_CIFAR10: shards or the python batches),
                           else the official archive, downloaded once and checksum-verified
   PATH or GLOB            WebDataset shards (.tar/.tar.gz with KEY.jpg|png [+ KEY.cls]);
@@ -29,6 +31,7 @@ import numpy as np
 
 from ..errors import fail
 from .cache import cached, content_key
+from .domains import is_domain_source, load_domain_source
 from .decode import BadItem, Collector, IMAGE_EXTENSIONS, decode_image, parse_label, storage_size
 from .imageset import ImageSet, stratified_split
 
@@ -48,7 +51,9 @@ def load_source(spec: str, image_size: int | None = None, skip_bad: bool = False
     if name in ("digits", "cifar10") and split in ("", "train", "test"):
         split = split or "train"
         images = _digits(split) if name == "digits" else _cifar10(split, skip_bad)
-        return _maybe_resize(images, image_size)
+        return resize_set(images, image_size)
+    if is_domain_source(name) and split in ("", "train", "test"):
+        return resize_set(load_domain_source(name, split or "train", skip_bad), image_size)
     paths = expand_spec(spec)
     if len(paths) == 1 and paths[0].is_dir():
         folder = paths[0]
@@ -57,7 +62,7 @@ def load_source(spec: str, image_size: int | None = None, skip_bad: bool = False
             return load_shards(shards, image_size, skip_bad, name=str(folder))
         return load_folder(folder, image_size, skip_bad)
     if len(paths) == 1 and paths[0].suffix == ".npz":
-        return _maybe_resize(load_npz(paths[0]), image_size)
+        return resize_set(load_npz(paths[0]), image_size)
     not_shards = [p for p in paths if not p.name.endswith(SHARD_SUFFIXES)]
     if not_shards:
         raise fail(f"{not_shards[0]} is not a shard (.tar, .tar.gz), folder or .npz file; "
@@ -88,7 +93,8 @@ def expand_spec(spec: str) -> list[Path]:
     return paths
 
 
-def _maybe_resize(images: ImageSet, image_size: int | None) -> ImageSet:
+def resize_set(images: ImageSet, image_size: int | None) -> ImageSet:
+    """``images`` resized to ``image_size`` px square (antialiased bilinear); None keeps them."""
     if image_size is None or image_size == images.image_size:
         return images
     import torch

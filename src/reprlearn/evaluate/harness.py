@@ -159,6 +159,9 @@ def format_table(result: dict) -> str:
     elif probes:
         lines.append(f"probes: {probes}")
     lines += _image_text_lines(result)
+    from .domain import domain_lines
+
+    lines += domain_lines(result)
     return "\n".join(lines)
 
 
