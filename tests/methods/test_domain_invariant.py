@@ -110,7 +110,7 @@ def build(**options):
 def test_references_share_the_architecture_and_the_initialisation():
     method = build()
     refs = method.references()
-    assert set(refs) == {"source_only", "target_oracle"}
+    assert set(refs) == {"source_only", "lambda0", "target_oracle"}
     want_f, want_c = method.encoder.state_dict(), method.classifier.state_dict()
     for encoder, classifier in refs.values():
         assert repr(encoder) == repr(method.encoder) and repr(classifier) == repr(method.classifier)
@@ -163,22 +163,39 @@ def test_critic_trains_only_on_its_own_objective():
 
 @needs_cifar
 def test_digits_to_digits_m_beats_source_only(tmp_path, monkeypatch):
-    """The learning check (short): adapted target accuracy above the source-only reference's, the
-    domain classifier nearer 0.5 after than before, every key in eval.json, and the picture."""
+    """The learning check (short): the adapted target accuracy above the source-only reference's
+    (trained beside it from the same start), and the domain classifier near 0.5 after training
+    where it tells the domains apart before (benchmarks/domain_shift.py measures 3 seeds)."""
+    import reprlearn
+    from reprlearn.data.run_data import load_run_data
+    from reprlearn.evaluate.domain import domain_metrics
+    from reprlearn.runs import build_encoder, load_method
+
+    monkeypatch.setenv("REPRLEARN_CIFAR10", str(CIFAR))
+    run = reprlearn.train("domain-invariant", out=tmp_path / "run", progress=False, eval=False, epochs=SHORT_EPOCHS)
+    method, cfg, info = load_method(run)
+    data = load_run_data(cfg, captions=False)
+    result = domain_metrics(method, build_encoder(cfg, info), data.eval, data.target_eval, "cpu")
+    print({k: result[k] for k in ("target_top1", "source_only_top1", "lambda0_top1", "target_oracle_top1",
+                                  "source_top1", "domain_classifier", "critic_w1")})
+    assert result["target_top1"] > result["source_only_top1"] + 0.03
+    dc = result["domain_classifier"]
+    assert dc["before"] > 0.9 and dc["after"] < 0.75 and dc["after"] < dc["source_only"] - 0.15
+
+
+@pytest.mark.slow
+@needs_cifar
+def test_a_run_writes_the_domain_keys_and_the_picture(tmp_path, monkeypatch):
+    """`reprlearn train domain-invariant` evaluates itself: every domain key in eval.json, umap_domains.png."""
     import reprlearn
 
     monkeypatch.setenv("REPRLEARN_CIFAR10", str(CIFAR))
-    run = reprlearn.train("domain-invariant", out=tmp_path / "run", progress=False, epochs=SHORT_EPOCHS)
+    run = reprlearn.train("domain-invariant", out=tmp_path / "run", progress=False, epochs=2)
     result = json.loads((run / "eval.json").read_text())
-    for key in ("target_top1", "source_only_top1", "target_oracle_top1", "source_top1", "critic_w1",
-                "domain_classifier", "worst_domain_top1"):
+    for key in ("target_top1", "source_only_top1", "lambda0_top1", "target_oracle_top1", "source_top1",
+                "critic_w1", "domain_classifier", "domain_top1", "worst_domain_top1"):
         assert key in result, key
     assert (run / "umap_domains.png").is_file()
-    print({k: result[k] for k in ("target_top1", "source_only_top1", "target_oracle_top1", "source_top1",
-                                  "domain_classifier", "critic_w1")})
-    assert result["target_top1"] > result["source_only_top1"] + 0.05
-    dc = result["domain_classifier"]
-    assert abs(dc["after"] - 0.5) < abs(dc["before"] - 0.5)
 
 
-SHORT_EPOCHS = 40
+SHORT_EPOCHS = 15

@@ -4,12 +4,13 @@ On the held-out images of both domains (the run's evaluation set and its target 
 
 - ``target_top1``: the adapted encoder and classifier on the target; ``source_top1`` on the source;
   beside the references trained with the same F, C and initialisation: ``source_only_top1``
-  (λ = 0) and ``target_oracle_top1`` (target labels, the ceiling); ``domain_top1`` per domain and
+  (the source images alone), ``lambda0_top1`` (λ = 0 on the method's batches, target images
+  through F's BatchNorm too) and ``target_oracle_top1`` (target labels, the ceiling); ``domain_top1`` per domain and
   ``worst_domain_top1``, the multi-domain setting's headline;
 - ``critic_w1``: the trained critic's Wasserstein estimate between the two domains' features;
 - ``domain_classifier``: a logistic regression telling the domains apart from frozen features
   (balanced domains, fit on one half, scored on the other: 0.5 = indistinguishable), before
-  training (the initial weights), after, and for the source-only reference;
+  training (the initial weights), after, and for the source-only and λ = 0 references;
 - ``umap_domains.png``: UMAP of both domains' features before and after training, coloured by
   domain and by class.
 """
@@ -82,9 +83,9 @@ def domain_metrics(method, random_encoder: torch.nn.Module, source: ImageSet, ta
                                                  torch.from_numpy(after_t).to(device), labels)
     classifier = {"before": domain_classifier_top1(before_s, before_t, seed),
                   "after": domain_classifier_top1(after_s, after_t, seed)}
-    if "source_only" in refs:
-        encoder = refs["source_only"][0]
-        classifier["source_only"] = domain_classifier_top1(extract(encoder, xs), extract(encoder, xt), seed)
+    for name, (encoder, _) in refs.items():
+        if name != "target_oracle":
+            classifier[name] = domain_classifier_top1(extract(encoder, xs), extract(encoder, xt), seed)
     result["domain_classifier"] = classifier
     if run_dir is not None and source.labels is not None and target.labels is not None:
         from .figures import umap_domains_plot
@@ -106,7 +107,8 @@ def domain_lines(result: dict) -> list[str]:
     """The evaluation table's rows for domain adaptation."""
     if "target_top1" not in result:
         return []
-    cells = [("target_top1", "adapted"), ("source_only_top1", "source only"), ("target_oracle_top1", "oracle")]
+    cells = [("target_top1", "adapted"), ("source_only_top1", "source only"), ("lambda0_top1", "λ=0"),
+             ("target_oracle_top1", "oracle")]
     row = "  ".join(f"{label} {result[k]:.4f}" for k, label in cells if result.get(k) is not None)
     lines = [f"target top-1       {row}", f"source top-1       {result['source_top1']:.4f}"]
     if "worst_domain_top1" in result:

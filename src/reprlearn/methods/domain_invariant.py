@@ -17,10 +17,14 @@ Two settings: unsupervised adaptation (all source labels, no target label; the d
 multi-domain setting of Andéol et al. (``--labelled-per-class N``: N labelled images per class in
 each domain, the rest unlabelled; the headline is the worst domain's accuracy).
 
-References trained beside it (``--references``, for the evaluation): a source-only pair (F', C')
-(λ = 0) and a target-oracle pair (F'', C'') trained on the target's labels, both copies of F and C
-taken before the first step, so they share the architecture and the initialisation, and trained
-by the same optimiser, schedule and batches. The adapted F, C never see a target label the
+References trained beside it (``--references``, for the evaluation), each a copy of F and C taken
+before the first step (same architecture, same initialisation), trained by the same optimiser,
+schedule and batches:
+- ``source_only``: the literature's baseline, trained on the source images alone;
+- ``lambda0``: the method's loss with λ = 0 on the method's own batches (source and target images
+  through F together, so BatchNorm's statistics see the target): what the critic adds is the
+  difference to this one;
+- ``target_oracle``: trained on the target's labels (the ceiling). The adapted F, C never see a target label the
 setting does not give them.
 
 Deviations: the critic's inner steps run inside ``loss`` with the critic's own Adam (the
@@ -66,7 +70,7 @@ class DomainInvariantConfig:
     labelled_per_class: int | None = option(None, "multi-domain setting: labelled images per class in every "
                                             "domain (none: unsupervised adaptation, all source labels, no "
                                             "target label)", min=1)
-    references: bool = option(True, "train the source-only and target-oracle references beside it (for eval)")
+    references: bool = option(True, "train the source-only, λ = 0 and target-oracle references beside it (for eval)")
 
 
 def make_critic(in_dim: int, width: int) -> nn.Module:
@@ -138,7 +142,7 @@ class DomainInvariant(Method, AdaptsDomains):
         # copies taken now, before any step: same architecture, same initial weights as F and C
         self.refs = nn.ModuleDict()
         if config.references:
-            for name in ("source_only", "target_oracle"):
+            for name in ("source_only", "lambda0", "target_oracle"):
                 self.refs[name] = nn.ModuleDict({"encoder": copy.deepcopy(encoder),
                                                  "classifier": copy.deepcopy(self.classifier)})
         self.register_buffer("step", torch.zeros((), dtype=torch.long))  # for λ's warm-up; checkpointed
@@ -204,10 +208,15 @@ class DomainInvariant(Method, AdaptsDomains):
         total = class_loss + self.lam_now() * w1
         terms = {"class_loss": class_loss.detach(), "w1": w1.detach(),
                  "gp": gradient_penalty(self.critic, zs.detach(), zt.detach(), v["alpha"][-1]).detach()}
-        if "source_only" in self.refs:  # λ = 0: the same loss without the critic
+        if "source_only" in self.refs:  # the source images alone
             ref = self.refs["source_only"]
             terms["source_only_loss"] = _cross_entropy(ref["classifier"](ref["encoder"](v["source"])), v["labels"])
             total = total + terms["source_only_loss"]
+        if "lambda0" in self.refs:  # λ = 0: the same loss without the critic, on the same batch
+            ref = self.refs["lambda0"]
+            both = torch.cat([v["source"], v["target"]])
+            terms["lambda0_loss"] = _cross_entropy(ref["classifier"](ref["encoder"](both)), labels)
+            total = total + terms["lambda0_loss"]
         if "target_oracle" in self.refs and bool((v["target_truth"] >= 0).any()):  # the ceiling: target labels
             ref = self.refs["target_oracle"]
             terms["oracle_loss"] = _cross_entropy(ref["classifier"](ref["encoder"](v["target"])), v["target_truth"])
