@@ -33,14 +33,6 @@ def is_domain_source(name: str) -> bool:
     return name in DOMAIN_SOURCES
 
 
-def load_domain_source(name: str, split: str, skip_bad: bool = False) -> ImageSet:
-    if split not in ("train", "test"):
-        raise fail(f"{name}:{split} is not a split; use {name}:train or {name}:test")
-    if name == "digits-m":
-        return digits_m(split)
-    return cifar10_shifted(split, skip_bad)
-
-
 # ---------------------------------------------------------------- digits-m
 
 
@@ -76,17 +68,14 @@ def blend_digits(digits: np.ndarray, backgrounds: np.ndarray, seed: int) -> np.n
     return np.round(out).clip(0, 255).astype(np.uint8)
 
 
-def digits_m(split: str, seed: int = DIGITS_M_SEED) -> ImageSet:
-    from .sources import file_digest, load_shards, load_source
-
-    shard = patch_shard()
-    source = load_source(f"digits:{split}")
-    key = content_key("digits-m", split, seed, COLOUR_LOW, file_digest(shard))
+def digits_m(source: ImageSet, split: str, shard_digest: str, backgrounds, seed: int = DIGITS_M_SEED) -> ImageSet:
+    """digits-m from the digits split ``source``; ``backgrounds()`` gives the natural images
+    (decoded only when the cache, keyed by ``shard_digest``, has no entry)."""
+    key = content_key("digits-m", split, seed, COLOUR_LOW, shard_digest)
 
     def build() -> ImageSet:
-        backgrounds = load_shards([shard], None, False, name=str(shard)).images
         # train and test draw from different seeds so no (digit, patch, colour) triple repeats
-        images = blend_digits(source.images[..., 0], backgrounds, seed * 2 + (split == "test"))
+        images = blend_digits(source.images[..., 0], backgrounds(), seed * 2 + (split == "test"))
         return ImageSet(images, source.labels, source.class_names, f"digits-m:{split}")
 
     return cached(key, build)
@@ -118,10 +107,8 @@ def shift_images(images: np.ndarray) -> np.ndarray:
     return np.round(x * 255.0).clip(0, 255).astype(np.uint8)
 
 
-def cifar10_shifted(split: str, skip_bad: bool = False) -> ImageSet:
-    from .sources import load_source
-
-    source = load_source(f"cifar10:{split}", None, skip_bad)
+def cifar10_shifted(source: ImageSet, split: str) -> ImageSet:
+    """cifar10-shifted from the CIFAR-10 split ``source``."""
     key = content_key("cifar10-shifted", split, source.name, len(source), COLOUR_MIX.tolist(), GAMMA, BLUR_SIGMA,
                       int(source.images[:64].astype(np.int64).sum()))
 

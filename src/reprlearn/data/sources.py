@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import fail
 from .cache import cached, content_key
-from .domains import is_domain_source, load_domain_source
+from .domains import cifar10_shifted, digits_m, is_domain_source, patch_shard
 from .decode import BadItem, Collector, IMAGE_EXTENSIONS, decode_image, parse_label, storage_size
 from .imageset import ImageSet, stratified_split
 
@@ -53,7 +53,7 @@ def load_source(spec: str, image_size: int | None = None, skip_bad: bool = False
         images = _digits(split) if name == "digits" else _cifar10(split, skip_bad)
         return resize_set(images, image_size)
     if is_domain_source(name) and split in ("", "train", "test"):
-        return resize_set(load_domain_source(name, split or "train", skip_bad), image_size)
+        return resize_set(_shifted_domain(name, split or "train", skip_bad), image_size)
     paths = expand_spec(spec)
     if len(paths) == 1 and paths[0].is_dir():
         folder = paths[0]
@@ -119,6 +119,15 @@ def _digits(split: str) -> ImageSet:
     train, test = stratified_split(labels, len(labels), fraction=0.2, seed=0)
     index = train if split == "train" else test
     return ImageSet(images[index], labels[index], [str(d) for d in range(10)], f"digits:{split}")
+
+
+def _shifted_domain(name: str, split: str, skip_bad: bool) -> ImageSet:
+    """digits-m or cifar10-shifted (data/domains.py) built from their named sources."""
+    if name == "digits-m":
+        shard = patch_shard()
+        return digits_m(_digits(split), split, file_digest(shard),
+                        lambda: load_shards([shard], None, False, name=str(shard)).images)
+    return cifar10_shifted(_cifar10(split, skip_bad), split)
 
 
 # ---------------------------------------------------------------- npz
