@@ -46,7 +46,8 @@ def patch_shard() -> Path:
     for path in candidates:
         if path.is_file():
             return path
-    where = candidates[0] if len(candidates) == 1 else "../shared/data/cifar10 above the working directory"
+    where = (f"REPRLEARN_CIFAR10 ({candidates[0].parent})" if os.environ.get("REPRLEARN_CIFAR10")
+             else "any shared/data/cifar10 above the working directory")
     raise fail(f"digits-m blends digits onto CIFAR-10 patches but {PATCH_SHARD} is not in {where}; "
                "set REPRLEARN_CIFAR10 to the folder of the CIFAR-10 shards")
 
