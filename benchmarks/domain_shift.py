@@ -23,7 +23,7 @@ import torch
 
 import reprlearn
 
-ROWS = [("target_top1", "target top-1, adapted"), ("source_only_top1", "target top-1, source only (λ = 0)"),
+ROWS = [("target_top1", "target top-1, adapted"), ("source_only_top1", "target top-1, source only (source images alone)"),
         ("lambda0_top1", "target top-1, λ = 0 on the same batches"),
         ("target_oracle_top1", "target top-1, oracle (target labels)"), ("source_top1", "source top-1, adapted"),
         ("dc_before", "domain classifier, before training"), ("dc_after", "domain classifier, after (adapted)"),
