@@ -31,7 +31,8 @@ Deviations: the critic's inner steps run inside ``loss`` with the critic's own A
 engine's one optimiser takes one step of one loss; the critic ascends its own objective several
 times per feature step, on other parameters), so the critic's gradients from the feature loss
 are dropped before the engine's step; the critic's Adam moments are not checkpointed (a resumed
-run restarts them); single-process only (the inner backward passes are not DDP-synchronised).
+run restarts them); single-process only (the inner backward passes are not DDP-synchronised; more
+ranks are refused in one line).
 WDGRL's γ = 10 default is kept; its critic is a 2-hidden-layer MLP, as here (no BatchNorm,
 which the penalty forbids).
 """
@@ -48,6 +49,7 @@ from torch import Tensor, nn
 
 from ..config import option
 from ..data.run_data import RunData
+from ..distributed import world_and_rank
 from ..errors import fail
 from ..losses import gradient_penalty, wasserstein_dual
 from ..nets.heads import MLPHead
@@ -187,6 +189,9 @@ class DomainInvariant(Method, AdaptsDomains):
 
     def critic_optimizer(self) -> torch.optim.Optimizer:
         if self._critic_opt is None:
+            if world_and_rank()[0] > 1:  # the inner critic steps would not be synchronised across ranks
+                raise fail("domain-invariant trains its critic in one process; run it with --devices 1 "
+                           "--num-nodes 1 (no ddp or fsdp)")
             self._critic_opt = critic_optimizer(self.critic, self.config.critic_lr)
         return self._critic_opt
 
