@@ -33,8 +33,8 @@ times per feature step, on other parameters), so the critic's gradients from the
 are dropped before the engine's step; the critic's Adam moments are not checkpointed (a resumed
 run restarts them); single-process only (the inner backward passes are not DDP-synchronised; more
 ranks are refused in one line).
-WDGRL's γ = 10 default is kept; its critic is a 2-hidden-layer MLP, as here (no BatchNorm,
-which the penalty forbids).
+γ = 10 as in WDGRL; the critic here is a 2-hidden-layer ReLU MLP without BatchNorm (the penalty
+is per sample, which BatchNorm would break).
 """
 
 from __future__ import annotations
