@@ -131,3 +131,43 @@ def test_semi_hard_mining_falls_back_to_the_hardest_when_none_is_farther():
     a = -0.5 * b
     semi = mine_negatives(a, b, "semi-hard")
     assert semi.tolist() == naive_mining(a, b, "hard") == [2, 3, 0, 1]
+
+
+# ------------------------------------------------------------------ Wasserstein critic (WDGRL)
+
+
+def test_gradient_penalty_of_a_linear_critic_is_its_slope_off_one():
+    """f(z) = w·z + b has gradient w everywhere: GP = (||w|| - 1)² whatever the interpolates."""
+    torch.manual_seed(0)
+    critic = torch.nn.Linear(3, 1).double()
+    s, t, alpha = torch.randn(6, 3).double(), torch.randn(6, 3).double(), torch.rand(6, 1).double()
+    w = critic.weight.detach()[0]
+    expected = (math.sqrt(sum(float(v) ** 2 for v in w)) - 1) ** 2
+    assert abs(float(losses.gradient_penalty(critic, s, t, alpha)) - expected) < 1e-12
+
+
+def test_gradient_penalty_of_a_quadratic_critic_by_hand():
+    """f(z) = ½ Σ_k z_k² has gradient z: GP = mean_i (||α_i s_i + (1 - α_i) t_i|| - 1)², by a loop."""
+    torch.manual_seed(1)
+    s, t, alpha = torch.randn(5, 4).double(), torch.randn(5, 4).double(), torch.rand(5, 1).double()
+    critic = lambda z: 0.5 * (z ** 2).sum(1)  # noqa: E731
+    total = 0.0
+    for i in range(5):
+        a = float(alpha[i, 0])
+        point = [a * float(s[i, k]) + (1 - a) * float(t[i, k]) for k in range(4)]
+        total += (math.sqrt(sum(p * p for p in point)) - 1) ** 2
+    assert abs(float(losses.gradient_penalty(critic, s, t, alpha)) - total / 5) < 1e-12
+
+
+def test_gradient_penalty_trains_the_critic_gradcheck():
+    """The penalty's gradient with respect to the critic's weights (a double backward) is right."""
+    torch.manual_seed(2)
+    s, t, alpha = torch.randn(4, 3).double(), torch.randn(4, 3).double(), torch.rand(4, 1).double()
+    w1 = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    w2 = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    penalty = lambda a, b: losses.gradient_penalty(lambda z: torch.tanh(z @ a) @ b, s, t, alpha)  # noqa: E731
+    assert torch.autograd.gradcheck(penalty, (w1, w2))
+
+
+def test_wasserstein_dual_is_the_difference_of_mean_scores():
+    assert float(losses.wasserstein_dual(torch.tensor([1.0, 3.0]), torch.tensor([[0.5], [0.5], [2.0]]))) == 1.0

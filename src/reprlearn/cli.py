@@ -33,7 +33,7 @@ class _Parser(argparse.ArgumentParser):
 # flags handled by the command itself, not stored in RunConfig
 _SPECIAL = {"out", "config", "resume", "options", "method"}
 # data sources: several paths after the flag are one comma list
-_SOURCES = {"data", "eval-data"}
+_SOURCES = {"data", "eval-data", "target-data", "target-eval-data"}
 
 
 def _add_fields(parser: argparse.ArgumentParser, cls: type, title: str) -> None:

@@ -174,6 +174,10 @@ class RunConfig:
     method: str = option(DEFAULT_METHOD, "the method to train (see `reprlearn methods`), or FILE.py:ClassName")
     data: str = option("digits", "training data: digits, cifar10, a shard path/glob, an image folder or an .npz")
     eval_data: str | None = option(None, "evaluation data (default: the source's test split, or a 10% hold-out)")
+    target_data: str | None = option(None, "a second domain's training images, for domain methods (domain-invariant): "
+                                     "a source, or auto (digits -> digits-m, cifar10 -> cifar10-shifted)")
+    target_eval_data: str | None = option(None, "held-out target-domain images (default: the target's test split, "
+                                          "or a 10% hold-out)")
     image_size: int | None = option(None, "resize every image to this side (needed for folders of mixed sizes)", min=4, max=1024)
     exclude_class: int | None = option(None, "train without this class (anomaly detection; evaluated on it)", min=0)
     skip_bad: bool = option(False, "skip unreadable images and count them instead of stopping")

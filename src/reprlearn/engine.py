@@ -86,7 +86,8 @@ class TrainModule(L.LightningModule):
     ``stream``: the streaming path (batches of uint8 made by DataLoader workers, see data/stream.py)."""
 
     def __init__(self, method: Method, cfg: RunConfig, images: torch.Tensor | None, meta: dict,
-                 fields: dict[str, torch.Tensor] | None = None, stream=None):
+                 fields: dict[str, torch.Tensor] | None = None, pools: dict[str, torch.Tensor] | None = None,
+                 stream=None):
         super().__init__()
         self.method = method
         self.cfg = cfg
@@ -98,8 +99,14 @@ class TrainModule(L.LightningModule):
         # per-image tensors a method asks for besides the images (labels for cvae; caption
         # tokens for clip/siglip), indexed like the images and passed to views() by name
         self._fields_cpu = dict(fields or {})
+        # whole tensors views() draws from by itself (a second domain's images), not indexed by the batch
+        self._pools_cpu = dict(pools or {})
+        clash = set(self._fields_cpu) & set(self._pools_cpu)
+        if clash:
+            raise ValueError(f"{type(method).__name__} names {sorted(clash)} as both a field and a pool")
         self.images: torch.Tensor | None = None
         self.fields: dict[str, torch.Tensor] = {}
+        self.pools: dict[str, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ data
     def setup(self, stage: str) -> None:
@@ -112,6 +119,7 @@ class TrainModule(L.LightningModule):
         if self.images is None or self.images.device != device:
             self.images = self._images_cpu.to(device)
             self.fields = {name: value.to(device) for name, value in self._fields_cpu.items()}
+            self.pools = {name: value.to(device) for name, value in self._pools_cpu.items()}
 
     def per_device_batch(self) -> int:
         world = self.trainer.world_size if self._trainer is not None else 1
@@ -171,7 +179,7 @@ class TrainModule(L.LightningModule):
         # counted here, not in on_train_batch_end: callbacks (which write checkpoints) run before that hook
         self.loader.trained_in_epoch += 1
         images, fields = self._batch(batch)
-        views = self.method.views(images, self._generator(), **fields)
+        views = self.method.views(images, self._generator(), **fields, **self.pools)
         terms = self.method.loss(views)
         total = terms["loss"]
         for name, value in terms.items():
@@ -183,6 +191,8 @@ class TrainModule(L.LightningModule):
         self.log_dict({f"train/{k}": v.detach().float() for k, v in terms.items()},
                       on_step=True, on_epoch=True, prog_bar=False, sync_dist=True, batch_size=n)
         self.log("loss", total.detach().float(), prog_bar=True, logger=False, batch_size=n)
+        for name in self.method.progress_terms:  # the method's own terms beside the loss on the bar
+            self.log(name, terms[name].detach().float(), prog_bar=True, logger=False, batch_size=n)
         return total
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
@@ -559,7 +569,7 @@ def train_run(cfg: RunConfig, method_cfg: Any, run_dir: Path, resume_from: Path 
         watched = fit_set.head.tensor()
     else:
         watched = fit_set.tensor()  # one host copy (N, C, H, W) shared by the module and the collapse watch
-        module = TrainModule(model, cfg, watched, meta, model.training_fields(data))
+        module = TrainModule(model, cfg, watched, meta, model.training_fields(data), model.training_pools(data))
     callbacks = [CollapseWatch(watched), *extra_callbacks]
     if cfg.knn_monitor and eval_set is not None:
         train_probe, eval_probe = _held(train_set), _held(eval_set)
@@ -568,7 +578,7 @@ def train_run(cfg: RunConfig, method_cfg: Any, run_dir: Path, resume_from: Path 
                                         eval_probe.labels, k=cfg.knn_k, temperature=cfg.knn_temperature))
     print(f"training {cfg.method} on {train_set.name} ({len(fit_set)} images "
           f"{info.image_size}x{info.image_size}x{info.channels}, {data.loader}), backbone {cfg.backbone} ({why}), "
-          f"run {run_dir}")
+          f"run {run_dir}" + (f"; {data.shapes}" if data.shapes else ""))
     callbacks.append(CostEstimate(cfg.batch_size * cfg.accumulate, module.total_steps))
     trainer = fit(module, cfg, run_dir, callbacks, resume_from)
     if module.skipped:  # the streaming workers' skips (--skip-bad), this run's epochs

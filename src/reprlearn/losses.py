@@ -51,6 +51,8 @@ __all__ = [
     "vicreg_terms",
     "simsiam_loss",
     "swapped_prediction_loss",
+    "wasserstein_dual",
+    "gradient_penalty",
 ]
 
 
@@ -611,3 +613,29 @@ def swapped_prediction_loss(scores: list[Tensor], codes: list[Tensor], temperatu
     return total / pairs
 
 from .image_text_losses import clip_loss, siglip_loss  # noqa: E402,F401
+
+
+def wasserstein_dual(critic_source: Tensor, critic_target: Tensor) -> Tensor:
+    """The Kantorovich-Rubinstein dual estimate of W1 between two samples, given the critic's
+    scores f(x) on each (N,) or (N, 1), f assumed 1-Lipschitz (WGAN, Arjovsky et al. 2017):
+
+        W1(P_s, P_t) = sup_{||f||_L <= 1}  E_{x~P_s} f(x) - E_{x~P_t} f(x)
+                     ≈ (1/N_s) Σ_i f(x_i^s) - (1/N_t) Σ_j f(x_j^t)
+    """
+    return critic_source.float().mean() - critic_target.float().mean()
+
+
+def gradient_penalty(critic, source: Tensor, target: Tensor, alpha: Tensor) -> Tensor:
+    """WGAN-GP's soft Lipschitz constraint (Gulrajani et al. 2017), as WDGRL uses it:
+
+        x̂_i = α_i x_i^s + (1 - α_i) x_i^t,   α_i ~ U[0, 1]
+        GP = (1/N) Σ_i (||∇_x f(x̂_i)||_2 - 1)²
+
+    ``source`` and ``target`` (N, D) are paired row by row, ``alpha`` is (N, 1) (or (N,)); the
+    gradient is taken with ``create_graph=True``, so the penalty trains the critic ``f``.
+    """
+    alpha = alpha.reshape(-1, *([1] * (source.dim() - 1))).to(source.dtype)
+    mixed = (alpha * source + (1 - alpha) * target).detach().requires_grad_(True)
+    with torch.enable_grad():
+        (grad,) = torch.autograd.grad(critic(mixed).sum(), mixed, create_graph=True)
+    return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()

@@ -31,6 +31,11 @@ class RunData:
     train_pairs: PairSet | None = None  # image-text sources: each training image's captions
     eval_pairs: PairSet | None = None  # image-text sources: the held-out pairs (zero-shot, retrieval)
     fit_index: np.ndarray | None = None  # the training images the method fits on (None: all)
+    # domain methods (--target-data): a second domain's training images and its held-out images,
+    # brought to the source's shape (``shapes`` says how, for the run's first line)
+    target: ImageSet | None = None
+    target_eval: ImageSet | None = None
+    shapes: str = ""
     artifacts: dict[str, Any] = field(default_factory=dict)  # what Method.prepare learned from the data
     loader: str = "memory, as asked"  # which data path training takes, and why (said in its first line)
 
@@ -63,13 +68,35 @@ def default_eval_spec(data: str) -> str | None:
     return None
 
 
+# --target-data auto: the shifted domain the project builds for a named source (data/domains.py)
+AUTO_TARGETS = {"digits": "digits-m", "cifar10": "cifar10-shifted"}
+
+
+def target_spec(data: str, target: str) -> str:
+    """``target``, or for ``auto`` the shifted domain of a named source; one line when there is none."""
+    if target != "auto":
+        return target
+    name, _, split = data.partition(":")
+    if name in AUTO_TARGETS and split in ("", "train"):
+        return AUTO_TARGETS[name]
+    raise fail(f"--target-data auto knows a target only for {', '.join(AUTO_TARGETS)} "
+               f"({', '.join(f'{k} -> {v}' for k, v in AUTO_TARGETS.items())}); give --target-data SOURCE for {data}")
+
+
 def load_run_data(cfg, captions: bool) -> RunData:
     """The run's data from its config (``data``, ``eval_data``, ``image_size``, ``skip_bad``,
-    ``exclude_class``); ``captions``: load images with their captions (image-text methods)."""
+    ``exclude_class``, ``target_data``, ``target_eval_data``); ``captions``: load images with
+    their captions (image-text methods)."""
     data = _load_pairs(cfg) if captions else _load_images(cfg)
     if cfg.exclude_class is not None and data.streamed:
         raise fail("--exclude-class needs the in-memory loader (a stream cannot drop a class without reading it "
                    "all first); pass --loader memory")
+    if getattr(cfg, "target_data", None):
+        if captions:
+            raise fail(f"--target-data is for image-only methods; {cfg.method} trains on (image, caption) pairs")
+        if data.streamed:
+            raise fail("--target-data needs the in-memory loader for both domains; pass --loader memory")
+        _load_target(cfg, data)
     if cfg.exclude_class is not None:  # anomaly detection: learn without one class, probes still see all
         if captions:
             raise fail(f"--exclude-class is for image-only methods; {cfg.method} trains on (image, caption) pairs")
@@ -223,6 +250,44 @@ def _same_shape(test, train) -> None:
     if got != want:
         raise fail(f"evaluation images are {got[0]} px with {got[1]} channels but training images are {want[0]} px "
                    f"with {want[1]}; pass --image-size N")
+
+
+def _load_target(cfg, data: RunData) -> None:
+    """The second domain: its training images and held-out images (--target-eval-data, else its
+    test split, else a 10% hold-out), and every set brought to one size and channel count: the
+    source's size (or --image-size), RGB when either domain is RGB (grey replicated)."""
+    spec = target_spec(cfg.data, cfg.target_data)
+    size = cfg.image_size or data.train.image_size
+    target = load_source(spec, size, cfg.skip_bad)
+    eval_spec = cfg.target_eval_data or default_eval_spec(spec)
+    if eval_spec is None and spec.partition(":")[0] in ("digits-m", "cifar10-shifted"):
+        eval_spec = spec.partition(":")[0] + ":test"
+    if eval_spec:
+        target_eval = load_source(eval_spec, size, cfg.skip_bad)
+    elif len(target) >= 20:
+        keep, held = stratified_split(target.labels, len(target), 0.1, seed=0)
+        target, target_eval = target.subset(keep), target.subset(held, target.name + "[held-out 10%]")
+    else:
+        raise fail(f"target {spec} has {len(target)} images, too few to hold any out; give --target-eval-data")
+    channels = max(data.train.channels, target.channels)
+    before = (f"source {data.train.name} {data.train.image_size}x{data.train.image_size}x{data.train.channels}, "
+              f"target {target.name} {target.image_size}x{target.image_size}x{target.channels}")
+    grey = " (grey replicated to RGB)" if channels == 3 and min(data.train.channels, target.channels) == 1 else ""
+    data.train, data.eval, target, target_eval = (
+        None if s is None else _to_shape(s, size, channels) for s in (data.train, data.eval, target, target_eval))
+    data.target, data.target_eval = target, target_eval
+    data.shapes = f"{before}: both as {size}x{size}x{channels}{grey}"
+
+
+def _to_shape(images: ImageSet, size: int, channels: int) -> ImageSet:
+    """``images`` at ``size`` px with ``channels`` channels (grey -> RGB by replication)."""
+    from .sources import resize_set
+
+    images = resize_set(images, size)
+    if images.channels == channels:
+        return images
+    return ImageSet(np.repeat(images.images, 3, axis=-1), images.labels, images.class_names, images.name,
+                    list(images.skipped))
 
 
 def _with_probe_labels(pairs: PairSet) -> PairSet:

@@ -2,6 +2,8 @@
 
 A spec is one of
   digits[:train|:test]    scikit-learn's 8x8 digits (embedded; fixed stratified split)
+  digits-m[:train|:test]  the digits coloured and blended onto natural-image patches (MNIST-M's way)
+  cifar10-shifted[:train|:test]  CIFAR-10 under a fixed colour transform and blur (data/domains.py)
   cifar10[:train|:test]   a local copy ($REPRLEARN_CIFAR10: shards or the python batches),
                           else the official archive, downloaded once and checksum-verified
   PATH or GLOB            WebDataset shards (.tar/.tar.gz with KEY.jpg|png [+ KEY.cls]);
@@ -31,6 +33,7 @@ import numpy as np
 
 from ..errors import fail
 from .cache import cached, content_key
+from .domains import cifar10_shifted, digits_m, is_domain_source, patch_shard
 from .decode import BadItem, Collector, IMAGE_EXTENSIONS, decode_image, parse_label, storage_size
 from .imageset import ImageSet, stratified_split
 
@@ -50,7 +53,9 @@ def load_source(spec: str, image_size: int | None = None, skip_bad: bool = False
     if name in ("digits", "cifar10") and split in ("", "train", "test"):
         split = split or "train"
         images = _digits(split) if name == "digits" else _cifar10(split, skip_bad)
-        return _maybe_resize(images, image_size)
+        return resize_set(images, image_size)
+    if is_domain_source(name) and split in ("", "train", "test"):
+        return resize_set(_shifted_domain(name, split or "train", skip_bad), image_size)
     if re.search(r"\.(csv|tsv)(\?|$)", spec, re.IGNORECASE):
         return load_image_table(spec, image_size, skip_bad)
     paths = expand_spec(spec)
@@ -61,7 +66,7 @@ def load_source(spec: str, image_size: int | None = None, skip_bad: bool = False
             return load_shards(shards, image_size, skip_bad, name=str(folder))
         return load_folder(folder, image_size, skip_bad)
     if len(paths) == 1 and paths[0].suffix == ".npz":
-        return _maybe_resize(load_npz(paths[0]), image_size)
+        return resize_set(load_npz(paths[0]), image_size)
     not_shards = [p for p in paths if not p.name.endswith(SHARD_SUFFIXES)]
     if not_shards:
         raise fail(f"{not_shards[0]} is not a shard (.tar, .tar.gz), folder or .npz file; "
@@ -111,7 +116,8 @@ def expand_spec(spec: str) -> list[Path]:
     return paths
 
 
-def _maybe_resize(images: ImageSet, image_size: int | None) -> ImageSet:
+def resize_set(images: ImageSet, image_size: int | None) -> ImageSet:
+    """``images`` resized to ``image_size`` px square (antialiased bilinear); None keeps them."""
     if image_size is None or image_size == images.image_size:
         return images
     import torch
@@ -136,6 +142,15 @@ def _digits(split: str) -> ImageSet:
     train, test = stratified_split(labels, len(labels), fraction=0.2, seed=0)
     index = train if split == "train" else test
     return ImageSet(images[index], labels[index], [str(d) for d in range(10)], f"digits:{split}")
+
+
+def _shifted_domain(name: str, split: str, skip_bad: bool) -> ImageSet:
+    """digits-m or cifar10-shifted (data/domains.py) built from their named sources."""
+    if name == "digits-m":
+        shard = patch_shard()
+        return digits_m(_digits(split), split, file_digest(shard),
+                        lambda: load_shards([shard], None, False, name=str(shard)).images)
+    return cifar10_shifted(_cifar10(split, skip_bad), split)
 
 
 # ---------------------------------------------------------------- npz

@@ -17,16 +17,11 @@ def cosine_knn(features, k: int, chunk: int = 2048) -> tuple[np.ndarray, np.ndar
     return torch.cat(idx).numpy(), (1 - torch.cat(sims)).clamp(min=0).numpy()
 
 
-def umap_plot(features: np.ndarray, labels: np.ndarray, class_names: list[str], path: Path,
-              title: str = "", seed: int = 0, n_neighbors: int = 15) -> Path:
-    """2-D UMAP of the embeddings (cosine metric), one colour per class, with a legend.
+def umap_xy(features: np.ndarray, seed: int = 0, n_neighbors: int = 15) -> np.ndarray:
+    """(N, 2) UMAP layout of the embeddings (cosine metric) on an exact neighbour graph.
 
-    The neighbour graph is exact, computed here in torch, instead of UMAP's approximate
-    NN-descent, whose numba compilation alone took minutes on a 2-core CPU."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    The graph is computed here in torch, instead of UMAP's approximate NN-descent, whose
+    numba compilation alone took minutes on a 2-core CPU."""
     import umap
 
     import torch
@@ -40,10 +35,21 @@ def umap_plot(features: np.ndarray, labels: np.ndarray, class_names: list[str], 
         n_neighbors = min(n_neighbors, len(features) - 1)
         knn = cosine_knn(features, n_neighbors)
         # 200 layout epochs, UMAP's own choice above 10,000 points (it takes 500 below)
-        xy = umap.UMAP(n_components=2, n_neighbors=n_neighbors, metric="cosine", random_state=seed, n_jobs=1,
-                       n_epochs=200, precomputed_knn=(*knn, None)).fit_transform(features)
+        return umap.UMAP(n_components=2, n_neighbors=n_neighbors, metric="cosine", random_state=seed, n_jobs=1,
+                         n_epochs=200, precomputed_knn=(*knn, None)).fit_transform(features)
     finally:
         torch.set_num_threads(threads)
+
+
+def umap_plot(features: np.ndarray, labels: np.ndarray, class_names: list[str], path: Path,
+              title: str = "", seed: int = 0, n_neighbors: int = 15) -> Path:
+    """2-D UMAP of the embeddings (cosine metric), one colour per class, with a legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xy = umap_xy(features, seed, n_neighbors)
     fig, ax = plt.subplots(figsize=(6.5, 5.5), dpi=110)
     cmap = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20")
     for c, name in enumerate(class_names):
@@ -54,6 +60,46 @@ def umap_plot(features: np.ndarray, labels: np.ndarray, class_names: list[str], 
     ax.set_xticks([])
     ax.set_yticks([])
     ax.legend(markerscale=3, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def umap_domains_plot(panels: dict[str, np.ndarray], domain: np.ndarray, labels: np.ndarray,
+                      class_names: list[str], domain_names: tuple[str, str], path: Path, title: str = "",
+                      seed: int = 0) -> Path:
+    """One UMAP per feature set in ``panels`` (e.g. before / after training), each drawn twice:
+    coloured by domain (0: source, 1: target) and coloured by class (circles source, crosses target)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = len(panels)
+    fig, axes = plt.subplots(rows, 2, figsize=(10, 4.4 * rows), dpi=90, squeeze=False)
+    cmap = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20")
+    for r, (name, features) in enumerate(panels.items()):
+        xy = umap_xy(features, seed)
+        by_domain, by_class = axes[r]
+        for d, (colour, dname) in enumerate(zip(("tab:blue", "tab:orange"), domain_names)):
+            m = domain == d
+            by_domain.scatter(xy[m, 0], xy[m, 1], s=5, color=colour, label=dname, alpha=0.6, linewidths=0)
+        for c, cname in enumerate(class_names):
+            for d, marker in ((0, "o"), (1, "x")):
+                m = (labels == c) & (domain == d)
+                if m.any():
+                    by_class.scatter(xy[m, 0], xy[m, 1], s=6 if d == 0 else 8, marker=marker, color=cmap(c % cmap.N),
+                                     label=cname if d == 0 else None, alpha=0.7, linewidths=0 if d == 0 else 0.6)
+        by_domain.set_title(f"{name}: coloured by domain")
+        by_class.set_title(f"{name}: coloured by class (o source, x target)")
+        by_domain.legend(markerscale=3, fontsize=8, loc="best", frameon=False)
+        by_class.legend(markerscale=2, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+        for ax in (by_domain, by_class):
+            ax.set_xticks([])
+            ax.set_yticks([])
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

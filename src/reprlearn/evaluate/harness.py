@@ -218,6 +218,7 @@ def format_table(result: dict) -> str:
     elif probes:
         lines.append(f"probes: {probes}")
     lines += _image_text_lines(result)
+    lines += _domain_lines(result)
     return "\n".join(lines)
 
 
@@ -237,4 +238,20 @@ def _image_text_lines(result: dict) -> list[str]:
     if "clip_score_auroc" in result:
         lines.append(f"clip_score_auroc   {result['clip_score_auroc']:.4f} pooled, "
                      f"{result['clip_score_auroc_per_image']:.4f} per image (chance 0.5)")
+    return lines
+
+
+def _domain_lines(result: dict) -> list[str]:
+    """The evaluation table's rows for domain adaptation."""
+    if "target_top1" not in result:
+        return []
+    cells = [("target_top1", "adapted"), ("source_only_top1", "source only"), ("lambda0_top1", "λ=0"),
+             ("target_oracle_top1", "oracle")]
+    row = "  ".join(f"{label} {result[k]:.4f}" for k, label in cells if result.get(k) is not None)
+    lines = [f"target top-1       {row}", f"source top-1       {result['source_top1']:.4f}"]
+    if "worst_domain_top1" in result:
+        lines.append(f"worst domain top-1 {result['worst_domain_top1']:.4f}")
+    dc = result["domain_classifier"]
+    lines.append("domain classifier  " + "  ".join(f"{k} {v:.4f}" for k, v in dc.items()) + "  (0.5: indistinguishable)")
+    lines.append(f"critic W1          {result['critic_w1']:.4f}")
     return lines

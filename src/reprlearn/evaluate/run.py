@@ -3,7 +3,8 @@
 Every method's encoder gets the probes and the three baselines (evaluate/harness.py); what a
 method declares adds the rest: ``EmbedsText`` zero-shot, retrieval and CLIP-score AUROC
 (image_text_harness.py), ``Reconstructs`` reconstructions, figures, densities and the anomaly
-AUROC (generative.py).
+AUROC (generative.py), ``AdaptsDomains`` target accuracy beside its references, the critic's
+distance and the domain classifier (domain.py).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from ..data.run_data import RunData
 from ..data.stream import ShardStream, read_subset
 from ..errors import fail
 from ..files import atomic_write
-from ..methods import EmbedsText, Reconstructs
+from ..methods import AdaptsDomains, EmbedsText, Reconstructs
 from ..methods.lookup import short_name
 from ..config import run_device
 from ..runs import build_encoder
@@ -62,6 +63,11 @@ def evaluate_method(method, cfg, info, data: RunData, run_dir: Path, anomaly_cla
             result["generative_images"] = len(eval_set)
 
         result.update(generative_metrics(method, cfg, info, eval_set, run_dir, anomaly_class, iwae_k, device))
+    if isinstance(method, AdaptsDomains):
+        from .domain import domain_metrics
+
+        result.update(domain_metrics(method, build_encoder(cfg, info), eval_set, data.target_eval, device, run_dir,
+                                     seed=cfg.seed))
     with atomic_write(run_dir / "eval.json", "w") as f:
         f.write(json.dumps(result, indent=2))
     return result

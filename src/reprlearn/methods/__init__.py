@@ -1,14 +1,15 @@
 """Methods, one file each, registered by name (``reprlearn methods`` lists them)."""
 
 from .base import (
-    METHODS, Ability, DataInfo, EmbedsText, HasDensity, Interpolates, Method, Reconstructs, Samples, abilities,
+    METHODS, Ability, AdaptsDomains, DataInfo, EmbedsText, HasDensity, Interpolates, Method, Reconstructs, Samples,
+    abilities,
 )
 
 # importing a method module registers it
 from . import (  # noqa: E402,F401
-    ae, barlow_twins, byol, clip, colorization, contractive_ae, cvae, denoising_ae, dino, hvae, ibot, inpainting, jigsaw,
-    mae, moco, robust_ae, rotation, siglip, simclr, simsiam, sparse_ae, swav, vae, vicreg,
+    ae, barlow_twins, byol, clip, colorization, contractive_ae, cvae, denoising_ae, dino, domain_invariant, hvae, ibot,
+    inpainting, jigsaw, mae, moco, robust_ae, rotation, siglip, simclr, simsiam, sparse_ae, swav, vae, vicreg,
 )
 
-__all__ = ["METHODS", "Method", "DataInfo", "Ability", "Reconstructs", "Interpolates", "Samples", "HasDensity",
-           "EmbedsText", "abilities"]
+__all__ = ["METHODS", "Method", "DataInfo", "Ability", "AdaptsDomains", "Reconstructs", "Interpolates", "Samples",
+           "HasDensity", "EmbedsText", "abilities"]

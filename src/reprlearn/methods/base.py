@@ -94,6 +94,16 @@ class EmbedsText(Ability):
     requires = ("encode_image", "image_tower", "embed_texts")
 
 
+class AdaptsDomains(Ability):
+    """Trained on a labelled source and a second (target) domain: ``classify(x)`` -> class logits
+    of the adapted encoder and its classifier; ``references()`` -> {name: (encoder, classifier)}
+    trained beside it from the same initialisation ("source_only": no alignment, "target_oracle":
+    the target's labels); ``domain_distance(h_source, h_target, source_labels=None)`` -> the
+    critic's distance estimate between two feature sets of the encoder."""
+
+    requires = ("classify", "references", "domain_distance")
+
+
 def abilities(method: type | object) -> list[type]:
     """The abilities a method (class or instance) declares, e.g. [Reconstructs, Samples]."""
     cls = method if isinstance(method, type) else type(method)
@@ -109,6 +119,8 @@ class Method(nn.Module):
     # image-text methods (clip, siglip) train on (image, caption) pairs and get the batch's
     # captions: views(images, generator, tokens=..., caption_counts=...)
     trains_on_captions: ClassVar[bool] = False
+    # loss terms shown on the progress bar beside the total (all terms are logged regardless)
+    progress_terms: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -158,6 +170,11 @@ class Method(nn.Module):
             raise fail(f"{type(self).__name__.lower()} is conditioned on labels, but the streamed samples have none; "
                        "give shards with KEY.cls members or class sub-folders")
         return {"labels": batch["labels"]}
+
+    def training_pools(self, data: RunData) -> dict[str, Tensor]:
+        """Whole tensors ``views`` takes by name besides the batch, moved to the device once and
+        not indexed by it (domain methods: the target domain's images, to draw a batch from)."""
+        return {}
 
     # ------------------------------------------------------------------ training
     def views(self, images: Tensor, generator: torch.Generator) -> Any:

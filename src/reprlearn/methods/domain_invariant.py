@@ -1,0 +1,263 @@
+"""Domain-invariant representations by a Wasserstein domain critic: WDGRL (Shen et al. 2018) and
+its joint form (Andéol et al. 2021, "Learning domain invariant representations by joint
+Wasserstein distance minimization").
+
+Feature extractor F (the run's backbone), classifier C on the labelled samples, critic D:
+
+    h = F(x);   z = h                                   (--align marginal, WDGRL)
+                z = [h, β y]   y = onehot(label) where the label is known, softmax(C(h)) elsewhere
+                                                        (--align joint, Andéol et al.)
+    W1 ≈ (1/N) Σ_i D(z_i^s) − (1/N) Σ_j D(z_j^t)                         (Kantorovich–Rubinstein dual)
+    critic, ``critic_steps`` times per feature step, on detached z:
+        max_D  W1 − γ · GP,   GP = E (||∇_ẑ D(ẑ)|| − 1)²,  ẑ = α z^s + (1 − α) z^t,  α ~ U[0, 1]
+    feature step (F, C; the engine's optimiser):
+        min_{F,C}  L_class(C(F(x)), y on the labelled samples) + λ_t · W1,   λ_t = λ · min(1, step / warm-up)
+
+Two settings: unsupervised adaptation (all source labels, no target label; the default) and the
+multi-domain setting of Andéol et al. (``--labelled-per-class N``: N labelled images per class in
+each domain, the rest unlabelled; the headline is the worst domain's accuracy).
+
+References trained beside it (``--references``, for the evaluation), each a copy of F and C taken
+before the first step (same architecture, same initialisation), trained by the same optimiser,
+schedule and batches:
+- ``source_only``: the literature's baseline, trained on the source images alone;
+- ``lambda0``: the method's loss with λ = 0 on the method's own batches (source and target images
+  through F together, so BatchNorm's statistics see the target): what the critic adds is the
+  difference to this one;
+- ``target_oracle``: trained on the target's labels (the ceiling). The adapted F, C never see a target label the
+setting does not give them.
+
+Deviations: the critic's inner steps run inside ``loss`` with the critic's own Adam (the
+engine's one optimiser takes one step of one loss; the critic ascends its own objective several
+times per feature step, on other parameters), so the critic's gradients from the feature loss
+are dropped before the engine's step; the critic's Adam moments are not checkpointed (a resumed
+run restarts them); single-process only (the inner backward passes are not DDP-synchronised; more
+ranks are refused in one line).
+γ = 10 as in WDGRL; the critic here is a 2-hidden-layer ReLU MLP without BatchNorm (the penalty
+is per sample, which BatchNorm would break).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import option
+from ..data.run_data import RunData
+from ..distributed import world_and_rank
+from ..errors import fail
+from ..losses import gradient_penalty, wasserstein_dual
+from ..nets.heads import MLPHead
+from .base import METHODS, AdaptsDomains, Method
+
+UNLABELLED = -1  # a label the setting does not give the method
+
+
+@dataclass
+class DomainInvariantConfig:
+    align: str = option("marginal", "what the critic aligns: marginal (features, WDGRL) or joint "
+                        "(feature, label) pairs (Andéol et al. 2021)", choices=("marginal", "joint"))
+    lam: float = option(1.0, "λ: weight of the critic's Wasserstein estimate in the feature loss", min=0.0)
+    lambda_warmup: float = option(5.0, "epochs over which λ rises linearly from 0", min=0.0)
+    critic_steps: int = option(5, "critic steps per feature step", min=1, max=100)
+    gp_weight: float = option(10.0, "γ: weight of the critic's gradient penalty (WDGRL: 10)", min=0.0)
+    critic_width: int = option(128, "hidden width of the critic's two layers", min=1)
+    critic_lr: float = option(1e-3, "learning rate of the critic's own Adam", above=0.0)
+    label_weight: float = option(1.0, "joint: β, the scale of the label part of the critic's input", min=0.0)
+    labelled_per_class: int | None = option(None, "multi-domain setting: labelled images per class in every "
+                                            "domain (none: unsupervised adaptation, all source labels, no "
+                                            "target label)", min=1)
+    references: bool = option(True, "train the source-only, λ = 0 and target-oracle references beside it (for eval)")
+
+
+def make_critic(in_dim: int, width: int) -> nn.Module:
+    """D: in_dim -> width -> width -> 1, ReLU, no BatchNorm (the gradient penalty is per sample)."""
+    return MLPHead(in_dim, width, 1, num_layers=3, batch_norm=False)
+
+
+def critic_optimizer(critic: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """The critic's own Adam, with WGAN-GP's betas (0.5, 0.9)."""
+    return torch.optim.Adam(critic.parameters(), lr=lr, betas=(0.5, 0.9))
+
+
+def train_critic(critic: nn.Module, opt: torch.optim.Optimizer, zs: Tensor, zt: Tensor, alpha: Tensor,
+                 gp_weight: float) -> Tensor:
+    """``len(alpha)`` ascent steps of the critic on max_D W1 − γ GP over detached z (``alpha``:
+    (steps, N, 1) interpolation weights); returns W1 before the last step."""
+    zs, zt = zs.detach().float(), zt.detach().float()
+    w1 = torch.zeros(())
+    with torch.enable_grad():
+        for a in alpha:
+            w1 = wasserstein_dual(critic(zs), critic(zt))
+            objective = -w1 + gp_weight * gradient_penalty(critic, zs, zt, a)
+            opt.zero_grad(set_to_none=True)
+            objective.backward()
+            opt.step()
+    opt.zero_grad(set_to_none=True)
+    return w1.detach()
+
+
+def joint_inputs(h: Tensor, logits: Tensor, labels: Tensor, label_weight: float) -> Tensor:
+    """The joint critic's input [h, β y]: y the one-hot label where it is known (>= 0), the
+    classifier's predicted distribution softmax(logits) elsewhere."""
+    y = F.softmax(logits.float(), dim=1)
+    known = labels >= 0
+    onehot = F.one_hot(labels.clamp(min=0), logits.shape[1]).to(y.dtype)
+    y = torch.where(known[:, None], onehot, y)
+    return torch.cat([h, label_weight * y.to(h.dtype)], dim=1)
+
+
+def known_labels(labels: np.ndarray | None, per_class: int | None, seed: int) -> np.ndarray:
+    """The labels the setting gives the method: all (``per_class`` None), or ``per_class`` per class
+    drawn with ``seed``, UNLABELLED elsewhere; all UNLABELLED when there are none."""
+    if labels is None:
+        raise fail("domain-invariant needs labelled source images (its classifier trains on them); "
+                   "give --data with labels")
+    if per_class is None:
+        return labels.astype(np.int64)
+    rng = np.random.default_rng(seed)
+    out = np.full(len(labels), UNLABELLED, np.int64)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        keep = rng.choice(idx, min(per_class, len(idx)), replace=False)
+        out[keep] = c
+    return out
+
+
+@METHODS.register("domain-invariant")
+class DomainInvariant(Method, AdaptsDomains):
+    Config = DomainInvariantConfig
+    run_defaults = {"target_data": "auto", "epochs": 40, "batch_size": 128, "warmup_epochs": 2}
+    needs_labels = True
+    progress_terms = ("class_loss", "w1")
+
+    def __init__(self, config, encoder, info, view_spec):
+        super().__init__(config, encoder, info, view_spec)
+        self.classifier = nn.Linear(encoder.feature_dim, info.num_classes)
+        joint = config.align == "joint"
+        self.critic = make_critic(encoder.feature_dim + (info.num_classes if joint else 0), config.critic_width)
+        # copies taken now, before any step: same architecture, same initial weights as F and C
+        self.refs = nn.ModuleDict()
+        if config.references:
+            for name in ("source_only", "lambda0", "target_oracle"):
+                self.refs[name] = nn.ModuleDict({"encoder": copy.deepcopy(encoder),
+                                                 "classifier": copy.deepcopy(self.classifier)})
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))  # for λ's warm-up; checkpointed
+        self._critic_opt: torch.optim.Optimizer | None = None
+
+    # ------------------------------------------------------------------ data
+    def training_fields(self, data: RunData) -> dict[str, Tensor]:
+        labels = known_labels(data.fit.labels, self.config.labelled_per_class, seed=0)
+        return {"labels": torch.from_numpy(labels)}
+
+    def training_pools(self, data: RunData) -> dict[str, Tensor]:
+        if data.target is None:
+            raise fail("domain-invariant adapts to a second domain; give --target-data SOURCE "
+                       "(or auto: digits -> digits-m, cifar10 -> cifar10-shifted)")
+        target = data.target
+        truth = target.labels if target.labels is not None else np.full(len(target), UNLABELLED, np.int64)
+        if target.labels is not None and truth.max() >= self.info.num_classes:
+            raise fail(f"target {target.name} has label {truth.max()} but the source has {self.info.num_classes} "
+                       "classes; give domains with the same classes")
+        if self.config.labelled_per_class is None:
+            known = np.full(len(target), UNLABELLED, np.int64)  # unsupervised adaptation: no target label
+        else:
+            known = known_labels(truth, self.config.labelled_per_class, seed=1)
+        # target_truth feeds only the target-oracle reference
+        return {"target": target.tensor(), "target_known": torch.from_numpy(known),
+                "target_truth": torch.from_numpy(truth.astype(np.int64))}
+
+    def views(self, images: Tensor, generator: torch.Generator, labels: Tensor, target: Tensor,
+              target_known: Tensor, target_truth: Tensor) -> dict[str, Tensor]:
+        n, device = len(images), images.device
+        j = torch.randint(len(target), (n,), generator=generator, device=device)  # a target batch of the same size
+        alpha = torch.rand((self.config.critic_steps + 1, n, 1), generator=generator, device=device)
+        return {"source": images.float() / 255, "labels": labels, "target": target[j].float() / 255,
+                "target_known": target_known[j], "target_truth": target_truth[j], "alpha": alpha}
+
+    # ------------------------------------------------------------------ the critic
+    def critic_inputs(self, h: Tensor, logits: Tensor, labels: Tensor) -> Tensor:
+        """z for the critic: h (marginal) or [h, β y] (joint, see :func:`joint_inputs`)."""
+        if self.config.align == "marginal":
+            return h
+        return joint_inputs(h, logits, labels, self.config.label_weight)
+
+    def critic_optimizer(self) -> torch.optim.Optimizer:
+        if self._critic_opt is None:
+            if world_and_rank()[0] > 1:  # the inner critic steps would not be synchronised across ranks
+                raise fail("domain-invariant trains its critic in one process; run it with --devices 1 "
+                           "--num-nodes 1 (no ddp or fsdp)")
+            self._critic_opt = critic_optimizer(self.critic, self.config.critic_lr)
+        return self._critic_opt
+
+    def lam_now(self) -> float:
+        warm = self.config.lambda_warmup * self.steps_per_epoch
+        return self.config.lam * (1.0 if warm <= 0 else min(1.0, float(self.step) / warm))
+
+    # ------------------------------------------------------------------ the loss
+    def loss(self, v: dict[str, Tensor]) -> dict[str, Tensor]:
+        n = len(v["source"])
+        h = self.encoder(torch.cat([v["source"], v["target"]]))  # one pass: BatchNorm sees both domains
+        logits = self.classifier(h)
+        labels = torch.cat([v["labels"], v["target_known"]])
+        class_loss = _cross_entropy(logits, labels)
+        z = self.critic_inputs(h, logits, labels)
+        zs, zt = z[:n], z[n:]
+        train_critic(self.critic, self.critic_optimizer(), zs, zt, v["alpha"][:-1], self.config.gp_weight)
+        w1 = wasserstein_dual(self.critic(zs), self.critic(zt))  # F and C fool the critic just trained
+        total = class_loss + self.lam_now() * w1
+        terms = {"class_loss": class_loss.detach(), "w1": w1.detach(),
+                 "gp": gradient_penalty(self.critic, zs.detach(), zt.detach(), v["alpha"][-1]).detach()}
+        if "source_only" in self.refs:  # the source images alone
+            ref = self.refs["source_only"]
+            terms["source_only_loss"] = _cross_entropy(ref["classifier"](ref["encoder"](v["source"])), v["labels"])
+            total = total + terms["source_only_loss"]
+        if "lambda0" in self.refs:  # λ = 0: the same loss without the critic, on the same batch
+            ref = self.refs["lambda0"]
+            both = torch.cat([v["source"], v["target"]])
+            terms["lambda0_loss"] = _cross_entropy(ref["classifier"](ref["encoder"](both)), labels)
+            total = total + terms["lambda0_loss"]
+        if "target_oracle" in self.refs and bool((v["target_truth"] >= 0).any()):  # the ceiling: target labels
+            ref = self.refs["target_oracle"]
+            terms["oracle_loss"] = _cross_entropy(ref["classifier"](ref["encoder"](v["target"])), v["target_truth"])
+            total = total + terms["oracle_loss"]
+        terms["loss"] = total
+        return terms
+
+    def before_optimizer_step(self, step: int, total_steps: int) -> None:
+        for p in self.critic.parameters():  # the critic trains in train_critic, never on the feature loss
+            p.grad = None
+
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        self.step += 1
+
+    # ------------------------------------------------------------------ for evaluation (AdaptsDomains)
+    def classify(self, x: Tensor) -> Tensor:
+        """Float images in [0, 1] -> class logits of the adapted F and C."""
+        return self.classifier(self.encoder(x))
+
+    def references(self) -> dict[str, tuple[nn.Module, nn.Module]]:
+        return {name: (ref["encoder"], ref["classifier"]) for name, ref in self.refs.items()}
+
+    @torch.no_grad()
+    def domain_distance(self, h_source: Tensor, h_target: Tensor, source_labels: Tensor | None = None) -> float:
+        """The critic's W1 estimate between two feature sets of F (joint: the source's labels where given,
+        the classifier's predictions elsewhere, as in training)."""
+        ls = source_labels if source_labels is not None else torch.full((len(h_source),), UNLABELLED)
+        lt = torch.full((len(h_target),), UNLABELLED)
+        zs = self.critic_inputs(h_source, self.classifier(h_source), ls.to(h_source.device))
+        zt = self.critic_inputs(h_target, self.classifier(h_target), lt.to(h_target.device))
+        return float(wasserstein_dual(self.critic(zs), self.critic(zt)))
+
+
+def _cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean cross-entropy over the samples whose label is known (0 when none is)."""
+    known = labels >= 0
+    if not bool(known.any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits[known].float(), labels[known])
