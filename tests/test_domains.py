@@ -1,7 +1,6 @@
 """The shifted domains (data/domains.py), --target-data in RunData, and the domain evaluation's parts."""
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -93,9 +92,9 @@ def test_digits_m_without_the_cifar_shards_is_one_line(monkeypatch, tmp_path):
 
 
 def cfg(**kw):
-    base = dict(method="domain-invariant", data="digits", eval_data=None, image_size=None, skip_bad=False,
-                exclude_class=None, target_data=None, target_eval_data=None)
-    return SimpleNamespace(**{**base, **kw})
+    from reprlearn.config import RunConfig
+
+    return RunConfig(**{"method": "domain-invariant", **kw})
 
 
 @needs_cifar
