@@ -11,6 +11,7 @@ from reprlearn.api import build_encoder
 from reprlearn.data import load_source
 from reprlearn.evaluate import extract, few_label, knn_top1, linear_top1
 from reprlearn.methods import METHODS
+from reprlearn.runs import load_method, untrained_encoder
 
 SHORT = dict(data="digits", epochs=25, batch_size=256, warmup_epochs=2, eval=False, progress=False,
              checkpoint_every=100)
@@ -66,7 +67,7 @@ def test_short_training_beats_random_init(tmp_path, digits, method, extra):
     overrides = {**short_run(method), **OVERRIDES.get(method, {})}
     run = reprlearn.train(method, out=tmp_path / "run", **{**SHORT, **overrides, **extra})
     trained = reprlearn.load(run)
-    random_init = build_encoder(trained.run_config, trained.data_info)
+    random_init = untrained_encoder(*load_method(run))  # as the method builds it (ddpm's noise level, ...)
     got, base = probe(trained, train, test), probe(random_init, train, test)
     print(f"{method} {extra}: " + ", ".join(f"{k} {got[k]:.3f} vs {base[k]:.3f}" for k in got))
     if is_contrastive(method):

@@ -16,7 +16,7 @@ from ..errors import fail
 from ..files import atomic_write
 from ..methods import EmbedsText, Reconstructs
 from ..methods.lookup import short_name
-from ..runs import build_encoder, run_device
+from ..runs import run_device, untrained_encoder
 from .harness import evaluate
 
 
@@ -35,7 +35,7 @@ def evaluate_method(method, cfg, info, data: RunData, run_dir: Path, anomaly_cla
         spec = preset(cfg.augment, info.image_size, info.channels)
         views = lambda x, g: augment(x, spec, g)  # noqa: E731
     if eval_set.labels is not None or not isinstance(method, EmbedsText):
-        result = evaluate(method.encoder, build_encoder(cfg, info), train_set, eval_set,
+        result = evaluate(method.encoder, untrained_encoder(method, cfg, info), train_set, eval_set,
                           labels_per_class=cfg.labels_per_class, seed=cfg.seed, max_train=cfg.eval_max_train,
                           finetune_views=views, run_dir=run_dir, method=short_name(cfg.method), knn_k=cfg.knn_k,
                           knn_temperature=cfg.knn_temperature, probe_backend=cfg.probe_backend,
