@@ -18,8 +18,8 @@ harness's convention), so "exact" here means: the flow's density is exact, its d
 bounded by an estimate that converges to it (tests/methods/test_flow.py checks Σ_k P(k) = 1).
 
 Representation for the probes: the encoder is the flow itself, its features the latent z = f(x)
-(D values, the Gaussian coordinates of the image, factored-out scales first) of the test images
-x = k/255 with no dequantisation noise. z is the only representation a flow has: it keeps all the
+(D values, the Gaussian coordinates of the image, factored-out scales first) of the centres
+(k + ½)/256 of the test images' levels, with no dequantisation noise. z is the only representation a flow has: it keeps all the
 information of x (f is invertible), so the probes measure how linearly separable the classes become
 in the coordinates where the data are Gaussian. The encoder's normalisation is the identity (the flow
 sees pixels in [0, 1]; its actnorm layers standardise). Samples: z ~ N(0, I), y = f⁻¹(z), shown as
@@ -126,7 +126,7 @@ class Flow(Method, Reconstructs, Samples, HasDensity):
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
-        """f⁻¹(f(x)): the round trip through z (equal to x up to rounding)."""
+        """f⁻¹(f(x)): the round trip through z, x's level centres (k + ½)/256 up to rounding."""
         return self.flow.inverse(self.flow(x)).clamp(0, 1)
 
     @torch.no_grad()

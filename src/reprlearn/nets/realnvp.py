@@ -1,6 +1,6 @@
 """RealNVP (Dinh et al. 2017): an invertible map from pixels in (0, 1) to a standard-normal z.
 
-    y ∈ (0, 1)^D  ->  s = logit(α + (1 − 2α) y)                          (RealNVP's pre-processing)
+    y ∈ (0, 1)^D  ->  s = logit(y)                                       (onto R^D; see below)
     per scale:    [actnorm, affine coupling with a checkerboard mask] x 3, squeeze 2x2 -> 4C channels,
                   [actnorm, affine coupling with a channel mask] x 3, factor out half the channels as z_i
     last scale:   [actnorm, checkerboard coupling] x 4 (channel couplings once the map is 1x1)
@@ -16,21 +16,22 @@ initialised from the first training batch to zero mean and unit variance per cha
 alternate in parity from one coupling to the next, so every value is transformed.
 
 ``transform`` gives z (N, D) and log |det ∂z/∂y| (N,), pre-processing included, so
-log p(y) = log N(z; 0, I) + log |det|: a density on (0, 1)^D, normalised there exactly.
-``inverse`` maps z back to y. As a backbone, ``forward(x)`` gives z for images in [0, 1] (clamped).
+log p(y) = log N(z; 0, I) + log |det|: a density on (0, 1)^D, normalised there exactly because the
+map is onto R^D. RealNVP's own pre-processing logit(α + (1 − 2α) y), α = 0.05, maps (0, 1) onto a
+bounded interval, so its density over the cube integrates to the Gaussian mass of a bounded set, less
+than 1 (tests/methods/test_flow.py found 0.1 for a random flow): here α = 0, y clamped to
+[1e-7, 1 − 1e-7] against the measure-zero ends. ``inverse`` maps z back to y. As a backbone,
+``forward(x)`` gives z of the centres (k + ½)/256 of the 8-bit levels k of images x in [0, 1].
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .registry import register_backbone
 
-ALPHA = 0.05  # RealNVP's logit pre-processing keeps the data away from 0 and 1
+EDGE = 1e-7  # y is clamped to [EDGE, 1 − EDGE]: logit(0) = −∞
 
 
 def squeeze(x: Tensor) -> Tensor:
@@ -155,10 +156,10 @@ class RealNVP(nn.Module):
 
     @staticmethod
     def preprocess(y: Tensor) -> tuple[Tensor, Tensor]:
-        """s = logit(α + (1 − 2α) y) and its log |det| per image."""
-        p = ALPHA + (1 - 2 * ALPHA) * y
-        logdet = (math.log(1 - 2 * ALPHA) - torch.log(p) - torch.log1p(-p)).flatten(1).sum(1)
-        return torch.log(p) - torch.log1p(-p), logdet
+        """s = logit(y) and its log |det| = Σ −log y − log(1 − y) per image."""
+        p = y.clamp(EDGE, 1 - EDGE)
+        log_p, log_q = torch.log(p), torch.log1p(-p)
+        return log_p - log_q, (-log_p - log_q).flatten(1).sum(1)
 
     def transform(self, y: Tensor) -> tuple[Tensor, Tensor]:
         """y in (0, 1) (N, C, H, W) -> z (N, D) and log |det ∂z/∂y| (N,)."""
@@ -205,11 +206,11 @@ class RealNVP(nn.Module):
             h = unsqueeze(h)
             for layer in reversed(checker):
                 h = layer.inverse(h)
-        return (torch.sigmoid(h) - ALPHA) / (1 - 2 * ALPHA)
+        return torch.sigmoid(h)
 
     def forward(self, x: Tensor) -> Tensor:
-        """z of images in [0, 1] (clamped there): (N, D)."""
-        return self.transform(x.clamp(0, 1))[0]
+        """z of the level centres (k + ½)/256 of images x in [0, 1] (k = ⌊256 x⌋ clamped to 0..255): (N, D)."""
+        return self.transform(((x * 256).floor().clamp(0, 255) + 0.5) / 256)[0]
 
 
 @register_backbone("realnvp")
