@@ -82,11 +82,17 @@ class Flow(Method, Reconstructs, Samples, HasDensity):
         zero = torch.zeros_like(z)
         return gaussian_log_prob(z, zero, zero) + logdet
 
-    def discrete_nll(self, levels: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
-        """−log (1/K Σ_j p((k + u_j)/L)) + D log L per image (N,): the K-draw bound on −log P(levels)."""
-        d = levels[0].numel()
-        log_p = torch.stack([self.log_density(dequantize(levels, generator, self.levels)) for _ in range(k)])
-        return math.log(k) - torch.logsumexp(log_p, dim=0) + d * math.log(self.levels)
+    def discrete_nll(self, levels: Tensor, k: int, generator: torch.Generator | None = None,
+                     max_rows: int = 8192) -> Tensor:
+        """−log (1/K Σ_j p((k + u_j)/L)) + D log L per image (N,): the K-draw bound on −log P(levels).
+        The K draws go through the flow in chunks of at most ``max_rows`` images."""
+        n, d = len(levels), levels[0].numel()
+        per_chunk, log_p = max(1, max_rows // n), []
+        for start in range(0, k, per_chunk):
+            m = min(per_chunk, k - start)  # rows are draw-major: row j*n + i is draw j of image i
+            tiled = levels.repeat(m, *([1] * (levels.dim() - 1)))
+            log_p.append(self.log_density(dequantize(tiled, generator, self.levels)).view(m, n))
+        return math.log(k) - torch.logsumexp(torch.cat(log_p), dim=0) + d * math.log(self.levels)
 
     # ---------------------------------------------------------------- training
     def views(self, images: Tensor, generator: torch.Generator) -> Tensor:
