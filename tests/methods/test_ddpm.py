@@ -186,3 +186,24 @@ def test_feature_level_and_refusals(digits):
     one_line_error(lambda: resolve_config("ddpm", {"timesteps": 10, "feature_t": 20}), "feature-t", "10")
     one_line_error(lambda: make(info, backbone="cnn"), "unet")
     one_line_error(lambda: m.iwae(torch.zeros(1, 1, 8, 8), 5), "nelbo")
+
+
+def test_one_epoch_run_evaluates_its_bound(tmp_path):
+    """Train (1 epoch, T = 50) and evaluate through the harness: eval.json reports bits/dim of the
+    variational bound (no iwae), its three parts, and the sample and denoising figures."""
+    import json
+
+    import reprlearn
+    from fakedata import epoch_losses
+
+    run = reprlearn.train("ddpm", out=tmp_path / "r", epochs=2, timesteps=50, feature_t=5, progress=False)
+    result = json.loads((run / "eval.json").read_text())
+    assert result["iwae_nats"] is None and result["density"]["data"] == "8-bit"
+    assert "variational" in result["density"]["bound"]
+    parts = result["kl_per_group"]
+    assert set(parts) == {"prior", "diffusion", "decoder"}
+    assert 0 < result["bits_per_dim"] < 16 and result["nelbo_nats"] == pytest.approx(
+        result["bits_per_dim"] * 64 * math.log(2))
+    assert (run / "samples.png").is_file() and (run / "reconstructions.png").is_file()
+    losses = epoch_losses(run)
+    assert losses[-1] < losses[0]
