@@ -196,7 +196,7 @@ def test_one_epoch_run_evaluates_its_bound(tmp_path):
     import reprlearn
     from fakedata import epoch_losses
 
-    run = reprlearn.train("ddpm", out=tmp_path / "r", epochs=2, timesteps=50, feature_t=5, progress=False)
+    run = reprlearn.train("ddpm", out=tmp_path / "r", epochs=2, timesteps=50, feature_t=5, bound_steps=10, progress=False)
     result = json.loads((run / "eval.json").read_text())
     assert result["iwae_nats"] is None and result["density"]["data"] == "8-bit"
     assert "variational" in result["density"]["bound"]
