@@ -12,8 +12,9 @@ layers, a fixed encoder (the forward process) and one shared, time-conditioned d
                       L_0 = −E_q log p_θ(x_0 | x_1)
 
 Schedules (``--schedule``): ``linear`` β from 1e-4 to 0.02 (Ho et al., for T = 1000; both ends scaled
-by 1000/T for other T, as Nichol & Dhariwal 2021, and clipped at 0.999 for T < 50), ``cosine`` ᾱ_t = f(t)/f(0), f(t) = cos²((t/T + s)/(1 + s)·π/2),
-s = 0.008, β_t clipped at 0.999 (Nichol & Dhariwal 2021). σ_t² (``--variance``): ``small`` β̃_t or
+by 1000/T for other T, as Nichol & Dhariwal 2021, and clipped at 0.999 for T < 50), ``cosine``
+ᾱ_t = f(t)/f(0), f(t) = cos²((t/T + s)/(1 + s)·π/2), s = 0.008, β_t clipped at 0.999 (Nichol &
+Dhariwal 2021). σ_t² (``--variance``): ``small`` β̃_t or
 ``large`` β_t (Ho et al. found both sample alike); L_0 always uses σ_1² = β_1.
 
 The data space. The diffusion runs on the encoder's normalised pixels, x_0 = (c − m)/s per channel,
@@ -28,7 +29,8 @@ one t per stratum of 2..T, at most ``--bound-steps`` K strata, log-spaced (``bou
 terms fall roughly as 1/t, so on T = 1000 and K = 50: 45 strata, the first 9 single steps), t
 uniform in its stratum [lo, hi) and weighted by its size hi − lo, one x_t ~ q(x_t | x_0) each: an
 unbiased estimate of the sum; K = 0 or K ≥ T − 1 takes every t once (Ho et al.'s estimate: one
-x_t per term). Cost: at most K + 1 U-Net passes per image. There is no importance-weighted bound (it needs K whole chains of T steps per image):
+x_t per term). Cost: at most K + 1 U-Net passes per image. There is no importance-weighted bound
+(it needs K whole chains of T steps per image):
 ``importance_weighted = False``, and bits/dim is of this bound.
 
 Representations. The encoder gives the U-Net bottleneck's mean over positions for the denoiser's
@@ -122,7 +124,8 @@ class Diffusion:
 
     def p_mean(self, xt: Tensor, t: Tensor, eps: Tensor) -> Tensor:
         """μ_θ = (x_t − β_t / √(1 − ᾱ_t) ε_θ) / √α_t."""
-        return (xt - self.at("beta", t, xt) / (1 - self.at("alpha_bar", t, xt)).sqrt() * eps) / self.at("alpha", t, xt).sqrt()
+        beta, alpha_bar, alpha = (self.at(name, t, xt) for name in ("beta", "alpha_bar", "alpha"))
+        return (xt - beta / (1 - alpha_bar).sqrt() * eps) / alpha.sqrt()
 
 
 @METHODS.register("ddpm")
@@ -211,7 +214,8 @@ class DDPM(Method, Reconstructs, Samples, HasDensity):
     def density_spec(self) -> dict[str, str]:
         k = self.config.bound_steps
         strata = len(bound_strata(self.config.timesteps, k))
-        steps = "all T − 1 terms" if k == 0 or k >= self.config.timesteps - 1 else f"{strata} log-spaced strata, one t each"
+        every = k == 0 or k >= self.config.timesteps - 1
+        steps = "all T − 1 terms" if every else f"{strata} log-spaced strata, one t each"
         return {"data": "8-bit", "likelihood": "discretized-gaussian decoder",
                 "bound": f"variational: L_T + sum of L_t over t ({steps}) + L_0, T = {self.config.timesteps}"}
 

@@ -19,9 +19,9 @@ bounded by an estimate that converges to it (tests/methods/test_flow.py checks �
 
 Representation for the probes: the encoder is the flow itself, its features the latent z = f(x)
 (D values, the Gaussian coordinates of the image, factored-out scales first) of the centres
-(k + ½)/256 of the test images' levels, with no dequantisation noise. z is the only representation a flow has: it keeps all the
-information of x (f is invertible), so the probes measure how linearly separable the classes become
-in the coordinates where the data are Gaussian. The encoder's normalisation is the identity (the flow
+(k + ½)/256 of the test images' levels, with no dequantisation noise. z is the only representation a
+flow has: it keeps all the information of x (f is invertible), so the probes measure how linearly
+separable the classes become in the coordinates where the data are Gaussian. The encoder's normalisation is the identity (the flow
 sees pixels in [0, 1]; its actnorm layers standardise). Samples: z ~ N(0, I), y = f⁻¹(z), shown as
 the level ⌊256 y⌋.
 """

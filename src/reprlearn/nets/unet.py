@@ -81,17 +81,21 @@ class UNet(nn.Module):
             sizes.append(sizes[-1] // 2)
         widths = [width * m for m in (1, 2, 2)[:len(sizes)]]
         self.time_dim = 4 * width
-        self.time_mlp = nn.Sequential(nn.Linear(width, self.time_dim), nn.SiLU(), nn.Linear(self.time_dim, self.time_dim))
+        self.time_mlp = nn.Sequential(nn.Linear(width, self.time_dim), nn.SiLU(),
+                                      nn.Linear(self.time_dim, self.time_dim))
         self.width = width
         self.conv_in = nn.Conv2d(in_channels, width, 3, padding=1)
         lowest = len(sizes) - 1
         self.down = nn.ModuleList(ResBlock(width if i == 0 else widths[i - 1], widths[i], self.time_dim)
                                   for i in range(len(sizes)))
-        self.down_attn = nn.ModuleList(Attention(widths[i]) if i == lowest else nn.Identity() for i in range(len(sizes)))
+        self.down_attn = nn.ModuleList(Attention(widths[i]) if i == lowest else nn.Identity()
+                                       for i in range(len(sizes)))
         self.downsample = nn.ModuleList(nn.Conv2d(widths[i], widths[i], 3, stride=2, padding=1)
                                         for i in range(lowest))
         mid = widths[-1]
-        self.mid1, self.mid_attn, self.mid2 = ResBlock(mid, mid, self.time_dim), Attention(mid), ResBlock(mid, mid, self.time_dim)
+        self.mid1 = ResBlock(mid, mid, self.time_dim)  # built in this order: the seeded init depends on it
+        self.mid_attn = Attention(mid)
+        self.mid2 = ResBlock(mid, mid, self.time_dim)
         self.up = nn.ModuleList(ResBlock((widths[i + 1] if i < lowest else mid) + widths[i], widths[i], self.time_dim)
                                 for i in range(len(sizes)))
         self.up_attn = nn.ModuleList(Attention(widths[i]) if i == lowest else nn.Identity() for i in range(len(sizes)))
