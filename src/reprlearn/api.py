@@ -170,7 +170,7 @@ def sample_images(run_dir: str | Path, out: str | Path, n: int = 64, cls: int | 
 
     method, cfg, info = load_method(run_dir)
     if not isinstance(method, Samples):
-        raise fail(f"{cfg.method} cannot sample (no prior); sampling works for vae, cvae and hvae")
+        raise fail(f"{cfg.method} cannot sample (no prior); sampling works for vae, cvae, hvae, ddpm and flow")
     if cls is not None and not 0 <= cls < info.num_classes:
         raise fail(f"--class {cls} is out of range; the run has classes 0..{info.num_classes - 1}")
     if cls is not None and not method.needs_labels:

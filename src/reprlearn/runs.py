@@ -78,6 +78,13 @@ def build_encoder(cfg: RunConfig, info: DataInfo) -> Encoder:
     return Encoder(backbone, info.mean, info.std)
 
 
+def untrained_encoder(method: Method, cfg: RunConfig, info: DataInfo) -> Encoder:
+    """The random-init baseline: the encoder as ``method`` builds it before training, i.e. the method
+    rebuilt from its config on the run's seed (a method may set up its encoder: ddpm's noise level,
+    flow's identity normalisation), its weights exactly those training started from."""
+    return type(method)(method.config, build_encoder(cfg, info), info, method.view_spec).encoder.eval()
+
+
 def build_method(cfg: RunConfig, method_cfg: Any, info: DataInfo, method_file: str | Path | None = None) -> Method:
     from .augment import preset
 

@@ -155,21 +155,25 @@ def density(method, x: torch.Tensor, labels, k: int, batch: int = 256) -> dict:
 
     ``method.density_data`` gives the images the density is over (8-bit x, or one fixed
     binarisation); ``density`` in the result says which (``method.density_spec``).
-    8-bit data report ``bits_per_dim`` of the IWAE bound; binarised data report
-    ``bits_per_binary_dim`` instead (see ``bits_per_dim``).
+    8-bit data report ``bits_per_dim`` of the IWAE bound (of nelbo when the method is not
+    ``importance_weighted``: ddpm); binarised data report ``bits_per_binary_dim`` instead
+    (see ``bits_per_dim``).
     """
     x = method.density_data(x)
     kw = (lambda s: {"labels": labels[s]}) if labels is not None else (lambda s: {})
+    weighted = method.importance_weighted  # False (ddpm): no iwae; bits/dim of nelbo
     nelbo, iwae = [], []
     for start in range(0, len(x), batch):
         s = slice(start, start + batch)
         nelbo.append(method.nelbo(x[s], **kw(s)).cpu())
-        iwae.append(method.iwae(x[s], k, **kw(s)).cpu())
-    nelbo_nats, iwae_nats = torch.cat(nelbo).mean().item(), torch.cat(iwae).mean().item()
+        if weighted:
+            iwae.append(method.iwae(x[s], k, **kw(s)).cpu())
+    nelbo_nats = torch.cat(nelbo).mean().item()
+    iwae_nats = torch.cat(iwae).mean().item() if weighted else None
     spec = method.density_spec
     key = "bits_per_dim" if spec["data"] == "8-bit" else "bits_per_binary_dim"
-    result = {"nelbo_nats": nelbo_nats, "iwae_nats": iwae_nats, "iwae_k": k, "density": spec,
-              key: bits_per_dim(iwae_nats, x[0].numel())}
+    result = {"nelbo_nats": nelbo_nats, "iwae_nats": iwae_nats, "iwae_k": k if weighted else None, "density": spec,
+              key: bits_per_dim(iwae_nats if weighted else nelbo_nats, x[0].numel())}
     result["kl_per_group"] = method.kl_per_group(x[:batch], **kw(slice(0, batch)))
     return result
 

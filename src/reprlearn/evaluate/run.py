@@ -19,7 +19,7 @@ from ..files import atomic_write
 from ..methods import AdaptsDomains, EmbedsText, Reconstructs
 from ..methods.lookup import short_name
 from ..config import run_device
-from ..runs import build_encoder
+from ..runs import untrained_encoder
 from .harness import evaluate, labelled
 
 GENERATIVE_MAX = 10000  # a streamed evaluation set: the densities are computed on this many of its images
@@ -40,7 +40,7 @@ def evaluate_method(method, cfg, info, data: RunData, run_dir: Path, anomaly_cla
         spec = preset(cfg.augment, info.image_size, info.channels)
         views = lambda x, g: augment(x, spec, g)  # noqa: E731
     if labelled(eval_set) or not isinstance(method, EmbedsText):
-        result = evaluate(method.encoder, build_encoder(cfg, info), train_set, eval_set,
+        result = evaluate(method.encoder, untrained_encoder(method, cfg, info), train_set, eval_set,
                           labels_per_class=cfg.labels_per_class, seed=cfg.seed, max_train=cfg.eval_max_train,
                           finetune_views=views, run_dir=run_dir, method=short_name(cfg.method), knn_k=cfg.knn_k,
                           knn_temperature=cfg.knn_temperature, probe_backend=cfg.probe_backend,
@@ -66,7 +66,7 @@ def evaluate_method(method, cfg, info, data: RunData, run_dir: Path, anomaly_cla
     if isinstance(method, AdaptsDomains):
         from .domain import domain_metrics
 
-        result.update(domain_metrics(method, build_encoder(cfg, info), eval_set, data.target_eval, device, run_dir,
+        result.update(domain_metrics(method, untrained_encoder(method, cfg, info), eval_set, data.target_eval, device, run_dir,
                                      seed=cfg.seed))
     with atomic_write(run_dir / "eval.json", "w") as f:
         f.write(json.dumps(result, indent=2))

@@ -82,9 +82,12 @@ class HasDensity(Ability):
     """A likelihood normalised over the values the data take: ``nelbo(x, labels=None, generator=None)``
     and ``iwae(x, k, labels=None, generator=None)`` in nats per image, ``kl_per_group(x, labels=None)``;
     ``density_data(x)`` gives the images the density is over (8-bit, or one fixed binarisation) and
-    ``density_spec`` says which ({"data": "8-bit" | "binarized", "likelihood": ...})."""
+    ``density_spec`` says which ({"data": "8-bit" | "binarized", "likelihood": ...}).
+    ``importance_weighted = False``: evaluation skips ``iwae`` (too costly, e.g. ddpm's K chains of T
+    steps) and reports bits/dim of ``nelbo``."""
 
     requires = ("nelbo", "iwae", "kl_per_group", "density_data", "density_spec")
+    importance_weighted: ClassVar[bool] = True
 
 
 class EmbedsText(Ability):

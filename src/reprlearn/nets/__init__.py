@@ -9,7 +9,7 @@ signature so a typo fails with one line instead of a TypeError traceback.
 from .registry import BACKBONES, create_backbone, list_backbones, register_backbone
 
 # Import the family modules so their @register_backbone decorators run.
-from . import cnn, mlp, resnet, vit  # noqa: E402,F401
+from . import cnn, mlp, realnvp, resnet, unet, vit  # noqa: E402,F401
 from .heads import MLPHead, projection_head  # noqa: E402
 from .split_bn import split_batch_norm  # noqa: E402
 
