@@ -61,6 +61,13 @@ def all_reduce_sum(x: Tensor) -> Tensor:
     return x
 
 
+def all_reduce_max(x: Tensor) -> Tensor:
+    """The elementwise maximum of ``x`` over ranks, in place; returned for chaining. Identity when not distributed."""
+    if is_distributed():
+        dist.all_reduce(x, op=dist.ReduceOp.MAX)
+    return x
+
+
 class _RingShift(torch.autograd.Function):
     """Send x to the right neighbour (rank + 1), return what arrives from the left (rank − 1).
 

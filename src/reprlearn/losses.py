@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .distributed import gather_with_grad, world_and_rank
+from .distributed import all_reduce_max, all_reduce_sum, gather_with_grad, world_and_rank
 
 __all__ = [
     "info_nce",
@@ -44,6 +44,11 @@ __all__ = [
     "clip_loss",
     "siglip_loss",
     "ibot_patch_loss",
+    "koleo_loss",
+    "sinkhorn_knopp",
+    "barlow_twins_loss",
+    "vicreg_loss",
+    "vicreg_terms",
 ]
 
 
@@ -415,5 +420,161 @@ def ibot_patch_loss(student_patch_logits: Tensor, teacher_patch_logits: Tensor, 
     per_image = (ce * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
     return per_image.mean()
 
+
+# ---------------------------------------------------------------- spreading and balancing (DINOv2, SwAV)
+
+
+def koleo_loss(x: Tensor, eps: float = 1e-8, gather: bool = True) -> Tensor:
+    """The KoLeo regulariser (Sablayrolles et al. 2019, "Spreading vectors for similarity search";
+    DINOv2, Oquab et al. 2023): the Kozachenko–Leonenko differential-entropy estimator, up to constants.
+
+    With x̄_i = x_i / ‖x_i‖ the L2-normalised rows and ρ_i = min_{j≠i} ‖x̄_i − x̄_j‖ the distance of
+    row i to its nearest neighbour (itself excluded):
+
+        L = −(1/N) Σ_i log(ρ_i + ε)
+
+    Minimising it spreads the rows over the sphere (a near-duplicate pair costs a lot; ρ is floored
+    at 1e-6, the floor of :func:`pairwise_distance`, so a duplicate costs −log(10⁻⁶ + ε)). The
+    neighbour is chosen without gradients (largest cosine); the distance to it is differentiable
+    in both rows. With ``gather=True`` under torch.distributed each rank's rows find their neighbours
+    among the rows of the global batch (gathered with gradients), so after DDP's gradient averaging
+    loss and gradients are those of one process on the global batch. x: (N, D), N ≥ 2 globally.
+    """
+    world, rank = world_and_rank() if gather else (1, 0)
+    x = F.normalize(x, dim=1, eps=eps)
+    n = x.shape[0]
+    candidates = gather_with_grad(x) if world > 1 else x
+    if candidates.shape[0] < 2:
+        raise ValueError("koleo_loss needs at least two rows (a nearest neighbour other than itself)")
+    with torch.no_grad():
+        cos = x @ candidates.T  # (n, N)
+        own = torch.arange(n, device=x.device) + rank * n
+        cos[torch.arange(n, device=x.device), own] = -float("inf")
+        neighbour = cos.argmax(dim=1)
+    rho = pairwise_distance(x, candidates[neighbour])
+    return -torch.log(rho + eps).mean()
+
+
+@torch.no_grad()
+def sinkhorn_knopp(scores: Tensor, iterations: int = 3, epsilon: float = 0.05, gather: bool = True) -> Tensor:
+    """Equal-partition soft assignments by Sinkhorn–Knopp (Cuturi 2013; SwAV, Caron et al. 2020).
+
+    scores: (B, K), e.g. the cosines of B embeddings with K prototypes. The codes Q (B, K)
+    maximise Tr(Qᵀ S) + ε H(Q) over the transportation polytope
+
+        Q 1_K = 1_B            (each sample's code is a distribution over prototypes)
+        Qᵀ 1_B = (B/K) 1_K     (each prototype gets an equal share of the batch)
+
+    found by alternately rescaling P = exp(S / ε) (normalised to total mass 1): its
+    prototype sums to 1/K, then its sample sums to 1/B; ``iterations`` rounds (3 in SwAV and
+    DINOv2), ending on the sample sums, so every row of Q = B · P sums to 1 exactly and the
+    prototype marginals reach B/K as the iterations grow. With ``gather=True`` under
+    torch.distributed B is the global batch: the sums over samples are all-reduced, each rank
+    returns the codes of its own rows, and the ranks' codes together are those of one process on
+    the global batch. No gradients (the codes are targets). DINOv2 uses it to centre its teacher
+    with ε = the teacher temperature. Computed in float64 after subtracting the maximum of S / ε,
+    so it stays finite while the spread of S / ε is below about 700 (cosines with ε ≥ 0.003).
+    """
+    if scores.dim() != 2:
+        raise ValueError(f"sinkhorn_knopp needs scores (B, K); got shape {tuple(scores.shape)}")
+    world = world_and_rank()[0] if gather else 1
+    reduce = all_reduce_sum if world > 1 else (lambda t: t)
+    logits = scores.double() / epsilon
+    top = logits.max()
+    if world > 1:
+        top = all_reduce_max(top.clone())
+    p = torch.exp(logits - top)  # the shift cancels in the first normalisation; keeps exp finite
+    b = reduce(torch.tensor(float(p.shape[0]), dtype=p.dtype, device=p.device))
+    k = p.shape[1]
+    p /= reduce(p.sum())
+    for _ in range(iterations):
+        p /= reduce(p.sum(dim=0, keepdim=True))  # each prototype's mass: 1, over all ranks' rows
+        p /= k
+        p /= p.sum(dim=1, keepdim=True)  # each sample's mass: 1/B
+        p /= b
+    return (p * b).to(scores.dtype)
+
+
+# ---------------------------------------------------------------- redundancy reduction (Barlow Twins, VICReg)
+
+
+def _standardise(z: Tensor, eps: float) -> Tensor:
+    """(z − mean) / sqrt(var + eps) per column over the batch, biased variance (BatchNorm without affine)."""
+    centred = z - z.mean(dim=0)
+    return centred / torch.sqrt(centred.pow(2).mean(dim=0) + eps)
+
+
+def barlow_twins_loss(z_a: Tensor, z_b: Tensor, lambda_: float = 5e-3, eps: float = 1e-5,
+                      gather: bool = True) -> Tensor:
+    """Barlow Twins' redundancy-reduction loss (Zbontar et al. 2021).
+
+    ẑ = the projections standardised per dimension over the batch ((z − μ) / sqrt(σ² + ε), σ²
+    the biased variance: the paper's affine-free BatchNorm). The D × D cross-correlation of the
+    two views C_ij = (1/N) Σ_b ẑ_a[b, i] ẑ_b[b, j] is driven to the identity:
+
+        L = Σ_i (1 − C_ii)² + λ Σ_i Σ_{j≠i} C_ij²
+
+    (invariance on the diagonal, redundancy reduction off it; λ = 5·10⁻³ for the paper's
+    D = 8192). With ``gather=True`` under torch.distributed μ, σ and C are those of the global
+    batch (projections gathered with gradients; every rank computes the same L), so loss and
+    DDP-averaged gradients equal one process on the global batch. z_a, z_b: (N, D).
+    """
+    if z_a.shape != z_b.shape or z_a.dim() != 2:
+        raise ValueError(f"barlow_twins_loss needs two (N, D) tensors of one shape; got {tuple(z_a.shape)} "
+                         f"and {tuple(z_b.shape)}")
+    if gather:
+        z_a, z_b = gather_with_grad(z_a), gather_with_grad(z_b)
+    n = z_a.shape[0]
+    c = _standardise(z_a, eps).T @ _standardise(z_b, eps) / n
+    diagonal = torch.diagonal(c)
+    on_diag = (1.0 - diagonal).pow(2).sum()
+    off_diag = c.pow(2).sum() - diagonal.pow(2).sum()
+    return on_diag + lambda_ * off_diag
+
+
+def vicreg_terms(z_a: Tensor, z_b: Tensor, eps: float = 1e-4, gamma: float = 1.0,
+                 gather: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    """VICReg's three unweighted terms (s, v, c) of :func:`vicreg_loss`, for logging each."""
+    if z_a.shape != z_b.shape or z_a.dim() != 2:
+        raise ValueError(f"vicreg_loss needs two (N, D) tensors of one shape; got {tuple(z_a.shape)} "
+                         f"and {tuple(z_b.shape)}")
+    if gather:
+        z_a, z_b = gather_with_grad(z_a), gather_with_grad(z_b)
+    n, d = z_a.shape
+    if n < 2:
+        raise ValueError("vicreg_loss needs a batch of at least 2 (the variance and covariance are over the batch)")
+    invariance = F.mse_loss(z_a, z_b)
+    variance, covariance = 0.0, 0.0
+    for z in (z_a, z_b):
+        centred = z - z.mean(dim=0)
+        std = torch.sqrt(centred.pow(2).sum(dim=0) / (n - 1) + eps)
+        variance = variance + F.relu(gamma - std).mean() / 2
+        cov = centred.T @ centred / (n - 1)
+        covariance = covariance + (cov.pow(2).sum() - torch.diagonal(cov).pow(2).sum()) / d
+    return invariance, variance, covariance
+
+
+def vicreg_loss(z_a: Tensor, z_b: Tensor, sim_weight: float = 25.0, var_weight: float = 25.0,
+                cov_weight: float = 1.0, eps: float = 1e-4, gamma: float = 1.0, gather: bool = True) -> Tensor:
+    """VICReg: variance-invariance-covariance regularisation (Bardes, Ponce and LeCun 2022).
+
+    For Z (N, D) with columns z^j, S(z^j) = sqrt(Var(z^j) + ε) (unbiased variance) and
+    C(Z) = (1/(N−1)) Σ_b (z_b − z̄)(z_b − z̄)ᵀ:
+
+        s(Z_a, Z_b) = (1/(N D)) Σ_b ‖z_a,b − z_b,b‖²               (invariance: the MSE)
+        v(Z) = (1/D) Σ_j max(0, γ − S(z^j))                        (variance hinge, γ = 1)
+        c(Z) = (1/D) Σ_{i≠j} C(Z)_ij²                               (covariance)
+
+        L = λ s(Z_a, Z_b) + μ [v(Z_a) + v(Z_b)] / 2 + ν [c(Z_a) + c(Z_b)]
+
+    with λ = ``sim_weight``, μ = ``var_weight``, ν = ``cov_weight`` (25, 25, 1 in the paper; the
+    variance term averaged and the covariance term summed over the two branches, as in the
+    authors' code). With ``gather=True`` under torch.distributed all three terms are taken over
+    the global batch (gathered with gradients, as the authors' code does; every rank computes the
+    same L), so loss and DDP-averaged gradients equal one process on the global batch.
+    :func:`vicreg_terms` gives s, v, c unweighted.
+    """
+    s, v, c = vicreg_terms(z_a, z_b, eps, gamma, gather)
+    return sim_weight * s + var_weight * v + cov_weight * c
 
 from .image_text_losses import clip_loss, siglip_loss  # noqa: E402,F401
