@@ -28,13 +28,13 @@ token by default); the heads and the mask token are dropped. iBOT needs a ViT ba
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
 
 from ..augment import local_crop, multi_crop
+from ..augment.masks import block_patch_mask, masked_counts, random_patch_mask
 from ..config import option
 from ..errors import fail
 from ..losses import dino_loss, ibot_patch_loss
@@ -43,9 +43,6 @@ from ..nets.vit import VisionTransformer
 from .base import METHODS, Method
 from .distillation import drop_frozen_gradients, teacher_temperature, update_center
 from .momentum import EMATeacher
-
-BLOCK_ATTEMPTS = 16  # rectangles tried per image before the rest is masked patch by patch
-BLOCK_ASPECT = 0.3  # block aspect ratios lie in [0.3, 1/0.3] (log-uniform), as BEiT
 
 
 @dataclass
@@ -84,73 +81,6 @@ class IBOTConfig:
         if self.mask_ratio_min > self.mask_ratio_max:
             raise fail(f"mask-ratio-min {self.mask_ratio_min} is above mask-ratio-max {self.mask_ratio_max}; "
                        "give min <= max")
-
-
-# ---------------------------------------------------------------- masks
-
-
-def masked_counts(n: int, num_patches: int, ratio_min: float, ratio_max: float, prob: float,
-                  generator: torch.Generator | None = None) -> list[int]:
-    """How many patches to mask in each of n views: 0 for a view left unmasked (probability
-    1 − prob), else round(r · L) with r ~ U[ratio_min, ratio_max], at least 1 and at most L − 1."""
-    device = generator.device if generator is not None else "cpu"
-    u = torch.rand(n, 2, generator=generator, device=device).cpu().tolist()
-    counts = []
-    for pick, r in u:
-        if pick >= prob or ratio_max <= 0:
-            counts.append(0)
-            continue
-        k = round((ratio_min + (ratio_max - ratio_min) * r) * num_patches)
-        counts.append(min(max(k, 1), num_patches - 1))
-    return counts
-
-
-def random_patch_mask(counts: list[int], grid: int, generator: torch.Generator | None = None) -> Tensor:
-    """(N, grid*grid) bool, True = masked: ``counts[i]`` patches of view i chosen uniformly."""
-    device = generator.device if generator is not None else "cpu"
-    noise = torch.rand(len(counts), grid * grid, generator=generator, device=device)
-    rank = noise.argsort(dim=1).argsort(dim=1)
-    return rank < torch.tensor(counts, device=device).unsqueeze(1)
-
-
-def block_patch_mask(counts: list[int], grid: int, generator: torch.Generator | None = None) -> Tensor:
-    """(N, grid*grid) bool, True = masked, with exactly ``counts[i]`` patches masked in view i.
-
-    Rectangles of area a ~ U[1, still to mask] and aspect ratio log-uniform in [0.3, 1/0.3] are
-    placed at random; one is kept if it masks at least one new patch and does not overshoot.
-    After ``BLOCK_ATTEMPTS`` tries the rest is masked patch by patch at random. Every random
-    number comes from ``generator`` (drawn up front), so the same seed gives the same masks.
-    """
-    device = generator.device if generator is not None else "cpu"
-    n, length = len(counts), grid * grid
-    draws = torch.rand(n, BLOCK_ATTEMPTS, 4, generator=generator, device=device).cpu().tolist()
-    fill = torch.rand(n, length, generator=generator, device=device).cpu().tolist()
-    log_lo, log_hi = math.log(BLOCK_ASPECT), math.log(1 / BLOCK_ASPECT)
-    rows = []
-    for i, target in enumerate(counts):
-        cells = [False] * length
-        done = 0
-        for u_area, u_aspect, u_top, u_left in draws[i]:
-            todo = target - done
-            if todo <= 0:
-                break
-            area = 1 + u_area * (todo - 1)
-            aspect = math.exp(log_lo + (log_hi - log_lo) * u_aspect)
-            h = min(grid, max(1, round(math.sqrt(area * aspect))))
-            w = min(grid, max(1, round(math.sqrt(area / aspect))))
-            top, left = int(u_top * (grid - h + 1)), int(u_left * (grid - w + 1))
-            block = [(top + r) * grid + left + c for r in range(h) for c in range(w)]
-            new = [j for j in block if not cells[j]]
-            if 0 < len(new) <= todo:
-                for j in new:
-                    cells[j] = True
-                done += len(new)
-        if done < target:  # the rest one patch at a time, in the order of the fill noise
-            free = sorted((v, j) for j, v in enumerate(fill[i]) if not cells[j])
-            for _, j in free[:target - done]:
-                cells[j] = True
-        rows.append(cells)
-    return torch.tensor(rows, dtype=torch.bool, device=device).reshape(n, length)
 
 
 # ---------------------------------------------------------------- the method
