@@ -157,14 +157,16 @@ def jepa_masks(n: int, grid: int, num_targets: int = 4, target_scale: tuple[floa
     """
     length = grid * grid
     device = _device(generator)
+    for aspect in (target_aspect[0], 1.0, target_aspect[1]):  # the largest blocks the options allow
+        h, w = block_shape(target_scale[1] * length, aspect, grid)
+        if h * w >= length:
+            raise fail(f"a target block of {h}x{w} patches covers the whole {grid}x{grid} grid; give a smaller "
+                       "target scale")
     shape = torch.rand(3, generator=generator, device=device).cpu().tolist()
     place = torch.rand(n, num_targets + CONTEXT_ATTEMPTS, 2, generator=generator, device=device).cpu().tolist()
     th, tw = block_shape((target_scale[0] + (target_scale[1] - target_scale[0]) * shape[0]) * length,
                          target_aspect[0] + (target_aspect[1] - target_aspect[0]) * shape[1], grid)
     ch, cw = block_shape((context_scale[0] + (context_scale[1] - context_scale[0]) * shape[2]) * length, 1.0, grid)
-    if th * tw >= length:
-        raise fail(f"a target block of {th}x{tw} patches covers the whole {grid}x{grid} grid; give a smaller "
-                   "target scale")
     targets, contexts = [], []
     for i in range(n):
         blocks = [block_cells(th, tw, u, v, grid) for u, v in place[i][:num_targets]]

@@ -6,8 +6,8 @@ from .base import (
 
 # importing a method module registers it
 from . import (  # noqa: E402,F401
-    ae, byol, clip, colorization, contractive_ae, cvae, denoising_ae, dino, hvae, ibot, inpainting, jigsaw, mae, moco,
-    robust_ae, rotation, siglip, simclr, sparse_ae, vae,
+    ae, byol, clip, colorization, contractive_ae, cvae, denoising_ae, dino, dinov2, hvae, ibot, ijepa, inpainting,
+    jigsaw, mae, moco, robust_ae, rotation, siglip, simclr, sparse_ae, vae,
 )
 
 __all__ = ["METHODS", "Method", "DataInfo", "Ability", "Reconstructs", "Interpolates", "Samples", "HasDensity",

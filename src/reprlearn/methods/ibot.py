@@ -101,13 +101,12 @@ class IBOT(Method):
         self.grid, self.num_patches = vit.grid, vit.num_patches
         self.head = DINOHead(vit.dim, config.out_dim, config.head_hidden, config.bottleneck_dim,
                              batch_norm=config.head_bn)
-        self.patch_head = DINOHead(vit.dim, config.patch_out_dim, config.head_hidden, config.bottleneck_dim,
-                                   batch_norm=config.head_bn)
+        self.patch_head = self.build_patch_head(vit.dim)
         self.mask_token = nn.Parameter(torch.zeros(vit.dim))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         self.teacher = EMATeacher(self._online(), config.ema_momentum)
         self.register_buffer("center", torch.zeros(config.out_dim))
-        self.register_buffer("patch_center", torch.zeros(config.patch_out_dim))
+        self.register_buffer("patch_center", torch.zeros(self.patch_head.prototypes.shape[0]))
         # current teacher temperatures, τ(0) now and set after each step (buffers: they resume with the checkpoint)
         warm = config.teacher_temp_warmup_epochs > 0
         self.register_buffer("teacher_temp_now", torch.tensor(float(
@@ -117,6 +116,11 @@ class IBOT(Method):
         # the ViT's positional grid is fixed: local crops keep the global size
         self.local_spec = replace(local_crop(view_spec, info.image_size), size=view_spec.size or info.image_size)
         self._teacher_out: tuple[list[Tensor], Tensor] | None = None  # this micro-batch's, for the centres
+
+    def build_patch_head(self, dim: int) -> nn.Module:
+        """The patch tokens' head: a DINO head of its own (a subclass may share the class head)."""
+        c = self.config
+        return DINOHead(dim, c.patch_out_dim, c.head_hidden, c.bottleneck_dim, batch_norm=c.head_bn)
 
     def _online(self) -> nn.ModuleDict:
         """The student's parts the teacher mirrors (same order, so EMA pairs them up)."""
@@ -161,23 +165,37 @@ class IBOT(Method):
         return self._heads(self.teacher.net, *self._tokens(self.teacher.net, x))
 
     # ---------------------------------------------------------------- the objective
-    def loss(self, views: tuple[list[Tensor], Tensor]) -> dict[str, Tensor]:
+    def teacher_targets(self, teacher_cls: list[Tensor], teacher_patches: Tensor,
+                        mask: Tensor) -> tuple[list[Tensor], Tensor, Tensor, Tensor]:
+        """What the two losses take from the teacher: (class logits per global view, their centre,
+        patch logits (2N, L, K), their centre); iBOT: the teacher's logits and the running centres."""
+        return teacher_cls, self.center, teacher_patches, self.patch_center
+
+    def distill(self, views: tuple[list[Tensor], Tensor]) -> tuple[dict[str, Tensor], Tensor]:
+        """The loss terms and the student's image tokens of the (masked) global views, (2N, dim)."""
         c = self.config
         crops, mask = views
         globals_ = torch.cat(crops[:2])
         t_cls, t_patch = self.teacher_logits(globals_)
-        s_cls, s_patch = self.student(globals_, mask)
+        parts = self._online()
+        s_image, s_patches = self._tokens(parts, globals_, mask, self.mask_token)
+        s_cls, s_patch = self._heads(parts, s_image, s_patches)
         student_cls = list(s_cls.chunk(2))
         if len(crops) > 2:  # local crops: class token only, no masks
             local = crops[2:]
             student_cls += list(self.head(self.encoder(torch.cat(local))).chunk(len(local)))
         teacher_cls = list(t_cls.chunk(2))
-        dino = dino_loss(student_cls, teacher_cls, self.center, c.student_temp, float(self.teacher_temp_now))
-        patch = ibot_patch_loss(s_patch, t_patch, mask, self.patch_center, c.student_temp,
+        cls_target, cls_center, patch_target, patch_center = self.teacher_targets(teacher_cls, t_patch, mask)
+        dino = dino_loss(student_cls, cls_target, cls_center, c.student_temp, float(self.teacher_temp_now))
+        patch = ibot_patch_loss(s_patch, patch_target, mask, patch_center, c.student_temp,
                                 float(self.patch_teacher_temp_now))
         self._teacher_out = (teacher_cls, t_patch.flatten(0, 1)) if self.training else None
-        return {"loss": dino + c.patch_weight * patch, "dino": dino.detach(), "patch": patch.detach(),
-                "masked": mask.float().mean().detach(), "teacher_temp": self.teacher_temp_now.detach().clone()}
+        terms = {"loss": dino + c.patch_weight * patch, "dino": dino.detach(), "patch": patch.detach(),
+                 "masked": mask.float().mean().detach(), "teacher_temp": self.teacher_temp_now.detach().clone()}
+        return terms, s_image
+
+    def loss(self, views: tuple[list[Tensor], Tensor]) -> dict[str, Tensor]:
+        return self.distill(views)[0]
 
     def after_micro_batch(self) -> None:
         # both centres move after every micro-batch, with that micro-batch's teacher outputs
