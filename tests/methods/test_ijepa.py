@@ -116,6 +116,10 @@ def test_the_predictor_never_sees_the_target_patches():
 def test_loss_is_the_mean_squared_error_to_the_layer_normed_target_tokens_by_hand():
     torch.manual_seed(1)
     method = small_ijepa()
+    with torch.no_grad():  # a trained final norm: its affine output is not already layer-normalised
+        norm = method.teacher.net.backbone.norm
+        norm.weight.uniform_(0.5, 2.0)
+        norm.bias.normal_()
     x, context, target = method.views(torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8),
                                       torch.Generator().manual_seed(2))
     got = method.loss((x, context, target))["loss"]
