@@ -126,3 +126,16 @@ def test_the_collapse_watch_catches_a_collapsed_run(tmp_path):
         reprlearn.train("dinov2", out=tmp_path / "r", epochs=3, lr=2e-2, warmup_epochs=0, eval=False, progress=False,
                         centering="running", center_momentum=1.0, koleo_weight=0.0, n_local=0, **SMALL)
     assert any("looks collapsed" in str(w.message) for w in caught)
+
+
+def test_local_crops_are_small_and_use_interpolated_positions():
+    method = small_dinov2(n_local=2)
+    crops, _ = batch(method)
+    assert [tuple(c.shape[-2:]) for c in crops] == [(8, 8)] * 2 + [(4, 4)] * 2  # 3/7 of 8 px: 2x2 patches
+    vit = method.encoder.backbone
+    seen = []
+    handle = vit.blocks[0].register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape[:2])))
+    method.loss((crops, _))
+    handle.remove()
+    assert seen == [(16, 17), (16, 5)]  # the student on the global views, then the local crops: 1 + 2x2 tokens
+    assert method.encoder(crops[2]).shape == (8, vit.dim)

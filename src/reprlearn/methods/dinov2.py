@@ -17,13 +17,13 @@ views and ``n_local`` local crops, class-token DINO loss + masked patch-token iB
 * ``--koleo-weight`` w (0.1 by default, 0 = off) adds w · Σ_v KoLeo(student class tokens of
   global view v), :func:`~reprlearn.losses.koleo_loss`, on the backbone's class tokens (before
   the head) of the masked global views, each view's batch separately, as DINOv2;
-* ``--n-local`` local crops (student only, class token only; 2 by default here, 8 in the paper).
+* ``--n-local`` local crops (student only, class token only; 2 by default here, 8 in the paper)
+  at 3/7 of the image side rounded to whole patches (4 px on 8x8 digits, 12 px on CIFAR), the
+  ViT's positional table resized to their grid (:meth:`VisionTransformer.patch_pos_embed`).
 
     L = DINO + patch_weight · iBOT + w · KoLeo
 
-Deviations: the ViT's positional grid is fixed, so local crops are resized to the global size
-(each costs as much as a global view; DINOv2 interpolates positions for 98 px crops); the DINO
-term averages over every (teacher view, student view) pair as iBOT does, rather than DINOv2's
+Deviations: the DINO term averages over every (teacher view, student view) pair as iBOT does, rather than DINOv2's
 separate weighting of the local and global terms; the teacher temperature follows iBOT's options
 (0.04 throughout by default; DINOv2 warms it from 0.04 to 0.07). Sinkhorn's codes enter the
 shared DINO and iBOT losses as logits τ_t · log Q with a zero centre (softmax of them at τ_t is Q).
@@ -32,11 +32,12 @@ No DINOv2 data curation, no resolution adaptation, no layer-wise learning-rate d
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
 
+from ..augment import local_crop, local_size
 from ..config import option
 from ..losses import koleo_loss, sinkhorn_knopp
 from .base import METHODS
@@ -45,8 +46,8 @@ from .ibot import IBOT, IBOTConfig
 
 @dataclass
 class DINOv2Config(IBOTConfig):
-    n_local: int = option(2, "local crops per image (student only, class token only; each costs as much as a "
-                          "global view, as the ViT's positional grid keeps them at the global size)", min=0, max=64)
+    n_local: int = option(2, "local crops per image (student only, class token only, 3/7 of the side with "
+                          "interpolated positions; 8 in the paper)", min=0, max=64)
     centering: str = option("sinkhorn", "teacher centring: sinkhorn (Sinkhorn–Knopp, DINOv2) or running (the EMA "
                             "centre of DINO/iBOT)", choices=("sinkhorn", "running"))
     sinkhorn_iterations: int = option(3, "Sinkhorn–Knopp iterations (3 in the paper)", min=1, max=1000)
@@ -66,6 +67,14 @@ def sinkhorn_logits(logits: Tensor, temp: float, iterations: int) -> Tensor:
 @METHODS.register("dinov2")
 class DINOv2(IBOT):
     Config = DINOv2Config
+
+    def __init__(self, config: DINOv2Config, encoder, info, view_spec):
+        super().__init__(config, encoder, info, view_spec)
+        # local crops at their own small size (3/7 of the side, a whole number of patches), their
+        # positions interpolated by the ViT, as DINOv2; iBOT keeps them at the global size
+        p = encoder.backbone.patch_size
+        side = max(p, round(local_size(view_spec.size or info.image_size) / p) * p)
+        self.local_spec = replace(local_crop(view_spec, info.image_size), size=side)
 
     def build_patch_head(self, dim: int) -> nn.Module:
         return self.head if self.config.heads == "shared" else super().build_patch_head(dim)
