@@ -139,3 +139,15 @@ def test_local_crops_are_small_and_use_interpolated_positions():
     handle.remove()
     assert seen == [(16, 17), (16, 5)]  # the student on the global views, then the local crops: 1 + 2x2 tokens
     assert method.encoder(crops[2]).shape == (8, vit.dim)
+
+
+def test_cifar_sized_images_get_16_px_local_crops():
+    torch.manual_seed(0)
+    cfg, mcfg = resolve_config("dinov2", SMALL)
+    method = build_method(cfg, mcfg, DataInfo(channels=3, image_size=32, num_classes=10, mean=[0.5] * 3,
+                                              std=[0.25] * 3))
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    crops, mask = method.views(images, torch.Generator().manual_seed(0))
+    assert [c.shape[-1] for c in crops] == [32, 32, 16, 16] and mask.shape == (8, 64)  # 14 px rounds to 4x4 patches
+    terms = method.loss((crops, mask))
+    assert torch.isfinite(terms["loss"]) and float(terms["koleo"]) > 0

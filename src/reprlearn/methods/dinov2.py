@@ -18,13 +18,14 @@ views and ``n_local`` local crops, class-token DINO loss + masked patch-token iB
   global view v), :func:`~reprlearn.losses.koleo_loss`, on the backbone's class tokens (before
   the head) of the masked global views, each view's batch separately, as DINOv2;
 * ``--n-local`` local crops (student only, class token only; 2 by default here, 8 in the paper)
-  at 3/7 of the image side rounded to whole patches (4 px on 8x8 digits, 12 px on CIFAR), the
-  ViT's positional table resized to their grid (:meth:`VisionTransformer.patch_pos_embed`).
+  at 3/7 of the image side rounded to whole patches (4 px on 8x8 digits; 16 px on 32 px CIFAR
+  with patch 4), the ViT's positional table resized to their grid
+  (:meth:`~reprlearn.nets.vit.VisionTransformer.patch_pos_embed`).
 
     L = DINO + patch_weight · iBOT + w · KoLeo
 
-Deviations: the DINO term averages over every (teacher view, student view) pair as iBOT does, rather than DINOv2's
-separate weighting of the local and global terms; the teacher temperature follows iBOT's options
+Deviations: the DINO term averages over every (teacher view, student view) pair as iBOT does,
+rather than DINOv2's separate weighting of the local and global terms; the teacher temperature follows iBOT's options
 (0.04 throughout by default; DINOv2 warms it from 0.04 to 0.07). Sinkhorn's codes enter the
 shared DINO and iBOT losses as logits τ_t · log Q with a zero centre (softmax of them at τ_t is Q).
 No DINOv2 data curation, no resolution adaptation, no layer-wise learning-rate decay.
