@@ -13,9 +13,10 @@ Its patch grid is split by :func:`~reprlearn.augment.masks.jepa_masks` into M ta
   patch of B_m, each with the positional embedding of the patch it stands for, and predicts
   ŝ_j for j ∈ B_m. It is run once per target block (the blocks do not see each other).
 
-    L = (1/M) Σ_m (1/|B_m|) Σ_{j ∈ B_m} ||ŝ_j − s_j||² / D
+    L = (1/N) Σ_i (1/M) Σ_m (1/|B_m|) Σ_{j ∈ B_m} ||ŝ_ij − s_ij||² / D
 
-(the paper's squared L2 distance, averaged over coordinates, D the encoder width). No pixels
+over the N images of the batch (the paper's squared L2 distance, averaged over coordinates, D
+the encoder width; every block of a batch has the same size |B_m|). No pixels
 are reconstructed. The EMA momentum rises from ``ema_momentum`` to 1 (cosine; the paper's
 schedule is linear from 0.996; 0.99 here, as a digits run has only 75 steps).
 
@@ -27,8 +28,11 @@ with patch 2), so that the context keeps about half the image; the context block
 Deviations: the ViT keeps its class token: the context encoder's class token attends to the
 context patches and is passed to the predictor as one more context token (at the class slot's
 position), so the encoder's ``pool`` (the class token, what evaluation uses) is trained; the
-paper's ViT has none and evaluates average-pooled patch tokens. The predictor uses the fixed
-sin-cos positions of the paper. Contexts are cut to the batch's smallest by a random subset.
+paper's ViT has none and evaluates average-pooled patch tokens (on digits mean pooling did no
+better). Evaluation uses the context encoder; the paper probes the target encoder. The
+predictor uses the fixed sin-cos positions of the paper. Contexts are cut to the batch's
+smallest by a random subset. No random resized crops by default (the paper's only
+augmentation, scale 0.3–1): pass ``--augment`` for views.
 """
 
 from __future__ import annotations
