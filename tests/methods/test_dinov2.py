@@ -165,3 +165,16 @@ def test_cifar_sized_images_get_16_px_local_crops():
     assert [c.shape[-1] for c in crops] == [32, 32, 16, 16] and mask.shape == (8, 64)  # 14 px rounds to 4x4 patches
     terms = method.loss((crops, mask))
     assert torch.isfinite(terms["loss"]) and float(terms["koleo"]) > 0
+
+
+def test_with_its_ingredients_off_dinov2_is_ibot():
+    off = {"centering": "running", "koleo_weight": 0.0, "n_local": 0, "heads": "separate"}
+    dinov2 = small_dinov2(**off)
+    torch.manual_seed(0)
+    cfg, mcfg = resolve_config("ibot", {**SMALL, "n_local": 0})
+    ibot = build_method(cfg, mcfg, INFO)
+    views = batch(ibot)
+    a, b = dinov2.loss(views), ibot.loss(views)
+    assert set(a) == set(b)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key])

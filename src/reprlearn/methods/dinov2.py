@@ -4,7 +4,8 @@ On top of :mod:`~reprlearn.methods.ibot` (student ViT + heads, EMA teacher, two 
 views and ``n_local`` local crops, class-token DINO loss + masked patch-token iBOT loss):
 
 * ``--heads separate`` (default) gives the class token and the patch tokens heads of their own,
-  as DINOv2 (iBOT shares one); ``--heads shared`` uses the class head for both;
+  as DINOv2 (and reprlearn's ``ibot``; the iBOT paper shares one by default); ``--heads shared``
+  uses the class head for both;
 * ``--centering sinkhorn`` (default) replaces the running centre of the teacher by
   Sinkhorn–Knopp (``sinkhorn_iterations`` = 3, ε = the teacher temperature): the teacher's
   targets over a batch of B rows and K prototypes are
@@ -23,6 +24,8 @@ views and ``n_local`` local crops, class-token DINO loss + masked patch-token iB
   (:meth:`~reprlearn.nets.vit.VisionTransformer.patch_pos_embed`).
 
     L = DINO + patch_weight · iBOT + w · KoLeo
+
+With ``--centering running --koleo-weight 0 --n-local 0`` it is ``ibot`` exactly (tested).
 
 Deviations: the DINO term averages over every (teacher view, student view) pair as iBOT does,
 rather than DINOv2's separate weighting of the local and global terms; the teacher temperature follows iBOT's options
@@ -54,8 +57,8 @@ class DINOv2Config(IBOTConfig):
     sinkhorn_iterations: int = option(3, "Sinkhorn–Knopp iterations (3 in the paper)", min=1, max=1000)
     koleo_weight: float = option(0.1, "weight of the KoLeo regulariser on the student's class tokens (0 = off)",
                                  min=0.0, max=1000.0)
-    heads: str = option("separate", "separate class and patch heads (DINOv2) or one shared head (iBOT)",
-                        choices=("separate", "shared"))
+    heads: str = option("separate", "separate class and patch heads (DINOv2, and reprlearn's ibot) or one "
+                        "shared head (the iBOT paper's default)", choices=("separate", "shared"))
 
 
 def sinkhorn_logits(logits: Tensor, temp: float, iterations: int) -> Tensor:
