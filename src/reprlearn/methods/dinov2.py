@@ -5,7 +5,7 @@ views and ``n_local`` local crops, class-token DINO loss + masked patch-token iB
 
 * ``--heads separate`` (default) gives the class token and the patch tokens heads of their own,
   as DINOv2 (and reprlearn's ``ibot``; the iBOT paper shares one by default); ``--heads shared``
-  uses the class head for both;
+  uses the class head for both (``--patch-out-dim`` is then unused);
 * ``--centering sinkhorn`` (default) replaces the running centre of the teacher by
   Sinkhorn–Knopp (``sinkhorn_iterations`` = 3, ε = the teacher temperature): the teacher's
   targets over a batch of B rows and K prototypes are
