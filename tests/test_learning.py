@@ -21,6 +21,7 @@ OVERRIDES = {
     "hvae": {"batch_size": 128},  # two latent groups: 25 epochs of batch 256 are too few steps
     "mae": {"epochs": 60},  # 4 visible 2x2 patches of an 8x8 digit: slow to learn
     "ibot": {"epochs": 8},  # a ViT over 17 tokens, student and teacher: 8 of its 12 default epochs suffice
+    "dinov2": {"epochs": 8},  # iBOT's cost plus 2 local crops of 5 tokens: 8 of its 12 default epochs, as ibot
     # sparse codes and label-conditioned codes keep less of the image in the backbone: they need
     # their full default schedule to pass random init, and then only in the linear probe
     "sparse-ae": {"epochs": 150},

@@ -123,3 +123,12 @@ def test_vit_parameter_counts_match_timm_without_head():
     # timm vit_tiny/small_patch16_224 minus their 1000-class head.
     assert _count(create_backbone("vit-tiny", 3, 224)) == 5_524_416
     assert _count(create_backbone("vit-small", 3, 224)) == 21_665_664
+
+
+def test_vit_positions_are_the_table_on_its_grid_and_resized_on_others():
+    vit = create_backbone("vit-micro", in_channels=1, image_size=8)  # a 4x4 grid of 2x2 patches
+    assert torch.equal(vit.patch_pos_embed(4, 4), vit.pos_embed[:, 1:])
+    with torch.no_grad():
+        vit.pos_embed[:, 1:] = 0.7  # a constant table stays constant at any size
+    torch.testing.assert_close(vit.patch_pos_embed(2, 3), torch.full((1, 6, vit.dim), 0.7))
+    assert vit(torch.rand(3, 1, 4, 4)).shape == (3, vit.dim)  # a 4 px crop: 2x2 patches

@@ -9,10 +9,10 @@ import torch
 import reprlearn
 from fakedata import assert_loss_went_down
 from reprlearn.api import build_method, resolve_config
+from reprlearn.augment.masks import block_patch_mask, masked_counts, random_patch_mask
 from reprlearn.errors import ReprlearnError
 from reprlearn.losses import ibot_patch_loss
 from reprlearn.methods import DataInfo
-from reprlearn.methods.ibot import block_patch_mask, masked_counts, random_patch_mask
 from reprlearn.nets import create_backbone
 from test_dino import assert_frozen_in_epoch_one_only, record_training
 

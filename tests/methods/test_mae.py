@@ -6,10 +6,11 @@ import torch
 import reprlearn
 from fakedata import assert_loss_went_down
 from reprlearn.api import build_method, resolve_config
+from reprlearn.augment.masks import random_mask
 from reprlearn.errors import ReprlearnError
 from reprlearn.losses import masked_patch_mse
 from reprlearn.methods import METHODS, DataInfo, Interpolates, abilities
-from reprlearn.methods.mae import patch_targets, patchify, random_mask, unpatchify
+from reprlearn.methods.mae import patch_targets, patchify, unpatchify
 
 INFO = DataInfo(channels=1, image_size=8, num_classes=10, mean=[0.3], std=[0.4])
 

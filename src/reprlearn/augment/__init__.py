@@ -1,4 +1,5 @@
-"""SimCLR-style random views, made in batch on the training device from uint8 images.
+"""SimCLR-style random views, made in batch on the training device from uint8 images; patch masks
+for masked methods (MAE, iBOT, I-JEPA) in ``augment.masks``.
 
 >>> import torch
 >>> from reprlearn.augment import preset, two_views
@@ -9,7 +10,7 @@
 (torch.Size([16, 3, 32, 32]), torch.float32)
 """
 
-from . import ops
+from . import masks, ops
 from .spec import PRESETS, ViewSpec, local_crop, local_size, preset
 from .views import ViewMaker, augment, multi_crop, two_views
 
@@ -20,6 +21,7 @@ __all__ = [
     "augment",
     "local_crop",
     "local_size",
+    "masks",
     "multi_crop",
     "ops",
     "preset",

@@ -7,8 +7,9 @@ from .base import (
 
 # importing a method module registers it
 from . import (  # noqa: E402,F401
-    ae, barlow_twins, byol, clip, colorization, contractive_ae, cvae, ddpm, denoising_ae, dino, domain_invariant, flow,
-    hvae, ibot, inpainting, jigsaw, mae, moco, robust_ae, rotation, siglip, simclr, simsiam, sparse_ae, swav, vae, vicreg,
+    ae, barlow_twins, byol, clip, colorization, contractive_ae, cvae, ddpm, denoising_ae, dino, dinov2, domain_invariant,
+    flow, hvae, ibot, ijepa, inpainting, jigsaw, mae, moco, robust_ae, rotation, siglip, simclr, simsiam, sparse_ae, swav,
+    vae, vicreg,
 )
 
 __all__ = ["METHODS", "Method", "DataInfo", "Ability", "AdaptsDomains", "Reconstructs", "Interpolates", "Samples",

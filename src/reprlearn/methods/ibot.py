@@ -28,13 +28,13 @@ token by default); the heads and the mask token are dropped. iBOT needs a ViT ba
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
 
 from ..augment import local_crop, multi_crop
+from ..augment.masks import block_patch_mask, masked_counts, random_patch_mask
 from ..config import option
 from ..errors import fail
 from ..losses import dino_loss, ibot_patch_loss
@@ -43,9 +43,6 @@ from ..nets.vit import VisionTransformer
 from .base import METHODS, Method
 from .distillation import drop_frozen_gradients, teacher_temperature, update_center
 from .momentum import EMATeacher
-
-BLOCK_ATTEMPTS = 16  # rectangles tried per image before the rest is masked patch by patch
-BLOCK_ASPECT = 0.3  # block aspect ratios lie in [0.3, 1/0.3] (log-uniform), as BEiT
 
 
 @dataclass
@@ -86,73 +83,6 @@ class IBOTConfig:
                        "give min <= max")
 
 
-# ---------------------------------------------------------------- masks
-
-
-def masked_counts(n: int, num_patches: int, ratio_min: float, ratio_max: float, prob: float,
-                  generator: torch.Generator | None = None) -> list[int]:
-    """How many patches to mask in each of n views: 0 for a view left unmasked (probability
-    1 − prob), else round(r · L) with r ~ U[ratio_min, ratio_max], at least 1 and at most L − 1."""
-    device = generator.device if generator is not None else "cpu"
-    u = torch.rand(n, 2, generator=generator, device=device).cpu().tolist()
-    counts = []
-    for pick, r in u:
-        if pick >= prob or ratio_max <= 0:
-            counts.append(0)
-            continue
-        k = round((ratio_min + (ratio_max - ratio_min) * r) * num_patches)
-        counts.append(min(max(k, 1), num_patches - 1))
-    return counts
-
-
-def random_patch_mask(counts: list[int], grid: int, generator: torch.Generator | None = None) -> Tensor:
-    """(N, grid*grid) bool, True = masked: ``counts[i]`` patches of view i chosen uniformly."""
-    device = generator.device if generator is not None else "cpu"
-    noise = torch.rand(len(counts), grid * grid, generator=generator, device=device)
-    rank = noise.argsort(dim=1).argsort(dim=1)
-    return rank < torch.tensor(counts, device=device).unsqueeze(1)
-
-
-def block_patch_mask(counts: list[int], grid: int, generator: torch.Generator | None = None) -> Tensor:
-    """(N, grid*grid) bool, True = masked, with exactly ``counts[i]`` patches masked in view i.
-
-    Rectangles of area a ~ U[1, still to mask] and aspect ratio log-uniform in [0.3, 1/0.3] are
-    placed at random; one is kept if it masks at least one new patch and does not overshoot.
-    After ``BLOCK_ATTEMPTS`` tries the rest is masked patch by patch at random. Every random
-    number comes from ``generator`` (drawn up front), so the same seed gives the same masks.
-    """
-    device = generator.device if generator is not None else "cpu"
-    n, length = len(counts), grid * grid
-    draws = torch.rand(n, BLOCK_ATTEMPTS, 4, generator=generator, device=device).cpu().tolist()
-    fill = torch.rand(n, length, generator=generator, device=device).cpu().tolist()
-    log_lo, log_hi = math.log(BLOCK_ASPECT), math.log(1 / BLOCK_ASPECT)
-    rows = []
-    for i, target in enumerate(counts):
-        cells = [False] * length
-        done = 0
-        for u_area, u_aspect, u_top, u_left in draws[i]:
-            todo = target - done
-            if todo <= 0:
-                break
-            area = 1 + u_area * (todo - 1)
-            aspect = math.exp(log_lo + (log_hi - log_lo) * u_aspect)
-            h = min(grid, max(1, round(math.sqrt(area * aspect))))
-            w = min(grid, max(1, round(math.sqrt(area / aspect))))
-            top, left = int(u_top * (grid - h + 1)), int(u_left * (grid - w + 1))
-            block = [(top + r) * grid + left + c for r in range(h) for c in range(w)]
-            new = [j for j in block if not cells[j]]
-            if 0 < len(new) <= todo:
-                for j in new:
-                    cells[j] = True
-                done += len(new)
-        if done < target:  # the rest one patch at a time, in the order of the fill noise
-            free = sorted((v, j) for j, v in enumerate(fill[i]) if not cells[j])
-            for _, j in free[:target - done]:
-                cells[j] = True
-        rows.append(cells)
-    return torch.tensor(rows, dtype=torch.bool, device=device).reshape(n, length)
-
-
 # ---------------------------------------------------------------- the method
 
 
@@ -171,13 +101,12 @@ class IBOT(Method):
         self.grid, self.num_patches = vit.grid, vit.num_patches
         self.head = DINOHead(vit.dim, config.out_dim, config.head_hidden, config.bottleneck_dim,
                              batch_norm=config.head_bn)
-        self.patch_head = DINOHead(vit.dim, config.patch_out_dim, config.head_hidden, config.bottleneck_dim,
-                                   batch_norm=config.head_bn)
+        self.patch_head = self.build_patch_head(vit.dim)
         self.mask_token = nn.Parameter(torch.zeros(vit.dim))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         self.teacher = EMATeacher(self._online(), config.ema_momentum)
         self.register_buffer("center", torch.zeros(config.out_dim))
-        self.register_buffer("patch_center", torch.zeros(config.patch_out_dim))
+        self.register_buffer("patch_center", torch.zeros(self.patch_head.prototypes.shape[0]))
         # current teacher temperatures, τ(0) now and set after each step (buffers: they resume with the checkpoint)
         warm = config.teacher_temp_warmup_epochs > 0
         self.register_buffer("teacher_temp_now", torch.tensor(float(
@@ -187,6 +116,11 @@ class IBOT(Method):
         # the ViT's positional grid is fixed: local crops keep the global size
         self.local_spec = replace(local_crop(view_spec, info.image_size), size=view_spec.size or info.image_size)
         self._teacher_out: tuple[list[Tensor], Tensor] | None = None  # this micro-batch's, for the centres
+
+    def build_patch_head(self, dim: int) -> nn.Module:
+        """The patch tokens' head: a DINO head of its own (a subclass may share the class head)."""
+        c = self.config
+        return DINOHead(dim, c.patch_out_dim, c.head_hidden, c.bottleneck_dim, batch_norm=c.head_bn)
 
     def _online(self) -> nn.ModuleDict:
         """The student's parts the teacher mirrors (same order, so EMA pairs them up)."""
@@ -231,23 +165,37 @@ class IBOT(Method):
         return self._heads(self.teacher.net, *self._tokens(self.teacher.net, x))
 
     # ---------------------------------------------------------------- the objective
-    def loss(self, views: tuple[list[Tensor], Tensor]) -> dict[str, Tensor]:
+    def teacher_targets(self, teacher_cls: list[Tensor], teacher_patches: Tensor,
+                        mask: Tensor) -> tuple[list[Tensor], Tensor, Tensor, Tensor]:
+        """What the two losses take from the teacher: (class logits per global view, their centre,
+        patch logits (2N, L, K), their centre); iBOT: the teacher's logits and the running centres."""
+        return teacher_cls, self.center, teacher_patches, self.patch_center
+
+    def distill(self, views: tuple[list[Tensor], Tensor]) -> tuple[dict[str, Tensor], Tensor]:
+        """The loss terms and the student's image tokens of the (masked) global views, (2N, dim)."""
         c = self.config
         crops, mask = views
         globals_ = torch.cat(crops[:2])
         t_cls, t_patch = self.teacher_logits(globals_)
-        s_cls, s_patch = self.student(globals_, mask)
+        parts = self._online()
+        s_image, s_patches = self._tokens(parts, globals_, mask, self.mask_token)
+        s_cls, s_patch = self._heads(parts, s_image, s_patches)
         student_cls = list(s_cls.chunk(2))
         if len(crops) > 2:  # local crops: class token only, no masks
             local = crops[2:]
             student_cls += list(self.head(self.encoder(torch.cat(local))).chunk(len(local)))
         teacher_cls = list(t_cls.chunk(2))
-        dino = dino_loss(student_cls, teacher_cls, self.center, c.student_temp, float(self.teacher_temp_now))
-        patch = ibot_patch_loss(s_patch, t_patch, mask, self.patch_center, c.student_temp,
+        cls_target, cls_center, patch_target, patch_center = self.teacher_targets(teacher_cls, t_patch, mask)
+        dino = dino_loss(student_cls, cls_target, cls_center, c.student_temp, float(self.teacher_temp_now))
+        patch = ibot_patch_loss(s_patch, patch_target, mask, patch_center, c.student_temp,
                                 float(self.patch_teacher_temp_now))
         self._teacher_out = (teacher_cls, t_patch.flatten(0, 1)) if self.training else None
-        return {"loss": dino + c.patch_weight * patch, "dino": dino.detach(), "patch": patch.detach(),
-                "masked": mask.float().mean().detach(), "teacher_temp": self.teacher_temp_now.detach().clone()}
+        terms = {"loss": dino + c.patch_weight * patch, "dino": dino.detach(), "patch": patch.detach(),
+                 "masked": mask.float().mean().detach(), "teacher_temp": self.teacher_temp_now.detach().clone()}
+        return terms, s_image
+
+    def loss(self, views: tuple[list[Tensor], Tensor]) -> dict[str, Tensor]:
+        return self.distill(views)[0]
 
     def after_micro_batch(self) -> None:
         # both centres move after every micro-batch, with that micro-batch's teacher outputs

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..augment import augment
+from ..augment.masks import num_masked, random_mask
 from ..config import option
 from ..errors import fail
 from ..losses import masked_patch_mse
@@ -74,31 +75,6 @@ def unpatchify(patches: Tensor, patch_size: int, channels: int) -> Tensor:
     p = patch_size
     x = patches.reshape(n, grid, grid, p, p, channels).permute(0, 5, 1, 3, 2, 4)
     return x.reshape(n, channels, grid * p, grid * p)
-
-
-def num_masked(num_patches: int, mask_ratio: float) -> int:
-    """round(ratio * L) hidden patches; at least one hidden and one visible."""
-    hidden = int(round(mask_ratio * num_patches))
-    if hidden < 1 or hidden > num_patches - 1:
-        raise fail(f"mask-ratio {mask_ratio} hides {hidden} of {num_patches} patches; choose a ratio that "
-                   "hides at least one patch and keeps at least one visible")
-    return hidden
-
-
-def random_mask(n: int, num_patches: int, mask_ratio: float, generator: torch.Generator | None = None,
-                device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
-    """Random per-sample masks: (keep_idx (N, K) long, sorted; mask (N, L) bool, True = hidden).
-
-    argsort of uniform noise from ``generator`` (on its device), so the same seed gives the same masks.
-    """
-    if device is None:
-        device = generator.device if generator is not None else "cpu"
-    hidden = num_masked(num_patches, mask_ratio)
-    noise = torch.rand(n, num_patches, generator=generator, device=device)
-    keep_idx = noise.argsort(dim=1)[:, :num_patches - hidden].sort(dim=1).values
-    mask = torch.ones(n, num_patches, dtype=torch.bool, device=device)
-    mask.scatter_(1, keep_idx, False)
-    return keep_idx, mask
 
 
 def patch_targets(patches: Tensor, normalize: bool) -> Tensor:

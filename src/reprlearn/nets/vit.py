@@ -88,10 +88,27 @@ class VisionTransformer(nn.Module):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    def patch_pos_embed(self, rows: int, cols: int) -> Tensor:
+        """(1, rows*cols, dim) positional embedding of the patch tokens: the table itself on the
+        training grid; for other image sizes (e.g. DINOv2's small local crops) the table resized
+        bicubically to rows x cols, as DINOv2 interpolates its positions."""
+        pos = self.pos_embed[:, 1:]
+        if (rows, cols) == (self.grid, self.grid):
+            return pos
+        table = pos.reshape(1, self.grid, self.grid, self.dim).permute(0, 3, 1, 2)
+        table = F.interpolate(table, size=(rows, cols), mode="bicubic", align_corners=False)
+        return table.permute(0, 2, 3, 1).reshape(1, rows * cols, self.dim)
+
+    def _patch_embed(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(patch embeddings (N, L, dim) without positions, their positional embedding (1, L, dim))."""
+        tokens = self.patch_embed(x)
+        return tokens.flatten(2).transpose(1, 2), self.patch_pos_embed(*tokens.shape[2:])
+
     def patch_embed_tokens(self, x: Tensor) -> Tensor:
-        """(N, C, H, W) -> (N, num_patches, dim) patch tokens plus their positional embedding."""
-        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)
-        return tokens + self.pos_embed[:, 1:]
+        """(N, C, H, W) -> (N, L, dim) patch tokens plus their positional embedding (L = num_patches
+        at the training size; other sizes get the table resized, see :meth:`patch_pos_embed`)."""
+        tokens, pos = self._patch_embed(x)
+        return tokens + pos
 
     def encode_patch_tokens(self, tokens: Tensor) -> Tensor:
         """Prepend the cls token to already-embedded patch tokens (N, K, dim); run blocks + norm.
@@ -117,7 +134,7 @@ class VisionTransformer(nn.Module):
         by ``mask_token`` (dim,) before the positional embedding is added (as in BEiT / iBOT);
         returns (N, 1+num_patches, dim): cls then patch tokens. No mask: the plain forward's tokens.
         """
-        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)
+        tokens, pos = self._patch_embed(x)
         if mask is not None:
             if mask_token is None:
                 raise ValueError("forward_masked: a mask needs a mask_token")
@@ -125,7 +142,7 @@ class VisionTransformer(nn.Module):
                 raise ValueError(f"forward_masked: mask {tuple(mask.shape)} does not match the patch grid "
                                  f"{tuple(tokens.shape[:2])}")
             tokens = torch.where(mask.unsqueeze(-1), mask_token.to(tokens.dtype).view(1, 1, -1), tokens)
-        return self.encode_patch_tokens(tokens + self.pos_embed[:, 1:])
+        return self.encode_patch_tokens(tokens + pos)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.forward_tokens(x)
