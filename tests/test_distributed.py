@@ -108,6 +108,9 @@ def _batch_stat_worker(rank: int, world: int, out_dir: str) -> None:
         dist.all_reduce(mean_loss)
         out[name] = {"loss": mean_loss / world, "grad_w": model.module.weight.grad, "grad_b": model.module.bias.grad}
     out["sinkhorn"] = sinkhorn_knopp(torch.tanh(x_a[local, :4]), iterations=3, epsilon=0.1)
+    # a rank without rows (dinov2: no masked patch on it this step) still joins the all-reduces
+    mine = x_a[:N_PER_RANK, :4] if rank == 0 else x_a[:0, :4]
+    out["sinkhorn_one_side"] = sinkhorn_knopp(torch.tanh(mine), iterations=3, epsilon=0.1)
     torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
@@ -128,4 +131,7 @@ def test_ddp_batch_statistic_losses_equal_single_process(tmp_path):
     codes = sinkhorn_knopp(torch.tanh(x_a[:, :4]), iterations=3, epsilon=0.1)
     torch.testing.assert_close(torch.cat([got[0]["sinkhorn"], got[1]["sinkhorn"]]), codes, rtol=1e-10, atol=1e-12)
     # and the global batch matters: one rank's half alone gives other codes
-    assert not torch.allclose(sinkhorn_knopp(torch.tanh(x_a[:N_PER_RANK, :4]), 3, 0.1), codes[:N_PER_RANK])
+    alone = sinkhorn_knopp(torch.tanh(x_a[:N_PER_RANK, :4]), 3, 0.1)
+    assert not torch.allclose(alone, codes[:N_PER_RANK])
+    torch.testing.assert_close(got[0]["sinkhorn_one_side"], alone, rtol=1e-10, atol=1e-12)
+    assert got[1]["sinkhorn_one_side"].shape == (0, 4)

@@ -484,7 +484,8 @@ def sinkhorn_knopp(scores: Tensor, iterations: int = 3, epsilon: float = 0.05, g
     world = world_and_rank()[0] if gather else 1
     reduce = all_reduce_sum if world > 1 else (lambda t: t)
     logits = scores.double() / epsilon
-    top = logits.max()
+    # a rank may hold no rows (e.g. no masked patch this step): it still joins every all-reduce
+    top = logits.max() if logits.numel() else logits.new_tensor(float("-inf"))
     if world > 1:
         top = all_reduce_max(top.clone())
     p = torch.exp(logits - top)  # the shift cancels in the first normalisation; keeps exp finite

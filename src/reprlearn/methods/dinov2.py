@@ -90,9 +90,9 @@ class DINOv2(IBOT):
             return super().teacher_targets(teacher_cls, teacher_patches, mask)
         cls = sinkhorn_logits(torch.cat(teacher_cls), float(self.teacher_temp_now), c.sinkhorn_iterations)
         patches = torch.zeros_like(teacher_patches)  # unmasked tokens do not enter the patch loss
-        if mask.any():
-            patches[mask] = sinkhorn_logits(teacher_patches[mask], float(self.patch_teacher_temp_now),
-                                            c.sinkhorn_iterations)
+        # every rank calls it, with or without masked tokens: its sums are all-reduced under DDP
+        patches[mask] = sinkhorn_logits(teacher_patches[mask], float(self.patch_teacher_temp_now),
+                                        c.sinkhorn_iterations)
         return list(cls.chunk(len(teacher_cls))), torch.zeros_like(self.center), patches, \
             torch.zeros_like(self.patch_center)
 
