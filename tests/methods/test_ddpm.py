@@ -15,12 +15,7 @@ from reprlearn.data.run_data import load_run_data
 from reprlearn.methods.ddpm import Diffusion, beta_schedule
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one intra-op thread
 
 
 @pytest.fixture(scope="module")
