@@ -284,6 +284,10 @@ def _cmd_curate(argv: list[str]) -> int:
     e.add_argument("--clusters", type=int, default=20, help="k-means clusters of image-based (default 20)")
     e.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a training option for every run (e.g. batch_size=256, text_width=128)")
+    e.add_argument("--corrupt", type=float, metavar="F", help="first give this share of the pool's images another "
+                   "image's captions (a real caption source; the corrupted keys are recorded)")
+    e.add_argument("--seed-size", type=int, default=0, metavar="N", help="with --corrupt: hold N clean pairs of "
+                   "the pool apart as the scorer's seed data")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--out", required=True, metavar="DIR")
     a = p.parse_args(argv)
@@ -307,7 +311,8 @@ def _cmd_curate(argv: list[str]) -> int:
             into[k.strip()] = v.strip()
         rows = curate_experiment(a.out, a.pool, eval_spec=a.eval, samples_seen=a.samples_seen, model=a.model,
                                  seed_data=a.seed_data, strategies=strategies, target=a.target,
-                                 clusters=a.clusters, train_options=options, seed=a.seed)
+                                 clusters=a.clusters, train_options=options, seed=a.seed, corrupt=a.corrupt,
+                                 seed_size=a.seed_size)
         print(format_rows(rows))
         print(f"wrote {a.out}/table.csv and {a.out}/table.png")
     return 0

@@ -64,14 +64,24 @@ def run_experiment(out: str | Path, pool: str = DEFAULT_POOL, eval_spec: str | N
                    samples_seen: int = DEFAULT_SAMPLES_SEEN, model: str | Path | None = None,
                    seed_data: str | None = None, strategies: dict[str, str] | None = None,
                    target: str | None = None, clusters: int = 20, train_options: dict | None = None,
-                   seed: int = 0, progress: bool = True) -> list[dict]:
+                   seed: int = 0, corrupt: float | None = None, seed_size: int = 0,
+                   progress: bool = True) -> list[dict]:
     """Run the protocol into ``out`` and return the table's rows (also ``table.csv``, ``table.png``).
-    A rerun reuses the scores, subsets and runs already finished."""
+    A rerun reuses the scores, subsets and runs already finished.
+
+    ``corrupt``: first make a noisy pool of ``pool`` (that share of its images given another image's
+    captions, noisy.py), holding ``seed_size`` clean pairs apart as the scorer's seed data."""
+    from .noisy import make_noisy_pool
     from .scoring import score_pool
     from .subsets import select, write_kept, write_kept_shards
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if corrupt is not None:
+        if pool.partition(":")[0] == "scenes":
+            raise fail("--corrupt is for real caption sources; scenes corrupts itself (scenes:corrupt=0.5)")
+        pool, held_seed = make_noisy_pool(pool, corrupt, out, seed_size, seed)
+        seed_data = seed_data or held_seed
     is_scenes = pool.partition(":")[0] == "scenes"
     eval_spec = eval_spec or (pool if is_scenes else None)
     if eval_spec is None:

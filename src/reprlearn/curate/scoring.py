@@ -28,6 +28,7 @@ import torch
 
 from ..errors import fail
 from ..files import atomic_write
+from .noisy import CORRUPTED_LIST
 
 SCORES_VERSION = 1
 CHUNK = 1000  # pairs per part of a pool held in memory
@@ -52,7 +53,10 @@ def open_pool(spec: str, image_size: int) -> Pool:
 
     shards = caption_shards(spec, "train")
     if shards:
-        return Pool(spec, [p.name for p in shards], lambda i, b: _shard_batches(shards[i], image_size, b), [])
+        listed = shards[0].parent / CORRUPTED_LIST  # a pool made by noisy.py says which pairs it corrupted
+        corrupted = set(listed.read_text().split()) if listed.is_file() else None
+        return Pool(spec, [p.name for p in shards],
+                    lambda i, b: _shard_batches(shards[i], image_size, b, corrupted), [])
     pairs = load_pairs(spec, "train", image_size, skip_bad=True)
     n = len(pairs)
     if n == 0:
@@ -72,12 +76,14 @@ def open_pool(spec: str, image_size: int) -> Pool:
     return Pool(spec, [f"chunk-{i:06d}" for i in range(-(-n // CHUNK))], batches, list(pairs.images.skipped))
 
 
-def _shard_batches(shard: Path, image_size: int, batch_size: int) -> Iterator[dict]:
+def _shard_batches(shard: Path, image_size: int, batch_size: int, corrupted: set | None) -> Iterator[dict]:
     from ..data.stream import eval_batches, open_stream
 
     stream = open_stream([shard], image_size, True, str(shard))
     for batch in eval_batches(stream, batch_size, workers=0):  # stored order, decoded batch by batch
         batch["keys"] = [f"{shard.name}/{k}" for k in batch["keys"]]
+        if corrupted is not None:
+            batch["corrupted"] = np.array([k in corrupted for k in batch["keys"]], bool)
         yield batch
 
 
