@@ -53,7 +53,6 @@ def test_the_stored_score_is_the_cosine_of_the_models_embeddings(clip_run, score
 
 
 def test_an_interrupted_scoring_run_resumes_to_identical_scores(clip_run, scored, tmp_path, monkeypatch):
-    monkeypatch.setattr(scoring, "CHUNK", 100)  # three parts
     real = scoring.score_part
     calls = []
 
@@ -65,7 +64,7 @@ def test_an_interrupted_scoring_run_resumes_to_identical_scores(clip_run, scored
 
     monkeypatch.setattr(scoring, "score_part", fail_in_part_two)
     with pytest.raises(KeyboardInterrupt):
-        curate_score(POOL, clip_run, tmp_path, batch_size=64, progress=False)
+        scoring.score_pool(POOL, clip_run, tmp_path, batch_size=64, progress=False, chunk=100)  # three parts
     done = sorted(p.name for p in (tmp_path / "parts").iterdir())
     assert done == ["chunk-000000.json", "chunk-000000.npy", "chunk-000000.parquet"]  # no partial part 2
     with pytest.raises(ReprlearnError, match="not scored yet"):
@@ -73,7 +72,7 @@ def test_an_interrupted_scoring_run_resumes_to_identical_scores(clip_run, scored
     monkeypatch.setattr(scoring, "score_part", real)
     calls.clear()
     monkeypatch.setattr(scoring, "score_part", lambda *a, **k: (calls.append(a[2]), real(*a, **k))[1])
-    summary = curate_score(POOL, clip_run, tmp_path, batch_size=64, progress=False)
+    summary = scoring.score_pool(POOL, clip_run, tmp_path, batch_size=64, progress=False, chunk=100)
     assert calls == [1, 2] and summary["scored_now"] == 2  # the finished part was not scored again
     resumed, emb, _ = scoring.read_scores(tmp_path)
     whole, emb_whole, _ = scoring.read_scores(scored)  # one uninterrupted run (other chunking)
@@ -137,3 +136,13 @@ def test_filter_writes_the_kept_rows_and_counts_corrupted_pairs(scored, tmp_path
     np.testing.assert_array_equal(pairs.images.images, source.images.images[index])  # png: lossless
     assert pairs.captions == [source.captions[i] for i in index]
     json.dumps(result)
+
+
+@pytest.mark.slow
+def test_scoring_in_two_processes_gives_the_same_scores(clip_run, scored, tmp_path, monkeypatch):
+    summary = scoring.score_pool(POOL, clip_run, tmp_path, batch_size=64, devices=2, progress=False, chunk=100)
+    assert summary["pairs"] == 300
+    two, emb2, _ = scoring.read_scores(tmp_path)
+    one, emb1, _ = scoring.read_scores(scored)
+    assert two["key"].to_pylist() == one["key"].to_pylist()
+    np.testing.assert_allclose(two["score"].to_numpy(), one["score"].to_numpy(), atol=1e-6)

@@ -46,9 +46,9 @@ class Pool:
     skipped: list[str]  # unreadable items found before any part is read (in-memory pools)
 
 
-def open_pool(spec: str, image_size: int) -> Pool:
+def open_pool(spec: str, image_size: int, chunk: int = CHUNK) -> Pool:
     """Caption shards are streamed one shard per part; scenes and CSV/TSV tables (or a labelled
-    source's prompts) are loaded once and cut into chunks of ``CHUNK``."""
+    source's prompts) are loaded once and cut into chunks of ``chunk`` pairs."""
     from ..data.pairs import caption_shards, load_pairs
 
     shards = caption_shards(spec, "train")
@@ -63,7 +63,7 @@ def open_pool(spec: str, image_size: int) -> Pool:
         raise fail(f"{spec} holds no readable pairs; check the source")
 
     def batches(i: int, batch_size: int) -> Iterator[dict]:
-        lo, hi = i * CHUNK, min((i + 1) * CHUNK, n)
+        lo, hi = i * chunk, min((i + 1) * chunk, n)
         for s in range(lo, hi, batch_size):
             idx = np.arange(s, min(s + batch_size, hi))
             batch = {"images": torch.from_numpy(pairs.images.images[idx]).permute(0, 3, 1, 2),
@@ -73,7 +73,7 @@ def open_pool(spec: str, image_size: int) -> Pool:
                 batch["corrupted"] = pairs.corrupted[idx]
             yield batch
 
-    return Pool(spec, [f"chunk-{i:06d}" for i in range(-(-n // CHUNK))], batches, list(pairs.images.skipped))
+    return Pool(spec, [f"chunk-{i:06d}" for i in range(-(-n // chunk))], batches, list(pairs.images.skipped))
 
 
 def _shard_batches(shard: Path, image_size: int, batch_size: int, corrupted: set | None) -> Iterator[dict]:
@@ -149,7 +149,7 @@ def score_part(method, pool: Pool, i: int, out: Path, batch_size: int, bar=None)
 
 
 def score_pool(pool_spec: str, run_dir: str | Path, out: str | Path, batch_size: int = 256, devices: int = 1,
-               progress: bool = True) -> dict:
+               progress: bool = True, chunk: int | None = None) -> dict:
     """Score every pair of ``pool_spec`` with the image-text run ``run_dir`` into ``out``; finished
     parts of an earlier, interrupted call are kept. Returns the manifest (pairs, parts, skipped)."""
     import time
@@ -162,12 +162,12 @@ def score_pool(pool_spec: str, run_dir: str | Path, out: str | Path, batch_size:
     if not isinstance(method, EmbedsText):
         raise fail(f"{run_dir} is a {cfg.method} run; scoring needs an image-text run (clip or siglip)")
     manifest = {"version": SCORES_VERSION, "pool": pool_spec, "model": str(Path(run_dir).resolve()),
-                "image_size": info.image_size}
+                "image_size": info.image_size, "chunk": chunk or CHUNK}
     old = _read_manifest(out)
     if old is not None and any(old.get(k) != v for k, v in manifest.items()):
         raise fail(f"{out} holds scores of {old.get('pool')} by {old.get('model')}; give a new --out for "
                    f"{pool_spec} by {run_dir}")
-    pool = open_pool(pool_spec, info.image_size)
+    pool = open_pool(pool_spec, info.image_size, manifest["chunk"])
     manifest["parts"] = pool.parts
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out / MANIFEST, "w") as f:
@@ -178,7 +178,8 @@ def score_pool(pool_spec: str, run_dir: str | Path, out: str | Path, batch_size:
         import multiprocessing
 
         with ProcessPoolExecutor(devices, mp_context=multiprocessing.get_context("spawn")) as ex:
-            list(ex.map(_score_parts, [(pool_spec, str(run_dir), str(out), todo[r::devices], batch_size, r)
+            list(ex.map(_score_parts, [(pool_spec, str(run_dir), str(out), todo[r::devices], batch_size, r,
+                                        manifest["chunk"])
                                        for r in range(devices)]))
     elif todo:
         from tqdm import tqdm
@@ -203,12 +204,12 @@ def _score_parts(args) -> None:
     """One scoring process (``--devices N``): its own parts, on its own device."""
     from ..runs import load_method
 
-    pool_spec, run_dir, out, parts, batch_size, rank = args
+    pool_spec, run_dir, out, parts, batch_size, rank, chunk = args
     torch.set_num_threads(1)
     method, _, info = load_method(run_dir)
     if torch.cuda.is_available():
         method = method.to(f"cuda:{rank % torch.cuda.device_count()}")
-    pool = open_pool(pool_spec, info.image_size)
+    pool = open_pool(pool_spec, info.image_size, chunk)
     for i in parts:
         score_part(method.eval(), pool, i, Path(out), batch_size)
 

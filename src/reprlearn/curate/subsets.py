@@ -84,7 +84,7 @@ def write_kept_shards(manifest: dict, keys: set[str], out: str | Path, shard_siz
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    pool = open_pool(manifest["pool"], manifest["image_size"])
+    pool = open_pool(manifest["pool"], manifest["image_size"], manifest["chunk"])
     paths: list[Path] = []
     images: list[np.ndarray] = []
     captions: list[list[str]] = []
