@@ -146,3 +146,19 @@ def test_scoring_in_two_processes_gives_the_same_scores(clip_run, scored, tmp_pa
     one, emb1, _ = scoring.read_scores(scored)
     assert two["key"].to_pylist() == one["key"].to_pylist()
     np.testing.assert_allclose(two["score"].to_numpy(), one["score"].to_numpy(), atol=1e-6)
+
+
+def test_the_cli_scores_and_filters(clip_run, tmp_path, capsys):
+    from reprlearn.cli import main
+
+    assert main(["curate", "score", "scenes:n=120,corrupt=0.5", "--model", str(clip_run),
+                 "--out", str(tmp_path / "s")]) == 0
+    assert "scored 120 pairs" in capsys.readouterr().out
+    assert main(["curate", "filter", str(tmp_path / "s"), "--keep", "clip-score:top=0.5", "--keep", "min-words=2",
+                 "--out", str(tmp_path / "kept.txt")]) == 0
+    out = capsys.readouterr().out
+    kept = (tmp_path / "kept.txt").read_text().split()
+    assert f"kept {len(kept)} of 120 pairs" in out and "corrupted pairs kept" in out
+    assert main(["curate", "filter", str(tmp_path / "s"), "--keep", "clip-score:top=0.5,min=1",
+                 "--out", str(tmp_path / "k.txt")]) == 2
+    assert "not both" in capsys.readouterr().err
