@@ -212,12 +212,14 @@ def curate_score(pool: str, run_dir: str | Path, out: str | Path, batch_size: in
 
 
 def curate_filter(scores: str | Path, rules: list[str], out: str | Path, target: str | None = None,
-                  write_shards: str | Path | None = None, seed: int = 0) -> dict:
+                  write_shards: str | Path | None = None, seed: int = 0, clusters: int = 100) -> dict:
     """Keep the pairs of a scored pool that every rule keeps (see curate/filters.py); write their keys
     to ``out`` (.parquet or a text list) and optionally new shards. Returns counts."""
     from .curate.subsets import select, write_kept, write_kept_shards
 
-    table, keep, manifest = select(scores, rules, target, seed)
+    if clusters < 1:
+        raise fail(f"--clusters must be at least 1, got {clusters}")
+    table, keep, manifest = select(scores, rules, target, seed, clusters)
     write_kept(table, keep, out)
     result = {"kept": int(keep.sum()), "pool": len(keep), "out": str(out)}
     if "corrupted" in table.column_names:

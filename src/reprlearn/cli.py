@@ -271,6 +271,8 @@ def _cmd_curate(argv: list[str]) -> int:
     f.add_argument("--target", metavar="SOURCE", help="image-based: images whose clusters are kept, or a .npy of "
                    "their embeddings (default: the pool's test split)")
     f.add_argument("--write-shards", metavar="DIR", help="also write the kept pairs as WebDataset shards")
+    f.add_argument("--clusters", type=int, default=100, help="k-means clusters of image-based rules that name "
+                   "none (default 100)")
     f.add_argument("--seed", type=int, default=0, help="k-means seed")
     e = sub.add_parser("experiment", help="score, filter by each strategy, train clip on each, evaluate")
     e.add_argument("pool", nargs="?", help="the pool (default: scenes:corrupt=0.5)")
@@ -297,7 +299,7 @@ def _cmd_curate(argv: list[str]) -> int:
               f"{r['seconds']:.1f} s); {r['skipped']} unreadable items skipped"
               + (f", listed in {a.out}/skipped.txt (first: {r['first_skipped']})" if r["skipped"] else ""))
     elif a.step == "filter":
-        r = curate_filter(a.scores, a.keep, a.out, a.target, a.write_shards, a.seed)
+        r = curate_filter(a.scores, a.keep, a.out, a.target, a.write_shards, a.seed, a.clusters)
         print(f"kept {r['kept']} of {r['pool']} pairs ({r['kept'] / max(r['pool'], 1):.1%}) in {a.out}"
               + (f"; {r['corrupted_kept']} of {r['corrupted']} corrupted pairs kept" if "corrupted" in r else "")
               + (f"; {r['shards']} shards in {a.write_shards}" if a.write_shards else ""))

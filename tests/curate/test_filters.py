@@ -127,3 +127,13 @@ def test_dedup_matches_the_naive_greedy_loop():
     x = rng.standard_normal((120, 3)).astype(np.float32)  # low dimension: many near pairs
     for cos in (0.9, 0.99):
         assert dedup(x, cos).tolist() == naive_dedup(x, cos)
+
+
+def test_clusters_default_comes_from_the_view_unless_the_rule_names_it():
+    rng = np.random.default_rng(0)
+    pool = clusters(rng, np.eye(8)[:4], 30)
+    target = clusters(rng, np.eye(8)[[0]], 3)
+    v = view(np.zeros(len(pool)), embeddings=pool, target=lambda: target)
+    v.clusters = 1  # one cluster: the target's, so everything
+    assert apply_rule("image-based", v).all()
+    assert apply_rule("image-based:clusters=4", v).sum() == 30

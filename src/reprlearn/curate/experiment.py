@@ -107,8 +107,7 @@ def run_experiment(out: str | Path, pool: str = DEFAULT_POOL, eval_spec: str | N
     rows = []
     for name, rule in rules.items():
         t = time.perf_counter()
-        rule = rule.replace("image-based", f"image-based:clusters={clusters}") if "image-based:" not in rule else rule
-        table, keep, manifest = select(out / "scores", [rule], target or eval_spec, seed)
+        table, keep, manifest = select(out / "scores", [rule], target or eval_spec, seed, clusters)
         write_kept(table, keep, out / "subsets" / f"{name}.parquet")
         row = {"strategy": name, "rule": rule, "size": int(keep.sum())}
         if "corrupted" in table.column_names:

@@ -47,6 +47,7 @@ class PoolView:
     embeddings: np.ndarray
     target: Callable[[], np.ndarray] | None = None  # the target set's image embeddings, computed when asked
     seed: int = 0
+    clusters: int = DEFAULT_CLUSTERS  # image-based rules that name no clusters=
 
     def __len__(self) -> int:
         return len(self.score)
@@ -173,7 +174,7 @@ def apply_rule(rule: str, view: PoolView) -> np.ndarray:
         return clip_score_top(view.score, o["top"]) if "top" in o else clip_score_min(view.score, o["min"])
     if head == "image-based":
         o = _options(rule, options, {"clusters": int})
-        k = o.get("clusters", DEFAULT_CLUSTERS)
+        k = o.get("clusters", view.clusters)
         if k < 1:
             raise fail(f"rule {rule!r}: clusters must be at least 1")
         return image_based(view, k)

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import fail
 from ..files import atomic_write
-from .filters import PoolView, keep_mask
+from .filters import DEFAULT_CLUSTERS, PoolView, keep_mask
 from .scoring import open_pool, read_scores
 
 
@@ -46,7 +46,8 @@ def target_embeddings(target: str, model: str | Path) -> np.ndarray:
         return extract(method.image_tower(), images.tensor(), 512)
 
 
-def select(scores_dir: str | Path, rules: list[str], target: str | None = None, seed: int = 0):
+def select(scores_dir: str | Path, rules: list[str], target: str | None = None, seed: int = 0,
+           clusters: int = DEFAULT_CLUSTERS):
     """(the scores table, keep mask (N,), manifest) of ``rules`` over the scored pool."""
     table, embeddings, manifest = read_scores(scores_dir)
     target = target or default_target(manifest["pool"])
@@ -58,7 +59,7 @@ def select(scores_dir: str | Path, rules: list[str], target: str | None = None, 
         return target_embeddings(target, manifest["model"])
 
     view = PoolView(table["score"].to_numpy(), table["words"].to_numpy(), table["chars"].to_numpy(), embeddings,
-                    target_fn, seed)
+                    target_fn, seed, clusters)
     return table, keep_mask(rules, view), manifest
 
 
