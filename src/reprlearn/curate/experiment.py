@@ -75,6 +75,8 @@ def run_experiment(out: str | Path, pool: str = DEFAULT_POOL, eval_spec: str | N
     from .scoring import score_pool
     from .subsets import select, write_kept, write_kept_shards
 
+    if samples_seen < 1 or clusters < 1:
+        raise fail(f"--samples-seen and --clusters must be at least 1, got {samples_seen} and {clusters}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if corrupt is not None:
