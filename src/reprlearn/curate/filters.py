@@ -13,8 +13,11 @@ keeps (``&`` binds tighter), and several rules given one after another are inter
                           word, more than five characters), then FAISS k-means (K centroids,
                           default 100) of the pre-filtered pool's image embeddings; a pair is kept
                           when its nearest centroid is the nearest centroid of at least one image
-                          of the target set (DataComp: ImageNet-1k train). The pre-filter stands
-                          in for DataComp's English-language filter, which needs a language model.
+                          of the target set (DataComp: ImageNet-1k train). Deviations: DataComp's
+                          pre-filter also keeps English captions only (a fastText language model)
+                          and counts fastText tokens, here whitespace words; DataComp ships
+                          centroids fitted once on its pool, here they are fitted on the
+                          pre-filtered pool being filtered.
   dedup:cos=C             near-duplicate removal: in pool order, a pair is dropped when its image
                           embedding has cosine >= C with a pair kept before it
   min-words=N, min-chars=N  the caption has at least N words / N characters
