@@ -195,3 +195,45 @@ def reconstruct_images(run_dir: str | Path, source: str, out: str | Path, n: int
             raise fail(f"{cfg.method} reconstructs with labels; {source} has none")
         labels = torch.from_numpy(images.labels[:n])
     return gen.reconstruction_figure(method, x, labels, Path(out), f"{cfg.method}: {source}")
+
+
+# ---------------------------------------------------------------- curation (DataComp-style)
+
+
+def curate_score(pool: str, run_dir: str | Path, out: str | Path, batch_size: int = 256, devices: int = 1,
+                 progress: bool = True) -> dict:
+    """CLIP-score every pair of ``pool`` with an image-text run into ``out`` (Parquet + float16 .npy
+    per part; an interrupted call resumes). Returns the summary (pairs, skipped, seconds)."""
+    from .curate.scoring import score_pool
+
+    if batch_size < 1 or devices < 1:
+        raise fail(f"--batch-size and --devices must be at least 1, got {batch_size} and {devices}")
+    return score_pool(pool, run_dir, out, batch_size, devices, progress)
+
+
+def curate_filter(scores: str | Path, rules: list[str], out: str | Path, target: str | None = None,
+                  write_shards: str | Path | None = None, seed: int = 0, clusters: int = 100) -> dict:
+    """Keep the pairs of a scored pool that every rule keeps (see curate/filters.py); write their keys
+    to ``out`` (.parquet or a text list) and optionally new shards. Returns counts."""
+    from .curate.subsets import select, write_kept, write_kept_shards
+
+    if clusters < 1:
+        raise fail(f"--clusters must be at least 1, got {clusters}")
+    table, keep, manifest = select(scores, rules, target, seed, clusters)
+    write_kept(table, keep, out)
+    result = {"kept": int(keep.sum()), "pool": len(keep), "out": str(out)}
+    if "corrupted" in table.column_names:
+        corrupted = table["corrupted"].to_numpy()
+        result["corrupted_kept"] = int((corrupted & keep).sum())
+        result["corrupted"] = int(corrupted.sum())
+    if write_shards:
+        paths = write_kept_shards(manifest, set(table.filter(keep)["key"].to_pylist()), write_shards)
+        result["shards"] = len(paths)
+    return result
+
+
+def curate_experiment(out: str | Path, pool: str | None = None, **options: Any) -> list[dict]:
+    """The DataComp protocol on ``pool`` (default scenes:corrupt=0.5); see curate/experiment.py."""
+    from .curate.experiment import DEFAULT_POOL, run_experiment
+
+    return run_experiment(out, pool or DEFAULT_POOL, **options)

@@ -8,6 +8,9 @@
     reprlearn zeroshot RUN_DIR --data SOURCE [--classes FILE_OR_LIST]   zero-shot classification (clip, siglip)
     reprlearn search RUN_DIR --index SOURCE --query TEXT [--query-image PATH] [--k 8] [--out SHEET.png]
     reprlearn shards SOURCE --out DIR [--image-size N] [--shard-size 10000] [--workers N]   write WebDataset shards
+    reprlearn curate score POOL --model RUN_DIR --out DIR      CLIP score of every pair of a pool
+    reprlearn curate filter SCORES --keep RULE ... --out KEPT  keep the pairs the rules keep
+    reprlearn curate experiment [POOL] --out DIR               filter, train at a fixed budget, compare
     reprlearn methods                    list the registered methods
 """
 
@@ -246,6 +249,77 @@ def _cmd_search(argv: list[str]) -> int:
     return 0
 
 
+def _cmd_curate(argv: list[str]) -> int:
+    from .api import curate_experiment, curate_filter, curate_score
+    from .curate.experiment import DEFAULT_SAMPLES_SEEN, format_rows
+
+    p = _Parser(prog="reprlearn curate", description="DataComp-style curation: score a pool of image-text pairs, "
+                "filter it, and compare filters by training at a fixed number of samples seen.")
+    sub = p.add_subparsers(dest="step", required=True, parser_class=_Parser)
+    s = sub.add_parser("score", help="CLIP score of every pair (Parquet + image embeddings; resumable)")
+    s.add_argument("pool", help="pairs to score: caption shards, a .csv/.tsv, scenes[:OPTIONS]")
+    s.add_argument("--model", required=True, metavar="RUN_DIR", help="a clip or siglip run")
+    s.add_argument("--out", required=True, metavar="DIR")
+    s.add_argument("--batch-size", type=int, default=256)
+    s.add_argument("--devices", type=int, default=1, help="scoring processes, each on its own parts (and GPU)")
+    f = sub.add_parser("filter", help="keep the pairs every --keep rule keeps")
+    f.add_argument("scores", metavar="SCORES", help="a directory written by `reprlearn curate score`")
+    f.add_argument("--keep", action="append", required=True, metavar="RULE",
+                   help="none, clip-score:top=F, clip-score:min=X, image-based[:clusters=K], dedup:cos=C, "
+                   "min-words=N, min-chars=N; A&B both, A|B either; repeated rules are intersected")
+    f.add_argument("--out", required=True, metavar="KEPT", help="kept keys: FILE.parquet or a text list")
+    f.add_argument("--target", metavar="SOURCE", help="image-based: images whose clusters are kept, or a .npy of "
+                   "their embeddings (default: the pool's test split)")
+    f.add_argument("--write-shards", metavar="DIR", help="also write the kept pairs as WebDataset shards")
+    f.add_argument("--clusters", type=int, default=100, help="k-means clusters of image-based rules that name "
+                   "none (default 100)")
+    f.add_argument("--seed", type=int, default=0, help="k-means seed")
+    e = sub.add_parser("experiment", help="score, filter by each strategy, train clip on each, evaluate")
+    e.add_argument("pool", nargs="?", help="the pool (default: scenes:corrupt=0.5)")
+    e.add_argument("--eval", metavar="SOURCE", help="clean held-out pairs (default: the scenes pool's test split)")
+    e.add_argument("--samples-seen", type=int, default=DEFAULT_SAMPLES_SEEN, help="every run's budget")
+    e.add_argument("--model", metavar="RUN_DIR", help="the scoring run (default: one trained on --seed-data)")
+    e.add_argument("--seed-data", metavar="SOURCE", help="clean pairs to train the scorer on "
+                   "(default for scenes: scenes:n=1000,seed=1)")
+    e.add_argument("--strategy", action="append", default=[], metavar="NAME=RULE", help="an extra strategy")
+    e.add_argument("--target", metavar="SOURCE", help="image-based target (default: the evaluation images)")
+    e.add_argument("--clusters", type=int, default=20, help="k-means clusters of image-based (default 20)")
+    e.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a training option for every run (e.g. batch_size=256, text_width=128)")
+    e.add_argument("--corrupt", type=float, metavar="F", help="first give this share of the pool's images another "
+                   "image's captions (a real caption source; the corrupted keys are recorded)")
+    e.add_argument("--seed-size", type=int, default=0, metavar="N", help="with --corrupt: hold N clean pairs of "
+                   "the pool apart as the scorer's seed data")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--out", required=True, metavar="DIR")
+    a = p.parse_args(argv)
+    if a.step == "score":
+        r = curate_score(a.pool, a.model, a.out, a.batch_size, a.devices)
+        print(f"scored {r['pairs']} pairs of {a.pool} in {a.out} ({r['scored_now']} of {len(r['parts'])} parts now, "
+              f"{r['seconds']:.1f} s); {r['skipped']} unreadable items skipped"
+              + (f", listed in {a.out}/skipped.txt (first: {r['first_skipped']})" if r["skipped"] else ""))
+    elif a.step == "filter":
+        r = curate_filter(a.scores, a.keep, a.out, a.target, a.write_shards, a.seed, a.clusters)
+        print(f"kept {r['kept']} of {r['pool']} pairs ({r['kept'] / max(r['pool'], 1):.1%}) in {a.out}"
+              + (f"; {r['corrupted_kept']} of {r['corrupted']} corrupted pairs kept" if "corrupted" in r else "")
+              + (f"; {r['shards']} shards in {a.write_shards}" if a.write_shards else ""))
+    else:
+        strategies, options = {}, {}
+        for item, into, what in [(s, strategies, "--strategy NAME=RULE") for s in a.strategy] + \
+                [(o, options, "--option KEY=VALUE") for o in a.option]:
+            k, eq, v = item.partition("=")
+            if not eq or not k:
+                p.error(f"{item!r} is not {what}")
+            into[k.strip()] = v.strip()
+        rows = curate_experiment(a.out, a.pool, eval_spec=a.eval, samples_seen=a.samples_seen, model=a.model,
+                                 seed_data=a.seed_data, strategies=strategies, target=a.target,
+                                 clusters=a.clusters, train_options=options, seed=a.seed, corrupt=a.corrupt,
+                                 seed_size=a.seed_size)
+        print(format_rows(rows))
+        print(f"wrote {a.out}/table.csv and {a.out}/table.png")
+    return 0
+
+
 def _cmd_methods(argv: list[str]) -> int:
     from .methods import METHODS
 
@@ -257,7 +331,7 @@ def _cmd_methods(argv: list[str]) -> int:
 
 COMMANDS = {"shards": _cmd_shards, "train": _cmd_train, "eval": _cmd_eval, "embed": _cmd_embed, "sample": _cmd_sample,
             "reconstruct": _cmd_reconstruct, "zeroshot": _cmd_zeroshot, "search": _cmd_search,
-            "methods": _cmd_methods}
+            "curate": _cmd_curate, "methods": _cmd_methods}
 
 
 def _quiet_libraries() -> None:
