@@ -127,6 +127,32 @@ def test_second_run_in_same_directory_is_refused(tmp_path):
     reprlearn.train("simclr", out=run, **{**KW, "epochs": 1})
 
 
+def _signal_then_sleep(started) -> None:
+    started.set()
+    time.sleep(30)
+
+
+def test_a_forked_worker_does_not_keep_the_run_directory_locked(tmp_path):
+    """DataLoader workers are forked while the run holds its lock; when the run ends (or is
+    SIGKILLed) a worker still alive must not keep the directory locked against the resume."""
+    import multiprocessing
+
+    run = tmp_path / "run"
+    lock = RunLock(run).__enter__()
+    fork = multiprocessing.get_context("fork")
+    started = fork.Event()
+    worker = fork.Process(target=_signal_then_sleep, args=(started,))
+    worker.start()
+    assert started.wait(30)  # the worker runs (what a fork does to its descriptors is done by now)
+    try:
+        lock.__exit__(None, None, None)  # the run's own descriptor closes, as at its death
+        with RunLock(run):  # while the forked worker lives on
+            pass
+    finally:
+        worker.kill()
+        worker.join()
+
+
 def test_nan_loss_stops_naming_step_and_term_keeping_last_good_checkpoint(tmp_path, monkeypatch):
     original = SimCLR.loss
     calls = {"n": 0}

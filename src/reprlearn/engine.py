@@ -336,12 +336,29 @@ class RunLock:
         self._file.truncate()
         self._file.write(f"reprlearn pid {os.getpid()}")
         self._file.flush()
+        _HELD_LOCKS.add(self._file)
         return self
 
     def __exit__(self, *exc) -> None:
         if self._file is not None:
+            _HELD_LOCKS.discard(self._file)
             self._file.close()  # closing releases the flock
             self._file = None
+
+
+# The lock files this process holds. A forked child (a DataLoader worker, a decoding process)
+# closes its copies at once: a flock lives as long as any descriptor of it, so workers that
+# outlive a SIGKILLed run by the seconds they take to notice would keep its directory locked.
+_HELD_LOCKS: set = set()
+
+
+def _release_in_child() -> None:
+    for f in list(_HELD_LOCKS):
+        f.close()  # this process's copy only; the parent keeps the lock
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_release_in_child)
 
 
 def _launcher_rank_zero() -> bool:
