@@ -27,7 +27,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from .config import RunConfig, step_budget
-from .data.stream import default_workers, stream_steps
+from .data.stream import default_workers, held, stream_steps
 from .errors import ReprlearnError, fail
 from .files import atomic_write
 from .methods import Method
@@ -589,7 +589,7 @@ def train_run(cfg: RunConfig, method_cfg: Any, run_dir: Path, resume_from: Path 
         module = TrainModule(model, cfg, watched, meta, model.training_fields(data), model.training_pools(data))
     callbacks = [CollapseWatch(watched), *extra_callbacks]
     if cfg.knn_monitor and eval_set is not None:
-        train_probe, eval_probe = _held(train_set), _held(eval_set)
+        train_probe, eval_probe = held(train_set), held(eval_set)
         if train_probe.labels is not None and eval_probe.labels is not None:
             callbacks.append(KNNMonitor(train_probe.tensor(), train_probe.labels, eval_probe.tensor(),
                                         eval_probe.labels, k=cfg.knn_k, temperature=cfg.knn_temperature))
@@ -604,7 +604,3 @@ def train_run(cfg: RunConfig, method_cfg: Any, run_dir: Path, resume_from: Path 
               f"{run_dir / 'skipped-streamed.txt'}; first: {module.skipped[0]})")
     return model, info, data, trainer
 
-
-def _held(images):
-    """The images of a set held in memory: all of an ImageSet, the first of a stream (its ``head``)."""
-    return getattr(images, "head", images)

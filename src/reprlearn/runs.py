@@ -44,7 +44,9 @@ def resolve_config(method: str, overrides: dict[str, Any], config_file: str | No
 
 def data_info(train) -> DataInfo:
     """Shape, classes and per-channel normalisation of the training images (of a stream: its first images)."""
-    sample = getattr(train, "head", train)
+    from .data.stream import held
+
+    sample = held(train)
     x = sample.images.reshape(-1, train.channels).astype(np.float64) / 255
     std = np.maximum(x.std(axis=0), 1e-3)
     return DataInfo(channels=train.channels, image_size=train.image_size, num_classes=train.num_classes,

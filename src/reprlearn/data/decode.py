@@ -75,6 +75,12 @@ def storage_size(paths: list, where: str, sample: int = 256) -> int | None:
                 sizes.append(img.size)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
             continue  # named (or skipped) when it is decoded
+    return side_for_sizes(sizes, where)
+
+
+def side_for_sizes(sizes: list[tuple[int, int]], where: str) -> int | None:
+    """None when every (width, height) is the same, else the median shorter side capped at 224,
+    said in one line."""
     if len(set(sizes)) <= 1:
         return None
     side = min(int(np.median([min(w, h) for w, h in sizes])), MAX_DEFAULT_SIZE)

@@ -127,30 +127,40 @@ def _load_images(cfg) -> RunData:
 
 
 def open_images(spec: str, cfg, image_size: int | None) -> tuple[ImageSet | ShardStream, str]:
-    """A source in memory (decoded once, cached) or as a stream, by ``cfg.loader``, and why.
-
-    ``auto`` keeps it in memory when its decoded size fits a quarter of the host's free memory
-    (and of the GPU's, when training on one); shards and image folders stream otherwise."""
+    """A source in memory (decoded once, cached) or as a stream, by ``cfg.loader``, and why."""
     from .sources import streamable_paths
 
-    paths = streamable_paths(spec)
-    if paths is None:  # digits, an .npz: in memory already
+    stream, streamed, why = choose_stream(streamable_paths(spec), cfg, image_size, spec,
+                                          "shards and image folders", "not a shard set or folder")
+    if streamed:
+        return stream, why
+    return load_source(spec, image_size or (stream.image_size if stream else None), cfg.skip_bad), why
+
+
+def choose_stream(paths, cfg, image_size: int | None, name: str, streamable: str,
+                  not_streamable: str) -> tuple[ShardStream | None, bool, str]:
+    """(the source opened as a stream or None, whether to stream it, why), by ``cfg.loader``.
+
+    ``paths``: what a stream would read (None or empty: the source cannot stream; ``streamable``
+    names what can, for the refusal, ``not_streamable`` says why it is held in memory). ``auto``
+    streams a source unless its decoded size fits a quarter of the host's free memory (and of
+    the GPU's, when training on one); the stream it opened to count it is returned either way."""
+    if not paths:
         if cfg.loader == "stream":
-            raise fail(f"{spec} cannot be streamed (only shards and image folders can); pass --loader memory or auto")
-        return load_source(spec, image_size, cfg.skip_bad), "in memory: not a shard set or folder"
+            raise fail(f"{name} cannot be streamed (only {streamable} can); pass --loader memory or auto")
+        return None, False, f"in memory: {not_streamable}"
     if cfg.loader == "memory":
-        return load_source(spec, image_size, cfg.skip_bad), "in memory, as asked (--loader memory)"
+        return None, False, "in memory, as asked (--loader memory)"
     from .stream import open_stream
 
-    stream = open_stream(paths, image_size, cfg.skip_bad, spec)
+    stream = open_stream(paths, image_size, cfg.skip_bad, name)
     if cfg.loader == "stream":
-        return stream, "streamed, as asked (--loader stream)"
+        return stream, True, "streamed, as asked (--loader stream)"
     need = stream.decoded_bytes()
     budget, where = memory_budget(cfg)
     if need <= budget:
-        return (load_source(spec, image_size or stream.image_size, cfg.skip_bad),
-                f"in memory: {_size(need)} decoded fits {where}")
-    return stream, f"streamed: {_size(need)} decoded exceeds {where}"
+        return stream, False, f"in memory: {_size(need)} decoded fits {where}"
+    return stream, True, f"streamed: {_size(need)} decoded exceeds {where}"
 
 
 def memory_budget(cfg) -> tuple[float, str]:
@@ -192,10 +202,11 @@ def _size(n: float) -> str:
 def _load_pairs(cfg) -> RunData:
     """Training pairs and held-out pairs: ``--eval-data``, else the source's own test split
     (scenes draws a disjoint set; digits and cifar10 have one), else a 10% hold-out."""
-    from .pairs import load_pairs
+    from .pairs import caption_shards, load_pairs
 
-    stream, why = _pair_stream(cfg)
-    if stream is not None:  # the evaluation pairs (zero-shot, retrieval) are held in memory
+    stream, streamed, why = choose_stream(caption_shards(cfg.data), cfg, cfg.image_size, cfg.data,
+                                          "shards with KEY.txt/KEY.json captions", "not a caption shard set")
+    if streamed:  # the evaluation pairs (zero-shot, retrieval) are held in memory
         if cfg.eval_data is None and cfg.eval:
             raise fail(f"{stream.name} is streamed, so no pairs can be held out of it for evaluation; give "
                        "--eval-data (e.g. the test shards), or --no-eval")
@@ -218,31 +229,6 @@ def _load_pairs(cfg) -> RunData:
         keep, held = stratified_split(None, len(train), 0.1, seed=0)
         train, test = train.subset(keep), train.subset(held)
     return RunData(train.images, test.images if test is not None else None, train, test, loader=why)
-
-
-def _pair_stream(cfg) -> tuple[ShardStream | None, str]:
-    """Caption shards as a stream when ``cfg.loader`` asks for one or ``auto`` finds them too large
-    for memory (None: load the pairs in memory), and why."""
-    from .pairs import caption_shards
-
-    shards = caption_shards(cfg.data)
-    if not shards:
-        if cfg.loader == "stream":
-            raise fail(f"{cfg.data} cannot be streamed (only shards with KEY.txt/KEY.json captions can); "
-                       "pass --loader memory or auto")
-        return None, "in memory: not a caption shard set"
-    if cfg.loader == "memory":
-        return None, "in memory, as asked (--loader memory)"
-    from .stream import open_stream
-
-    stream = open_stream(shards, cfg.image_size, cfg.skip_bad, cfg.data)
-    if cfg.loader == "stream":
-        return stream, "streamed, as asked (--loader stream)"
-    need = stream.decoded_bytes()
-    budget, where = memory_budget(cfg)
-    if need <= budget:
-        return None, f"in memory: {_size(need)} decoded fits {where}"
-    return stream, f"streamed: {_size(need)} decoded exceeds {where}"
 
 
 def _same_shape(test, train) -> None:

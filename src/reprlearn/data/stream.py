@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from ..errors import ReprlearnError, fail
-from .decode import IMAGE_EXTENSIONS, BadItem, decode_image, parse_label, MAX_DEFAULT_SIZE
+from .decode import IMAGE_EXTENSIONS, BadItem, decode_image, parse_label, side_for_sizes
 from .imageset import ImageSet
 from .pairs import shard_captions
 
@@ -167,24 +167,19 @@ def shard_counts(paths: list[Path]) -> list[int]:
 
 
 def _count_shard(path: Path) -> int:
+    from webdataset.tariterators import base_plus_ext
+
     keys = set()
     try:
         with tarfile.open(path) as tar:
             for member in tar:
                 if member.isfile():
-                    key, ext = _split_name(member.name)
-                    if ext.lower() in IMAGE_MEMBERS:
+                    key, ext = base_plus_ext(member.name)  # webdataset's own grouping of members by key
+                    if ext and ext.lower() in IMAGE_MEMBERS:
                         keys.add(key)
     except (tarfile.TarError, EOFError, OSError) as e:
         raise fail(f"shard {path} is corrupt or unreadable ({type(e).__name__}); fix or remove it") from None
     return len(keys)
-
-
-def _split_name(name: str) -> tuple[str, str]:
-    """webdataset's grouping: the key is the path up to the first dot of the file name."""
-    folder, _, base = name.rpartition("/")
-    stem, _, ext = base.partition(".")
-    return (folder + "/" + stem if folder else stem), ext
 
 
 def _caption_key(sample: dict) -> str | None:
@@ -209,14 +204,8 @@ def _probe_shape(samples: list[dict], image_size: int | None, name: str) -> tupl
             continue
     if not sizes:
         raise fail(f"{name}: none of its first {len(samples)} samples is a readable image; check the data")
-    if image_size is None:
-        if len(set(sizes)) == 1:
-            w, h = sizes[0]
-            image_size = min(w, h)
-        else:
-            image_size = min(int(np.median([min(w, h) for w, h in sizes])), MAX_DEFAULT_SIZE)
-            print(f"{name}: images of {len(set(sizes))} sizes; streaming them at {image_size}x{image_size} (the median "
-                  f"shorter side of the first {len(sizes)}, at most {MAX_DEFAULT_SIZE}; --image-size N to choose)")
+    if image_size is None:  # one size: stored at its shorter side (centre-cropped if not square)
+        image_size = side_for_sizes(sizes, name) or min(sizes[0])
     return image_size, 3 if colour else 1
 
 
@@ -462,6 +451,12 @@ class StreamLoader(torch.utils.data.DataLoader):
         self.dataset.epoch, self.dataset.done = epoch, done
         self.trained_in_epoch = done
         return super().__iter__()
+
+
+def held(images):
+    """The images of a set held in memory: all of an ImageSet, the first of a stream (its ``head``):
+    what normalisation statistics and the monitors look at."""
+    return images.head if isinstance(images, ShardStream) else images
 
 
 def take_batch(batch: dict) -> dict:

@@ -47,7 +47,7 @@ from ..augment import augment
 from ..augment.masks import jepa_masks
 from ..config import option
 from ..errors import fail
-from ..nets.vit import Block, VisionTransformer, sincos_pos_embed
+from ..nets.vit import Block, VisionTransformer, init_linears, sincos_pos_embed
 from .base import METHODS, Method
 from .momentum import EMATeacher
 
@@ -102,10 +102,7 @@ class JEPAPredictor(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.proj = nn.Linear(dim, encoder_dim)
         nn.init.normal_(self.mask_token, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_linears(self)
 
     def forward(self, context: Tensor, context_idx: Tensor, target_idx: Tensor) -> Tensor:
         """context (N, 1+K_c, E), context_idx (N, K_c), target_idx (N, K_t) -> (N, K_t, E)."""

@@ -31,7 +31,7 @@ from ..augment.masks import num_masked, random_mask
 from ..config import option
 from ..errors import fail
 from ..losses import masked_patch_mse
-from ..nets.vit import Block, VisionTransformer, sincos_pos_embed
+from ..nets.vit import Block, VisionTransformer, init_linears, sincos_pos_embed
 from .base import METHODS, Method, Reconstructs
 
 NORM_PIX_EPS = 1e-6
@@ -104,10 +104,7 @@ class MAEDecoder(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.head = nn.Linear(dim, out_dim)
         nn.init.normal_(self.mask_token, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_linears(self)
 
     def forward(self, latent: Tensor, keep_idx: Tensor) -> Tensor:
         """latent: (N, 1+K, encoder_dim) = cls + the visible patches ``keep_idx`` (N, K)."""

@@ -58,6 +58,14 @@ def sincos_pos_embed(dim: int, grid: int) -> Tensor:
     return torch.cat(parts, dim=1).float()
 
 
+def init_linears(module: nn.Module) -> None:
+    """Every Linear of ``module``: Xavier-uniform weights, zero biases (the ViT/MAE initialisation)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 class VisionTransformer(nn.Module):
     """Patch-embedding conv + cls token + positional embedding + pre-norm blocks + final LN."""
 
@@ -83,10 +91,7 @@ class VisionTransformer(nn.Module):
         nn.init.normal_(self.cls_token, std=0.02)
         w = self.patch_embed.weight  # init like a Linear (MAE does the same)
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_linears(self)
 
     def patch_pos_embed(self, rows: int, cols: int) -> Tensor:
         """(1, rows*cols, dim) positional embedding of the patch tokens: the table itself on the
