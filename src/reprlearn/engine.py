@@ -471,9 +471,10 @@ def _duration(seconds: float) -> str:
 
 class CollapseWatch(L.Callback):
     """Logs collapse metrics of the encoder features on a fixed sample after every epoch and
-    warns once per run when they fall below their floors (see monitor.py). The floors are
-    lowered to half the values of the weights training started from where those are already
-    low (a random ViT), and kept in the checkpoint so a resumed run judges by the same start."""
+    warns once per run when they fall below their floors (see monitor.py). The floors follow
+    the weights training started from (a random ViT's embeddings already share a large common
+    component, so only complete collapse is flagged for it), and are kept in the checkpoint so a
+    resumed run judges by the same start."""
 
     def __init__(self, images: torch.Tensor, sample: int = 1024):
         self.images = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:sample]]

@@ -1,13 +1,11 @@
 """DINOv2's recipe: Sinkhorn–Knopp teacher targets against a loop from the formula, KoLeo by hand, shared
-or separate heads, each ingredient switchable and changing the loss, and a deliberately collapsed run."""
+or separate heads, each ingredient switchable and changing the loss (its collapse watch: tests/test_monitor.py)."""
 
 import math
-import warnings
 
 import pytest
 import torch
 
-import reprlearn
 from reprlearn.api import build_method, resolve_config
 from reprlearn.methods import DataInfo
 
@@ -117,29 +115,6 @@ def test_each_ingredient_switches_off_and_changes_the_loss(option):
         other.after_micro_batch()
         default.after_micro_batch()
         assert other.center.abs().sum() > 0 and default.center.abs().sum() == 0
-
-
-def few_digits(tmp_path, n=320):
-    """The first n digits as an .npz (288 after the 10% hold-out): a ViT epoch in seconds."""
-    import numpy as np
-
-    from reprlearn.data import load_source
-
-    digits, path = load_source("digits"), tmp_path / "few.npz"
-    np.savez(path, images=digits.images[:n], labels=digits.labels[:n])
-    return str(path)
-
-
-def test_the_collapse_watch_catches_a_collapsed_run(tmp_path):
-    # no centring (the centre stays 0), no KoLeo, a learning rate far too high for the ViT: the class
-    # tokens collapse (embedding std 0.03 after one epoch, below the floor of half the random ViT's
-    # 0.096); the default recipe spreads them instead (0.25 after one epoch, 0.79 after eight)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        reprlearn.train("dinov2", out=tmp_path / "r", data=few_digits(tmp_path), epochs=2, batch_size=64, lr=2e-2,
-                        warmup_epochs=0, eval=False, progress=False, centering="running", center_momentum=1.0,
-                        koleo_weight=0.0, n_local=0, **SMALL)
-    assert any("looks collapsed" in str(w.message) for w in caught)
 
 
 def test_local_crops_are_small_and_use_interpolated_positions():
