@@ -92,7 +92,8 @@ def embed(run_or_encoder: str | Path | torch.nn.Module, source: str | ImageSet, 
     return extract(encoder, images.tensor(), batch_size)
 
 
-EVAL_OPTIONS = {"labels_per_class", "finetune", "knn_k", "knn_temperature", "probe_backend", "linear_c"}
+EVAL_OPTIONS = {"labels_per_class", "finetune", "knn_k", "knn_temperature", "probe_backend", "linear_c",
+                "baseline_cache"}
 
 
 def evaluate_run(run_dir: str | Path, *, method: Method | None = None, cfg: RunConfig | None = None,
@@ -102,7 +103,8 @@ def evaluate_run(run_dir: str | Path, *, method: Method | None = None, cfg: RunC
     """Evaluate a run with the one harness (see evaluate/run.py); writes eval.json and figures.
 
     ``overrides`` replace the run's evaluation options for this evaluation: ``labels_per_class``,
-    ``finetune``, ``knn_k``, ``knn_temperature``, ``probe_backend``, ``linear_c`` (None: the run's).
+    ``finetune``, ``knn_k``, ``knn_temperature``, ``probe_backend``, ``linear_c``, ``baseline_cache``
+    (None: the run's).
     """
     from .evaluate.run import evaluate_method
 

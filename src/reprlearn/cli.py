@@ -118,6 +118,9 @@ def _cmd_eval(argv: list[str]) -> int:
                    "run's device (default) or sklearn, the former CPU path")
     p.add_argument("--linear-c", type=float, help="fix the linear probe's C (sklearn's meaning; 1 is sklearn's "
                    "default) instead of sweeping its L2 weight on a validation split")
+    p.add_argument("--no-baseline-cache", dest="baseline_cache", action="store_false", default=None,
+                   help="score the baselines afresh instead of reusing an earlier evaluation's scores of "
+                   "byte-identical inputs")
     a = p.parse_args(argv)
     if a.labels_per_class is not None and a.labels_per_class < 1:
         p.error(f"--labels-per-class must be >= 1, got {a.labels_per_class}")
@@ -132,7 +135,7 @@ def _cmd_eval(argv: list[str]) -> int:
     result = evaluate_run(a.run_dir, eval_data=a.data, labels_per_class=a.labels_per_class,
                           finetune=a.finetune or None, anomaly_class=a.anomaly_class, iwae_k=a.iwae_k,
                           method_file=a.method_file, knn_k=a.knn_k, knn_temperature=a.knn_temperature,
-                          probe_backend=a.probe_backend, linear_c=a.linear_c)
+                          probe_backend=a.probe_backend, linear_c=a.linear_c, baseline_cache=a.baseline_cache)
     print(format_table(result))
     return 0
 

@@ -220,6 +220,8 @@ class RunConfig:
     probe_backend: str = option("torch", "linear probe and PCA: torch on the run's device, or sklearn (former path)",
                                 choices=("torch", "sklearn"))
     linear_c: float | None = option(None, "fix the linear probe's C (as sklearn's) instead of the L2 sweep", above=0.0)
+    baseline_cache: bool = option(True, "reuse the baselines' scores (raw pixels, PCA, random init) from an earlier "
+                                  "evaluation of byte-identical inputs with the same options and probe code")
     progress: bool = option(True, "show a progress bar")
     options: dict = field(default_factory=dict)  # the method's own config, as a dict
 

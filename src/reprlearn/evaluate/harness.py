@@ -133,12 +133,14 @@ def evaluate(encoder: torch.nn.Module, random_encoder: torch.nn.Module, train: I
              labels_per_class: int = 5, seed: int = 0, max_train: int | None = 20000,
              finetune_views: Callable | None = None, run_dir: Path | None = None, method: str = "",
              knn_k: int = 200, knn_temperature: float = 0.1, probe_backend: str = "torch",
-             linear_c: float | None = None) -> dict:
+             linear_c: float | None = None, baseline_cache: bool = True) -> dict:
     """Score ``encoder`` and the baselines; write umap.png into ``run_dir`` when given.
 
     ``probe_backend`` ``torch`` runs the probes and PCA on the encoder's device; ``sklearn`` is
     the former CPU path (sklearn's LogisticRegression with C = 1 and PCA), kept for comparison.
-    ``linear_c`` fixes the linear probe's C (sklearn's meaning) instead of the torch probe's sweep."""
+    ``linear_c`` fixes the linear probe's C (sklearn's meaning) instead of the torch probe's sweep.
+    ``baseline_cache`` reuses a baseline's stored scores when its inputs, options and probe code
+    are byte for byte those of an earlier evaluation (baseline_cache.py); eval.json names them."""
     if probe_backend not in BACKENDS:
         raise fail(f"unknown probe backend {probe_backend!r}; use one of {', '.join(BACKENDS)}")
     train, test = probe_split(train, test, max_train, seed)
@@ -161,20 +163,40 @@ def evaluate(encoder: torch.nn.Module, random_encoder: torch.nn.Module, train: I
             raise fail("--finetune needs the evaluation images in memory; pass --loader memory or --eval-max-train N")
         result["finetune_top1"] = finetune_top1(encoder, train.tensor(device), train.labels, test.tensor(device),
                                                 test.labels, finetune_views, seed=seed)
+    reused: list[str] = []
+
+    def baseline(name: str, compute: Callable[[], dict], *inputs, **extra) -> dict:
+        if not baseline_cache:
+            return compute()
+        from .baseline_cache import cached_scores
+
+        options = {**opts, **extra, "labels_per_class": labels_per_class, "seed": seed, "device": str(on)}
+        scores, hit = cached_scores(name, options, list(inputs), compute)
+        if hit:
+            reused.append(name)
+        return scores
+
     pix_train, pix_test = tr.pixels.to(on).float() / 255, te.pixels.to(on).float() / 255
     pixel_score = lambda a, b: score(a, b, tr.pixel_labels, te.pixel_labels)  # noqa: E731
-    result["baselines"] = {"raw_pixels": pixel_score(pix_train, pix_test)}
+    pixel_inputs = (tr.pixels, tr.pixel_labels, te.pixels, te.pixel_labels)
+    result["baselines"] = {"raw_pixels": baseline("raw_pixels", lambda: pixel_score(pix_train, pix_test),
+                                                  *pixel_inputs)}
     dim = min(train_f.shape[1], pix_train.shape[1], len(pix_train))
     if probe_backend == "torch":
-        result["baselines"]["pca"] = pixel_score(*pca_project(pix_train, pix_test, dim))
+        pca = lambda: pixel_score(*pca_project(pix_train, pix_test, dim))  # noqa: E731
     else:
-        from sklearn.decomposition import PCA
+        def pca() -> dict:
+            from sklearn.decomposition import PCA
 
-        pca = PCA(n_components=dim, random_state=seed).fit(pix_train.numpy())
-        result["baselines"]["pca"] = pixel_score(pca.transform(pix_train.numpy()), pca.transform(pix_test.numpy()))
+            fitted = PCA(n_components=dim, random_state=seed).fit(pix_train.numpy())
+            return pixel_score(fitted.transform(pix_train.numpy()), fitted.transform(pix_test.numpy()))
+    result["baselines"]["pca"] = baseline("pca", pca, *pixel_inputs, dim=dim)
     if len(pix_train) < len(tr.labels) or len(pix_test) < len(te.labels):
         result["pixel_baselines_images"] = {"train": len(pix_train), "test": len(pix_test)}
-    result["baselines"]["random_init"] = score(tr.features[1], te.features[1])
+    result["baselines"]["random_init"] = baseline("random_init", lambda: score(tr.features[1], te.features[1]),
+                                                  tr.features[1], tr.labels, te.features[1], te.labels)
+    if reused:
+        result["baselines_reused"] = reused
     result["probes"] = _probe_record(result, opts)
     if run_dir is not None:
         from .figures import umap_plot
@@ -217,6 +239,9 @@ def format_table(result: dict) -> str:
                      + (f" (L2 chosen: {chosen})" if chosen else f" (C={lin.get('C')})"))
     elif probes:
         lines.append(f"probes: {probes}")
+    if result.get("baselines_reused"):
+        lines.append("baselines reused from an earlier evaluation of the same inputs: "
+                     + ", ".join(result["baselines_reused"]) + " (--no-baseline-cache scores them afresh)")
     lines += _image_text_lines(result)
     lines += _domain_lines(result)
     return "\n".join(lines)

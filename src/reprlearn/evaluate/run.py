@@ -44,7 +44,7 @@ def evaluate_method(method, cfg, info, data: RunData, run_dir: Path, anomaly_cla
                           labels_per_class=cfg.labels_per_class, seed=cfg.seed, max_train=cfg.eval_max_train,
                           finetune_views=views, run_dir=run_dir, method=short_name(cfg.method), knn_k=cfg.knn_k,
                           knn_temperature=cfg.knn_temperature, probe_backend=cfg.probe_backend,
-                          linear_c=cfg.linear_c)
+                          linear_c=cfg.linear_c, baseline_cache=cfg.baseline_cache)
     else:  # captions but no labels (e.g. Flickr8k): no probe to fit; the joint space is scored below
         result = {"method": cfg.method, "test_images": len(eval_set),
                   "probes": "skipped: the evaluation pairs have no class labels"}
