@@ -103,9 +103,16 @@ def _example(shape: tuple) -> torch.Tensor:
 def export_graph(module: nn.Module, example: torch.Tensor, out: Path, fmt: str, input_name: str,
                  output_name: str) -> Path:
     """``module`` (eval mode, CPU) as a TorchScript or ONNX graph with a free batch size."""
+    import warnings
+
     module = module.eval().cpu()
     out.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # the tracer warns about Python-level shape checks (the ViT's grid, the text length limit): they
+        # hold for every input the graph is meant for (the run's image size, context_length tokens);
+        # torch 2.13 marks TorchScript deprecated, and it is still what many serving stacks load
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*torch.jit.*deprecated.*", category=DeprecationWarning)
         if fmt == "torchscript":
             traced = torch.jit.trace(module, example, check_trace=False)
             traced.save(str(out))

@@ -3,7 +3,9 @@
 - csv: ``RUN/logs/metrics.csv`` (always cheap, always there by default);
 - tensorboard: ``RUN/tb/`` event files;
 - mlflow: a local file store, ``mlruns/`` beside the run directory, so every run under ``runs/``
-  is one experiment in one store (``mlflow ui --backend-store-uri runs/mlruns``), or ``--mlflow-uri``;
+  is one experiment in one store (``mlflow ui --backend-store-uri runs/mlruns``), or ``--mlflow-uri``
+  (e.g. ``sqlite:///mlflow.db`` where sqlalchemy is installed, or a tracking server). MLflow 3 keeps
+  the file store in maintenance mode behind ``MLFLOW_ALLOW_FILE_STORE``, which is set for a file URI;
 - wandb: offline (files under ``RUN/wandb/``, ``wandb sync`` uploads them) unless ``WANDB_API_KEY``
   is set or ``WANDB_MODE=online``.
 
@@ -58,8 +60,10 @@ def make_loggers(cfg: RunConfig, run_dir: Path, suffix: str = "") -> list:
         elif name == "mlflow":
             from lightning.pytorch.loggers import MLFlowLogger
 
-            loggers.append(MLFlowLogger(experiment_name="reprlearn", run_name=run_dir.name,
-                                        tracking_uri=mlflow_uri(cfg, run_dir),
+            uri = mlflow_uri(cfg, run_dir)
+            if uri.startswith("file:"):  # MLflow 3 keeps its file store (in maintenance) behind this switch; a
+                os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # database store needs sqlalchemy
+            loggers.append(MLFlowLogger(experiment_name="reprlearn", run_name=run_dir.name, tracking_uri=uri,
                                         tags={"method": cfg.method, "run_dir": str(run_dir.resolve())}))
         elif name == "wandb":
             from lightning.pytorch.loggers import WandbLogger
