@@ -4,6 +4,7 @@ Parquet features, image-text towers, and the experiment trackers (MLflow to a lo
 One short SimCLR run on digits (evaluated, logged to csv, tensorboard and mlflow) serves the module.
 """
 
+import importlib.util
 import json
 
 import numpy as np
@@ -23,7 +24,8 @@ RUN = dict(data="digits", epochs=1, batch_size=128, warmup_epochs=0, progress=Fa
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    return reprlearn.train("simclr", out=root / "simclr", logger="csv,tensorboard,mlflow", **RUN)
+    trackers = "csv,tensorboard" + (",mlflow" if importlib.util.find_spec("mlflow") else "")  # an optional extra
+    return reprlearn.train("simclr", out=root / "simclr", logger=trackers, **RUN)
 
 
 def images(n, channels=1, size=8, seed=1):
@@ -76,7 +78,8 @@ def _onnx_matches(path, module, x):
 
 
 def test_onnx_output_equals_eager(run, tmp_path):
-    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (the extra reprlearn[export])")
+    for module in ("onnxruntime", "onnxscript", "onnx"):
+        pytest.importorskip(module, reason=f"{module} is not installed (the extra reprlearn[export])")
     assert main(["export", str(run), "--format", "onnx", "--out", str(tmp_path / "enc.onnx")]) == 0
     encoder = reprlearn.load(run)
     for n in (1, 13):
@@ -84,7 +87,8 @@ def test_onnx_output_equals_eager(run, tmp_path):
 
 
 def test_onnx_and_torchscript_of_a_vit(tmp_path):
-    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (the extra reprlearn[export])")
+    for module in ("onnxruntime", "onnxscript", "onnx"):
+        pytest.importorskip(module, reason=f"{module} is not installed (the extra reprlearn[export])")
     torch.manual_seed(0)
     encoder = Encoder(create_backbone("vit-micro", in_channels=3, image_size=16), [0.5, 0.4, 0.3], [0.2, 0.25, 0.3])
     encoder.eval()
@@ -98,7 +102,8 @@ def test_onnx_and_torchscript_of_a_vit(tmp_path):
 
 
 def test_embed_writes_parquet_beside_npy(run, tmp_path):
-    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow.parquet as pq
+
     out = tmp_path / "f.npy"
     assert main(["embed", str(run), "--data", "digits:test", "--out", str(out)]) == 0
     features = np.load(out)
@@ -132,7 +137,8 @@ def clip_run(tmp_path_factory):
 
 
 def test_clip_exports_both_towers_and_the_tokenizer(clip_run, tmp_path):
-    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (the extra reprlearn[export])")
+    for module in ("onnxruntime", "onnxscript", "onnx"):
+        pytest.importorskip(module, reason=f"{module} is not installed (the extra reprlearn[export])")
     from reprlearn.runs import load_method
     from reprlearn.text import TextTokenizer
 
@@ -187,8 +193,6 @@ def test_tensorboard_gets_the_figures_and_tables(run):
 
 
 def test_a_tracker_that_is_not_installed_is_one_line(tmp_path, monkeypatch):
-    import importlib.util
-
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     with pytest.raises(ReprlearnError, match=r"--logger wandb needs wandb.*reprlearn\[wandb\]") as e:

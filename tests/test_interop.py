@@ -286,3 +286,11 @@ def test_key_mapping_names_every_tensor_once():
     backbone = create_backbone("vit-small", in_channels=3, image_size=32)
     mapping = key_mapping("vit-small", backbone)
     assert len(set(mapping.values())) == len(mapping) == len(backbone.state_dict())
+
+
+def test_cli_bad_backbone_is_one_line(tmp_path, capsys):
+    from reprlearn.cli import main
+
+    assert main(["train", "simclr", "--backbone", "resnet19", "--out", str(tmp_path / "r"), "--no-eval"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'backbone'" in err[0] and "timm:NAME" in err[0], err

@@ -131,8 +131,13 @@ def _onnx(module: nn.Module, example: torch.Tensor, out: Path, input_name: str, 
     if missing:
         raise fail(f"--format onnx needs {' and '.join(missing)}, not installed; pip install 'reprlearn[export]'")
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
-    torch.onnx.export(module, (example,), str(out), input_names=[input_name], output_names=[output_name],
-                      dynamic_shapes=({0: batch},), dynamo=True, external_data=False, verbose=False)
+    try:
+        torch.onnx.export(module, (example,), str(out), input_names=[input_name], output_names=[output_name],
+                          dynamic_shapes=({0: batch},), dynamo=True, external_data=False, verbose=False)
+    except Exception as e:  # noqa: BLE001 - the exporter's errors are pages long; the cause is one line of them
+        cause = next((line.strip() for line in str(e).splitlines() if "Error" in line and ":" in line), str(e)[:120])
+        raise fail(f"torch's ONNX exporter cannot convert {type(module).__name__} ({cause[:160]}); "
+                   "use --format torchscript or safetensors") from None
 
 
 def onnx_max_error(path: Path, module: nn.Module, example: torch.Tensor) -> float | None:
@@ -142,6 +147,10 @@ def onnx_max_error(path: Path, module: nn.Module, example: torch.Tensor) -> floa
     except ImportError:
         return None
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    batch = session.get_inputs()[0].shape[0]
+    if isinstance(batch, int):  # the exporter kept a fixed batch size: the graph is of no general use
+        raise fail(f"the ONNX graph {path} has a fixed batch size of {batch} (the exporter could not keep it free "
+                   "for this backbone); use --format torchscript")
     (got,) = session.run(None, {session.get_inputs()[0].name: example.numpy()})
     with torch.no_grad():
         want = module.eval()(example).numpy()
@@ -155,8 +164,15 @@ def export_towers(towers: list[tuple[str, nn.Module, torch.Tensor, str, str]], f
     for suffix, module, example, input_name, output_name in towers:
         path = out.with_name(out.stem + suffix + out.suffix)
         export_graph(module, example, path, fmt, input_name, output_name)
-        if fmt == "onnx":
-            err = onnx_max_error(path, module, example)
+        if fmt == "torchscript":  # a trace can bake the batch size in: run it on another one
+            try:
+                with torch.no_grad():
+                    torch.jit.load(str(path))(torch.cat([example, example[:1]]))
+            except RuntimeError:
+                raise fail(f"the TorchScript graph {path} works only at the batch size it was traced on; "
+                           "use --format onnx or safetensors for this backbone") from None
+        if fmt == "onnx":  # checked at a batch size other than the traced one
+            err = onnx_max_error(path, module, torch.cat([example, example[:1]]))
             if err is not None and err > 1e-4:
                 raise fail(f"the ONNX graph {path} differs from PyTorch by {err:.2e} (> 1e-4); "
                            "please report it; use --format torchscript meanwhile")
