@@ -101,6 +101,15 @@ def test_onnx_and_torchscript_of_a_vit(tmp_path):
         assert torch.allclose(torch.jit.load(str(tmp_path / "v.pt"))(x), encoder(x), atol=1e-5)
 
 
+def test_init_from_a_run_checkpoint_takes_its_backbone(run):
+    from reprlearn.nets.interop import init_backbone
+
+    fresh = create_backbone("cnn", in_channels=1, image_size=8)
+    init_backbone("cnn", fresh, run / "checkpoints" / "last.ckpt")
+    trained = reprlearn.load(run).backbone.state_dict()
+    assert all(torch.equal(v, trained[k]) for k, v in fresh.state_dict().items())
+
+
 def test_embed_writes_parquet_beside_npy(run, tmp_path):
     import pyarrow.parquet as pq
 

@@ -294,3 +294,21 @@ def test_cli_bad_backbone_is_one_line(tmp_path, capsys):
     assert main(["train", "simclr", "--backbone", "resnet19", "--out", str(tmp_path / "r"), "--no-eval"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'backbone'" in err[0] and "timm:NAME" in err[0], err
+
+
+@pytest.mark.parametrize("method", ["simclr", "byol"])
+def test_init_from_reaches_the_encoder_and_every_copy_of_it(method, tmp_path):
+    """--init-from is applied before the method is built, so an EMA teacher copies the file's weights."""
+    from reprlearn.methods import DataInfo
+    from reprlearn.runs import build_method, resolve_config
+
+    cfg, method_cfg = resolve_config(method, {"backbone": "cnn"})
+    info = DataInfo(channels=1, image_size=8, num_classes=10, mean=[0.5], std=[0.3])
+    weights = {k: torch.randn_like(v) if v.is_floating_point() else v
+               for k, v in create_backbone("cnn", in_channels=1, image_size=8).state_dict().items()}
+    torch.save(weights, tmp_path / "w.pth")
+    built = build_method(cfg, method_cfg, info, init_from=str(tmp_path / "w.pth"))
+    copies = {k: v for k, v in built.state_dict().items() if k.endswith("backbone.net.0.0.weight")}
+    assert len(copies) == (2 if method == "byol" else 1), sorted(copies)
+    for value in copies.values():
+        assert torch.equal(value, weights["net.0.0.weight"])
