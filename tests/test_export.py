@@ -164,7 +164,8 @@ def test_clip_exports_both_towers_and_the_tokenizer(clip_run, tmp_path):
         assert torch.allclose(torch.jit.load(str(tmp_path / "clip.pt"))(x), want_image, atol=1e-5)
     import onnxruntime as ort
 
-    for path, inputs, want in ((tmp_path / "clip.onnx", x, want_image), (tmp_path / "clip.text.onnx", tokens, want_text)):
+    for path, inputs, want in ((tmp_path / "clip.onnx", x, want_image),
+                               (tmp_path / "clip.text.onnx", tokens, want_text)):
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         (got,) = session.run(None, {session.get_inputs()[0].name: inputs.numpy()})
         assert np.abs(got - want.numpy()).max() <= 1e-4

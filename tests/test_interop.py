@@ -115,7 +115,8 @@ def timm_vit_forward(sd, x, heads, patch):
         q, k, v = F.linear(h, sd[p + "attn.qkv.weight"], sd[p + "attn.qkv.bias"]).reshape(
             n, length, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
         att = ((q @ k.transpose(-2, -1)) / math.sqrt(dim // heads)).softmax(-1) @ v
-        t = t + F.linear(att.transpose(1, 2).reshape(n, length, dim), sd[p + "attn.proj.weight"], sd[p + "attn.proj.bias"])
+        att = att.transpose(1, 2).reshape(n, length, dim)
+        t = t + F.linear(att, sd[p + "attn.proj.weight"], sd[p + "attn.proj.bias"])
         h = F.layer_norm(t, (dim,), sd[p + "norm2.weight"], sd[p + "norm2.bias"], 1e-6)
         h = F.linear(F.gelu(F.linear(h, sd[p + "mlp.fc1.weight"], sd[p + "mlp.fc1.bias"])), sd[p + "mlp.fc2.weight"],
                      sd[p + "mlp.fc2.bias"])

@@ -1,14 +1,16 @@
 """A trained encoder in the standard formats: safetensors, TorchScript, ONNX; features as Parquet.
 
 - ``safetensors``: the encoder's weights (heads dropped) under our names, and in the header (and
-  in ``PATH.json`` beside it, e.g. ``encoder.safetensors.json``) what rebuilds it: backbone name and options, input channels and
-  size, feature dim, the normalisation. ``reprlearn.load(PATH)`` gives the encoder back. For the
-  backbones with a torchvision/timm counterpart (see nets/interop.py) ``PATH.torchvision.safetensors``
-  or ``PATH.timm.safetensors`` holds the same weights under that library's names.
+  in ``PATH.json`` beside it, e.g. ``encoder.safetensors.json``) what rebuilds it: backbone name
+  and options, input channels and size, feature dim, the normalisation. ``reprlearn.load(PATH)``
+  gives the encoder back. For the backbones with a torchvision/timm counterpart (see
+  nets/interop.py) ``encoder.torchvision.safetensors`` or ``encoder.timm.safetensors`` holds the
+  same weights under that library's names.
 - ``torchscript`` / ``onnx``: the encoder as a graph from float images in [0, 1] (N, C, H, W),
-  normalisation inside, to features (N, D); the batch size is free. An image-text run (clip,
-  siglip) gives both towers: ``PATH`` the image tower, ``PATH.text.EXT`` the text tower (token ids
-  (N, context_length) int64 -> unit embeddings), and ``PATH.tokenizer.json``.
+  normalisation inside, to features (N, D); the batch size is free (each graph is run again at
+  another batch size, and an ONNX graph is compared with PyTorch in onnxruntime). An image-text
+  run (clip, siglip) gives both towers: ``PATH`` the image tower, ``PATH.text.EXT`` the text
+  tower (token ids (N, context_length) int64 -> unit embeddings), and ``PATH.tokenizer.json``.
 """
 
 from __future__ import annotations
@@ -202,10 +204,12 @@ def export_method(method, cfg, info, fmt: str, out: str | Path, batch: int = 2) 
         tokens = method.tokenize(["a photo", "two red squares left of a circle"])
         towers = [("", method.image_tower(), images, "images", "image_embeddings"),
                   (".text", method.text_tower(), tokens, "tokens", "text_embeddings")]
-        meta.update(embed_dim=int(method.config.embed_dim), context_length=int(context), tokenizer=f"{out.stem}.tokenizer.json",
+        meta.update(embed_dim=int(method.config.embed_dim), context_length=int(context),
+                    tokenizer=f"{out.stem}.tokenizer.json",
                     text_input=f"token ids (N, {context}) int64 from the tokenizer: [SOT] text [EOT] then padding id "
                                f"{info.text.get('pad_id', 0)}", text_graph=f"{out.stem}.text{ext}",
-                    image_output="unit image embeddings (N, embed_dim)", text_output="unit text embeddings (N, embed_dim)")
+                    image_output="unit image embeddings (N, embed_dim)",
+                    text_output="unit text embeddings (N, embed_dim)")
         written = export_towers(towers, fmt, out)
         tokenizer_path = out.with_name(f"{out.stem}.tokenizer.json")
         method.tokenizer.save(tokenizer_path)

@@ -59,7 +59,8 @@ _RESNET_BACK: Rules = [(r"^conv1\.", "stem.0."), (r"^bn1\.", "stem.1."),
                        (r"^layer(\d+)\.(\d+)\.downsample\.", lambda m: f"stages.{int(m[1]) - 1}.{m[2]}.shortcut."),
                        (r"^layer(\d+)\.", lambda m: f"stages.{int(m[1]) - 1}.")]
 _VIT: Rules = [(r"^patch_embed\.", "patch_embed.proj."), (r"\.mlp\.0\.", ".mlp.fc1."), (r"\.mlp\.2\.", ".mlp.fc2.")]
-_VIT_BACK: Rules = [(r"^patch_embed\.proj\.", "patch_embed."), (r"\.mlp\.fc1\.", ".mlp.0."), (r"\.mlp\.fc2\.", ".mlp.2.")]
+_VIT_BACK: Rules = [(r"^patch_embed\.proj\.", "patch_embed."), (r"\.mlp\.fc1\.", ".mlp.0."),
+                    (r"\.mlp\.fc2\.", ".mlp.2.")]
 _TIMM: Rules = [(r"^model\.", "")]
 _TIMM_BACK: Rules = [(r"^", "model.")]
 
@@ -182,7 +183,8 @@ def read_state_file(path) -> tuple[dict[str, Tensor], dict]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
-        raise fail(f"{path} cannot be loaded safely as a PyTorch state dict ({type(e).__name__}: {str(e)[:80]})") from None
+        raise fail(f"{path} cannot be loaded safely as a PyTorch state dict "
+                   f"({type(e).__name__}: {str(e)[:80]})") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
         prefix = "method.encoder.backbone."  # a reprlearn checkpoint: its encoder's backbone
