@@ -121,6 +121,11 @@ def test_embed_writes_parquet_beside_npy(run, tmp_path):
     assert table["key"].to_pylist() == list(range(len(features)))
     assert np.array_equal(np.stack(table["embedding"].to_numpy(zero_copy_only=False)), features)
     assert table["label"].to_pylist()[:5] == reprlearn.api.load_source("digits:test").labels[:5].tolist()
+    # the exported file embeds the same (reprlearn embed takes it in place of the run)
+    assert main(["export", str(run), "--format", "safetensors", "--out", str(tmp_path / "e.safetensors")]) == 0
+    assert main(["embed", str(tmp_path / "e.safetensors"), "--data", "digits:test",
+                 "--out", str(tmp_path / "g.npy")]) == 0
+    assert np.array_equal(np.load(tmp_path / "g.npy"), features)
 
 
 def test_bad_export_requests_are_one_line(run, tmp_path, capsys):

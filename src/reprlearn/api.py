@@ -38,7 +38,6 @@ def train(method: str | type = DEFAULT_METHOD, *, out: str | Path | None = None,
     from .engine import RunLock, train_run
     from .evaluate import format_table
     from .runs import CHECKPOINT
-
     from .trackers import check_available, log_run_outputs
 
     method = method_spec(method) if method else method
