@@ -38,10 +38,13 @@ def train(method: str | type = DEFAULT_METHOD, *, out: str | Path | None = None,
     from .engine import RunLock, train_run
     from .evaluate import format_table
     from .runs import CHECKPOINT
+    from .trackers import check_available, log_run_outputs
 
     method = method_spec(method) if method else method
     # a new run's config is resolved (and a bad option or method refused) before any run folder is made
     resolved = None if resume else resolve_config(method, options, config)
+    if resolved:
+        check_available(resolved[0])  # a requested tracker that is not installed: refused before the run
     run_dir = Path(out) if out else new_run_dir(short_name(method or DEFAULT_METHOD))
     ckpt = run_dir / "checkpoints" / CHECKPOINT
     with RunLock(run_dir):
@@ -57,10 +60,14 @@ def train(method: str | type = DEFAULT_METHOD, *, out: str | Path | None = None,
         cfg, method_cfg = resolved or resolve_config(method, options, config, base)
         model, info, data, trainer = train_run(cfg, method_cfg, run_dir, ckpt if resume and ckpt.exists() else None,
                                                callbacks or [])
+        result = table = None
         if cfg.eval and trainer.is_global_zero and data.eval is not None:
             result = evaluate_run(run_dir, method=model, cfg=cfg, info=info, data=data,
                                   anomaly_class=cfg.exclude_class)
-            print(format_table(result))
+            table = format_table(result)
+            print(table)
+        if trainer.is_global_zero:  # config, evaluation table and figures into each tracker
+            log_run_outputs(trainer.loggers, run_dir, result, table)
     return run_dir
 
 
@@ -68,11 +75,16 @@ def train(method: str | type = DEFAULT_METHOD, *, out: str | Path | None = None,
 
 
 def load(run_dir: str | Path, method_file: str | Path | None = None) -> Encoder:
-    """The trained encoder of a run (heads dropped), in eval mode.
+    """The trained encoder of a run (heads dropped), in eval mode; ``run_dir`` may also be a
+    ``.safetensors`` file written by :func:`export` (then ``encoder.export_info`` is its metadata).
 
     It takes float images in [0, 1] shaped (N, C, H, W) and returns (N, feature_dim).
     ``method_file``: where a run of a user-file method finds its file now (see load_method).
     """
+    if Path(run_dir).suffix == ".safetensors":
+        from .export import load_safetensors
+
+        return load_safetensors(run_dir)
     method, cfg, info = load_method(run_dir, method_file)
     encoder = method.encoder
     encoder.run_config = cfg  # what it was trained with, for evaluation
@@ -90,6 +102,29 @@ def embed(run_or_encoder: str | Path | torch.nn.Module, source: str | ImageSet, 
     if device:
         encoder = encoder.to(device)
     return extract(encoder, images.tensor(), batch_size)
+
+
+def export(run_dir: str | Path, format: str, out: str | Path, method_file: str | Path | None = None) -> list[Path]:
+    """Write a run's encoder as ``format`` (safetensors, torchscript, onnx) to ``out`` (see export.py);
+    returns the files written."""
+    from .export import FORMATS, export_method
+
+    if format not in FORMATS:
+        raise fail(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    method, cfg, info = load_method(run_dir, method_file)
+    return export_method(method, cfg, info, format, out)
+
+
+def write_embeddings(run_or_encoder: str | Path | torch.nn.Module, source: str, out: str | Path,
+                     method_file: str | Path | None = None) -> tuple[np.ndarray, list[Path]]:
+    """Embed every image of ``source``; write ``out`` (.npy) and the same features as Parquet beside it
+    (key, embedding[, label]). Returns (features, files written)."""
+    from .export import write_features
+
+    encoder = run_or_encoder if isinstance(run_or_encoder, torch.nn.Module) else load(run_or_encoder, method_file)
+    images = load_source(source)
+    features = embed(encoder, images)
+    return features, write_features(features, out, images.labels)
 
 
 EVAL_OPTIONS = {"labels_per_class", "finetune", "knn_k", "knn_temperature", "probe_backend", "linear_c",

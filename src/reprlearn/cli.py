@@ -2,7 +2,8 @@
 
     reprlearn train METHOD [options]     train, then print the evaluation table
     reprlearn eval RUN_DIR [options]     evaluate a run, write RUN_DIR/eval.json
-    reprlearn embed RUN_DIR --data SOURCE --out FILE.npy
+    reprlearn embed RUN_DIR --data SOURCE --out FILE.npy   (and FILE.parquet beside it)
+    reprlearn export RUN_DIR --format safetensors|torchscript|onnx --out PATH
     reprlearn sample RUN_DIR [--n 64] [--class C] --out FILE.png
     reprlearn reconstruct RUN_DIR --data SOURCE --out FILE.png
     reprlearn zeroshot RUN_DIR --data SOURCE [--classes FILE_OR_LIST]   zero-shot classification (clip, siglip)
@@ -141,19 +142,35 @@ def _cmd_eval(argv: list[str]) -> int:
 
 
 def _cmd_embed(argv: list[str]) -> int:
-    import numpy as np
+    from .api import write_embeddings
 
-    from .api import embed, load
-
-    p = _Parser(prog="reprlearn embed", description="Write the (N, D) features of a data source to a .npy file.")
-    p.add_argument("run_dir")
+    p = _Parser(prog="reprlearn embed", description="Write the (N, D) features of a data source to a .npy file "
+                "and, beside it, a Parquet table (key, embedding[, label]) for pandas, pyarrow or DuckDB.")
+    p.add_argument("run_dir", help="a run directory, or a .safetensors file written by `reprlearn export`")
     p.add_argument("--data", required=True, help="images to embed (any data source)")
     p.add_argument("--out", required=True, metavar="FILE.npy")
     p.add_argument("--method-file", metavar="FILE.py", help="a run of a method in a user file: import it from here")
     a = p.parse_args(argv)
-    features = embed(load(a.run_dir, a.method_file), a.data)
-    np.save(a.out, features)
-    print(f"wrote {features.shape[0]} x {features.shape[1]} features to {a.out}")
+    features, paths = write_embeddings(a.run_dir, a.data, a.out, a.method_file)
+    print(f"wrote {features.shape[0]} x {features.shape[1]} features to {' and '.join(map(str, paths))}")
+    return 0
+
+
+def _cmd_export(argv: list[str]) -> int:
+    from .api import export
+    from .export import FORMATS
+
+    p = _Parser(prog="reprlearn export", description="Write a run's encoder (heads dropped) in a standard format: "
+                "safetensors (weights + a JSON to rebuild it; timm/torchvision-layout copy for resnet18/50 and "
+                "the ViTs), torchscript or onnx (a graph from float images in [0, 1], normalisation inside, any "
+                "batch size; clip/siglip: both towers and the tokenizer).")
+    p.add_argument("run_dir")
+    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--out", required=True, metavar="PATH", help="FILE.safetensors, FILE.pt (torchscript) or FILE.onnx")
+    p.add_argument("--method-file", metavar="FILE.py", help="a run of a method in a user file: import it from here")
+    a = p.parse_args(argv)
+    for path in export(a.run_dir, a.format, a.out, a.method_file):
+        print(f"wrote {path}")
     return 0
 
 
@@ -332,7 +349,8 @@ def _cmd_methods(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"shards": _cmd_shards, "train": _cmd_train, "eval": _cmd_eval, "embed": _cmd_embed, "sample": _cmd_sample,
+COMMANDS = {"shards": _cmd_shards, "train": _cmd_train, "eval": _cmd_eval, "embed": _cmd_embed,
+            "export": _cmd_export, "sample": _cmd_sample,
             "reconstruct": _cmd_reconstruct, "zeroshot": _cmd_zeroshot, "search": _cmd_search,
             "curate": _cmd_curate, "methods": _cmd_methods}
 

@@ -22,6 +22,7 @@ from .errors import fail
 from .nets.registry import list_backbones
 from .optim import OPTIMIZERS
 
+LOGGERS = ("csv", "tensorboard", "mlflow", "wandb")  # --logger: Lightning's loggers of those trackers
 DEFAULT_METHOD = "simclr"  # what `reprlearn train` trains when no method is named
 
 _TRUE = {"true", "yes", "1", "on"}
@@ -187,8 +188,11 @@ class RunConfig:
     workers: int | None = option(None, "DataLoader workers of the streaming path (default: CPU cores - 1, at most 8)",
                                  min=0, max=256)
     shuffle_buffer: int = option(2000, "samples in each streaming worker's shuffle buffer", min=1, max=1 << 24)
-    backbone: str = option("auto", "backbone: auto (cnn for images <= 32 px, else resnet18) or a registered one",
-                           choices=("auto", *list_backbones()))
+    backbone: str = option("auto", "backbone: auto (cnn for images <= 32 px, else resnet18), a registered one "
+                           f"({', '.join(list_backbones())}), or timm:NAME, any timm model (needs reprlearn[timm])")
+    init_from: str | None = option(None, "initialise the backbone from this file: a reprlearn export (.safetensors), "
+                                   "a reprlearn checkpoint, or a torchvision/timm-layout state dict (.safetensors, "
+                                   ".pth); shapes must match exactly")
     augment: str = option("auto", "view preset", choices=PRESETS)
     epochs: int = option(150, "training epochs", min=1, max=100000)
     max_steps: int | None = option(None, "a budget of optimiser steps instead of --epochs (the schedules span it)", min=1)
@@ -223,9 +227,20 @@ class RunConfig:
     baseline_cache: bool = option(True, "reuse the baselines' scores (raw pixels, PCA, random init) from an earlier "
                                   "evaluation of byte-identical inputs with the same options and probe code")
     progress: bool = option(True, "show a progress bar")
+    logger: str = option("csv,tensorboard", "experiment trackers, a comma list of csv, tensorboard, mlflow, wandb "
+                         "(mlflow and wandb are the extras reprlearn[mlflow] and reprlearn[wandb])")
+    mlflow_uri: str | None = option(None, "MLflow tracking URI (default: the local file store mlruns/ beside the "
+                                    "run directory)")
     options: dict = field(default_factory=dict)  # the method's own config, as a dict
 
     def check(self) -> None:
+        if self.backbone != "auto" and self.backbone not in list_backbones() and not self.backbone.startswith("timm:"):
+            raise fail(f"bad value {self.backbone!r} for option 'backbone': expected auto, one of "
+                       f"{', '.join(list_backbones())}, or timm:NAME")
+        names = [n.strip() for n in self.logger.split(",")]
+        bad = [n for n in names if n not in LOGGERS]
+        if bad or not names:
+            raise fail(f"bad value {self.logger!r} for option 'logger': expected a comma list of {', '.join(LOGGERS)}")
         if self.max_steps is not None and self.samples_seen is not None:
             raise fail("give one budget: --max-steps or --samples-seen, not both")
         if self.strategy == "fsdp" and self.precision == "16-mixed":

@@ -367,7 +367,7 @@ def _launcher_rank_zero() -> bool:
 
 
 def make_trainer(cfg: RunConfig, run_dir: Path, callbacks: list) -> L.Trainer:
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from .trackers import make_loggers
 
     strategy: Any = "auto"
     if cfg.strategy == "ddp":
@@ -380,8 +380,7 @@ def make_trainer(cfg: RunConfig, run_dir: Path, callbacks: list) -> L.Trainer:
     suffix = ""
     while (run_dir / f"logs{suffix}").exists():
         suffix = f"-{int(suffix[1:] or 0) + 1}"
-    loggers = [CSVLogger(run_dir, name="", version=f"logs{suffix}"),
-               TensorBoardLogger(run_dir, name="", version=f"tb{suffix}")]
+    loggers = make_loggers(cfg, run_dir, suffix)  # --logger: csv, tensorboard, mlflow, wandb
     return L.Trainer(
         accelerator=cfg.accelerator if cfg.accelerator != "cuda" else "gpu",
         devices=cfg.devices,
@@ -565,8 +564,13 @@ def train_run(cfg: RunConfig, method_cfg: Any, run_dir: Path, resume_from: Path 
     cfg.backbone, why = resolve_backbone(cfg, info)  # recorded by name: a run loads the same network anywhere
     data.artifacts = method_cls.prepare(method_cfg, data, info)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    model = build_method(cfg, method_cfg, info)
+    # --init-from sets the backbone before the method is built (a teacher copies it); a resumed run's
+    # weights come from its checkpoint
+    init_from = cfg.init_from if resume_from is None else None
+    model = build_method(cfg, method_cfg, info, init_from=init_from)
     model.restore(data.artifacts)
+    if init_from:
+        print(f"backbone {cfg.backbone} initialised from {init_from}")
     run_dir.mkdir(parents=True, exist_ok=True)
     config_data = dataclasses.asdict(cfg)
     save_yaml(run_dir / CONFIG_FILE, config_data)

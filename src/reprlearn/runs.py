@@ -74,9 +74,16 @@ def backbone_name(cfg: RunConfig, info: DataInfo) -> str:
     return resolve_backbone(cfg, info)[0]
 
 
-def build_encoder(cfg: RunConfig, info: DataInfo) -> Encoder:
+def build_encoder(cfg: RunConfig, info: DataInfo, init_from: str | None = None) -> Encoder:
+    """The run's encoder on its seed; ``init_from``: its backbone's weights from that file (training
+    with --init-from only: a trained run's weights come from its checkpoint)."""
+    from .nets.interop import init_backbone
+
     torch.manual_seed(cfg.seed)  # the random_init baseline is exactly the weights training starts from
-    backbone = create_backbone(backbone_name(cfg, info), in_channels=info.channels, image_size=info.image_size)
+    name = backbone_name(cfg, info)
+    backbone = create_backbone(name, in_channels=info.channels, image_size=info.image_size)
+    if init_from:
+        init_backbone(name, backbone, init_from)
     return Encoder(backbone, info.mean, info.std)
 
 
@@ -87,11 +94,12 @@ def untrained_encoder(method: Method, cfg: RunConfig, info: DataInfo) -> Encoder
     return type(method)(method.config, build_encoder(cfg, info), info, method.view_spec).encoder.eval()
 
 
-def build_method(cfg: RunConfig, method_cfg: Any, info: DataInfo, method_file: str | Path | None = None) -> Method:
+def build_method(cfg: RunConfig, method_cfg: Any, info: DataInfo, method_file: str | Path | None = None,
+                 init_from: str | None = None) -> Method:
     from .augment import preset
 
     view_spec = preset(cfg.augment, info.image_size, info.channels)
-    return method_class(cfg.method, method_file)(method_cfg, build_encoder(cfg, info), info, view_spec)
+    return method_class(cfg.method, method_file)(method_cfg, build_encoder(cfg, info, init_from), info, view_spec)
 
 
 # ---------------------------------------------------------------- train

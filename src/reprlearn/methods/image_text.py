@@ -53,6 +53,15 @@ class _UnitNorm(nn.Module):
         return F.normalize(x, dim=-1)
 
 
+class _TextTower(nn.Module):
+    def __init__(self, text: nn.Module, proj: nn.Module):
+        super().__init__()
+        self.text, self.proj = text, proj
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return F.normalize(self.proj(self.text(tokens)), dim=-1)
+
+
 class ImageTextMethod(Method, EmbedsText):
     """Base of the image-text methods; subclasses define ``image_text_loss`` and the scale's start."""
 
@@ -125,6 +134,11 @@ class ImageTextMethod(Method, EmbedsText):
     def image_tower(self) -> nn.Module:
         """The image path as one module (shared weights): float images -> unit embeddings."""
         return nn.Sequential(self.encoder, self.image_proj, _UnitNorm())
+
+    def text_tower(self) -> nn.Module:
+        """The text path as one module (shared weights): token ids (N, L) -> unit embeddings, every
+        column kept (the padding after EOT cannot reach it under the causal mask); for export."""
+        return _TextTower(self.text, self.text_proj)
 
     def encode_text(self, tokens: Tensor) -> Tensor:
         """Token ids (N, L) -> unit embeddings (N, embed_dim)."""

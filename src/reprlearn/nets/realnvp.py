@@ -65,7 +65,7 @@ class ActNorm(nn.Module):
         if self.training and not bool(self.initialized):
             self._init(x)
         logdet = self.log_scale.sum() * x.shape[2] * x.shape[3]
-        return (x + self.bias) * self.log_scale.exp(), logdet.expand(len(x))
+        return (x + self.bias) * self.log_scale.exp(), logdet.expand(x.shape[0])  # x.shape: a free batch in exports
 
     def inverse(self, y: Tensor) -> Tensor:
         return y * torch.exp(-self.log_scale) - self.bias

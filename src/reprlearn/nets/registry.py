@@ -14,7 +14,14 @@ register_backbone = BACKBONES.register
 
 
 def create_backbone(name: str, in_channels: int = 3, image_size: int = 32, **kwargs) -> nn.Module:
-    """Build a registered backbone; its ``forward`` maps (N, C, H, W) to (N, feature_dim)."""
+    """Build a registered backbone (or ``timm:NAME``, a timm model); its ``forward`` maps (N, C, H, W)
+    to (N, feature_dim)."""
+    if name.startswith("timm:"):
+        from .timm_backbone import timm_backbone
+
+        if kwargs:
+            raise fail(f"backbone {name} takes no options here; timm's defaults for the model are used")
+        return timm_backbone(name[len("timm:"):], in_channels, image_size)
     factory = BACKBONES.get(name)
     params = inspect.signature(factory).parameters
     allowed = [p for p in params if p not in ("in_channels", "image_size")]

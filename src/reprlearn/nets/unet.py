@@ -69,7 +69,9 @@ class Attention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         n, c, h, w = x.shape
         q, k, v = self.qkv(self.norm(x)).view(n, 3, c, h * w).unbind(1)  # (N, C, L) each
-        a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # (N, L, C)
+        # one head, as a (N, 1, L, C) head axis: the same attention, in the 4-D form ONNX export supports
+        q, k, v = (t.transpose(1, 2).unsqueeze(1) for t in (q, k, v))
+        a = F.scaled_dot_product_attention(q, k, v).squeeze(1)  # (N, L, C)
         return x + self.out(a.transpose(1, 2).reshape(n, c, h, w))
 
 
@@ -135,7 +137,7 @@ class UNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """The bottleneck, mean over positions, of √ᾱ_t · x at t = ``feature_t``: (N, feature_dim)."""
-        t = self.feature_t.expand(len(x))
+        t = self.feature_t.expand(x.shape[0])  # x.shape, not len(x): a traced graph keeps its batch size free
         return self._bottleneck(self.feature_signal * x, t)[0].mean(dim=(2, 3))
 
 

@@ -1,0 +1,241 @@
+"""A trained encoder in the standard formats: safetensors, TorchScript, ONNX; features as Parquet.
+
+- ``safetensors``: the encoder's weights (heads dropped) under our names, and in the header (and
+  in ``PATH.json`` beside it, e.g. ``encoder.safetensors.json``) what rebuilds it: backbone name
+  and options, input channels and size, feature dim, the normalisation. ``reprlearn.load(PATH)``
+  gives the encoder back. For the backbones with a torchvision/timm counterpart (see
+  nets/interop.py) ``encoder.torchvision.safetensors`` or ``encoder.timm.safetensors`` holds the
+  same weights under that library's names.
+- ``torchscript`` / ``onnx``: the encoder as a graph from float images in [0, 1] (N, C, H, W),
+  normalisation inside, to features (N, D); the batch size is free (each graph is run again at
+  another batch size, and an ONNX graph is compared with PyTorch in onnxruntime). An image-text
+  run (clip, siglip) gives both towers: ``PATH`` the image tower, ``PATH.text.EXT`` the text
+  tower (token ids (N, context_length) int64 -> unit embeddings), and ``PATH.tokenizer.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import fail
+from .nets import create_backbone
+from .nets.encoder import Encoder
+from .nets.interop import key_mapping, layout_of, to_reference
+
+FORMATS = ("safetensors", "torchscript", "onnx")
+FORMAT_VERSION = 1
+
+
+def encoder_meta(encoder: Encoder, backbone: str, info, method: str) -> dict:
+    """What rebuilds ``encoder`` from its weights alone (and what a user of another tool needs to know)."""
+    return {"format": "reprlearn-encoder", "version": FORMAT_VERSION, "method": method, "backbone": backbone,
+            "backbone_options": {}, "in_channels": int(info.channels), "image_size": int(info.image_size),
+            "feature_dim": int(encoder.feature_dim), "input": "float images in [0, 1], (N, C, H, W)",
+            "mean": [float(v) for v in encoder.mean.flatten()], "std": [float(v) for v in encoder.std.flatten()]}
+
+
+def _sidecar(path: Path) -> Path:
+    """FILE.EXT.json: the metadata beside an exported file, for people and other tools."""
+    return path.with_name(path.name + ".json")
+
+
+def save_safetensors(encoder: Encoder, meta: dict, out: str | Path) -> list[Path]:
+    """Write the encoder's backbone weights + rebuild metadata; returns the files written."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise fail(f"--out {out}: a safetensors export is a FILE.safetensors")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    backbone = encoder.backbone
+    meta = dict(meta)
+    written = [out, _sidecar(out)]
+    library = layout_of(meta["backbone"])
+    if library:
+        mapping = key_mapping(meta["backbone"], backbone)
+        ref_path = out.with_suffix(f".{library}.safetensors")
+        meta["reference"] = {"library": library, "file": ref_path.name, "keys": mapping}
+        save_file({k: v.detach().contiguous() for k, v in to_reference(meta["backbone"], backbone).items()},
+                  str(ref_path), metadata={"reprlearn": json.dumps({**meta, "layout": library})})
+        written.append(ref_path)
+    tensors = {k: v.detach().contiguous() for k, v in backbone.state_dict().items()}
+    save_file(tensors, str(out), metadata={"reprlearn": json.dumps(meta)})
+    _sidecar(out).write_text(json.dumps(meta, indent=2))
+    return written
+
+
+def load_safetensors(path: str | Path) -> Encoder:
+    """The encoder of a reprlearn safetensors export, in eval mode (its metadata as ``.export_info``)."""
+    from safetensors import safe_open
+
+    from .nets.interop import load_strict
+
+    path = Path(path)
+    if not path.is_file():
+        raise fail(f"no file {path}; give a run directory or a .safetensors file written by `reprlearn export`")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("reprlearn", "{}"))
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - a broken file means the same thing to the user
+        raise fail(f"{path} is not a readable safetensors file ({type(e).__name__}: {str(e)[:80]})") from None
+    if meta.get("format") != "reprlearn-encoder":
+        raise fail(f"{path} has no reprlearn metadata; load it into a backbone with --init-from instead")
+    if meta.get("layout"):
+        raise fail(f"{path} is the {meta['layout']} copy of an export; load {path.name.split('.')[0]}.safetensors, "
+                   f"or this one with {meta['layout']}")
+    backbone = create_backbone(meta["backbone"], in_channels=meta["in_channels"], image_size=meta["image_size"],
+                               **meta.get("backbone_options", {}))
+    load_strict(backbone, tensors, str(path))
+    encoder = Encoder(backbone, meta["mean"], meta["std"])
+    encoder.export_info = meta
+    return encoder.eval()
+
+
+def _example(shape: tuple) -> torch.Tensor:
+    """Images for tracing and the ONNX check: uniform in [0, 1], fixed seed."""
+    return torch.rand(shape, generator=torch.Generator().manual_seed(0))
+
+
+def export_graph(module: nn.Module, example: torch.Tensor, out: Path, fmt: str, input_name: str,
+                 output_name: str) -> Path:
+    """``module`` (eval mode, CPU) as a TorchScript or ONNX graph with a free batch size."""
+    import warnings
+
+    module = module.eval().cpu()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad(), warnings.catch_warnings():
+        # the tracer warns about Python-level shape checks (the ViT's grid, the text length limit): they
+        # hold for every input the graph is meant for (the run's image size, context_length tokens);
+        # torch 2.13 marks TorchScript deprecated, and it is still what many serving stacks load
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*torch.jit.*deprecated.*", category=DeprecationWarning)
+        if fmt == "torchscript":
+            traced = torch.jit.trace(module, example, check_trace=False)
+            traced.save(str(out))
+        else:
+            _onnx(module, example, out, input_name, output_name)
+    return out
+
+
+def _onnx(module: nn.Module, example: torch.Tensor, out: Path, input_name: str, output_name: str) -> None:
+    import importlib.util
+    import logging
+
+    # the exporter says at WARNING level that torchvision's detection ops are not there to register
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise fail(f"--format onnx needs {' and '.join(missing)}, not installed; pip install 'reprlearn[export]'")
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    try:
+        torch.onnx.export(module, (example,), str(out), input_names=[input_name], output_names=[output_name],
+                          dynamic_shapes=({0: batch},), dynamo=True, external_data=False, verbose=False)
+    except Exception as e:  # noqa: BLE001 - the exporter's errors are pages long; the cause is one line of them
+        cause = next((line.strip() for line in str(e).splitlines() if "Error" in line and ":" in line), str(e)[:120])
+        raise fail(f"torch's ONNX exporter cannot convert {type(module).__name__} ({cause[:160]}); "
+                   "use --format torchscript or safetensors") from None
+
+
+def onnx_max_error(path: Path, module: nn.Module, example: torch.Tensor) -> float | None:
+    """max |ONNX Runtime - PyTorch| on ``example``, or None when onnxruntime is not installed."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    batch = session.get_inputs()[0].shape[0]
+    if isinstance(batch, int):  # the exporter kept a fixed batch size: the graph is of no general use
+        raise fail(f"the ONNX graph {path} has a fixed batch size of {batch} (the exporter could not keep it free "
+                   "for this backbone); use --format torchscript")
+    (got,) = session.run(None, {session.get_inputs()[0].name: example.numpy()})
+    with torch.no_grad():
+        want = module.eval()(example).numpy()
+    return float(np.abs(got - want).max())
+
+
+def export_towers(towers: list[tuple[str, nn.Module, torch.Tensor, str, str]], fmt: str, out: Path) -> list[Path]:
+    """Each (suffix, module, example input, input name, output name) to ``out`` with the suffix before the
+    extension; ONNX files are checked against PyTorch with onnxruntime when it is installed."""
+    written = []
+    for suffix, module, example, input_name, output_name in towers:
+        path = out.with_name(out.stem + suffix + out.suffix)
+        export_graph(module, example, path, fmt, input_name, output_name)
+        if fmt == "torchscript":  # a trace can bake the batch size in: run it on another one
+            try:
+                with torch.no_grad():
+                    torch.jit.load(str(path))(torch.cat([example, example[:1]]))
+            except RuntimeError:
+                raise fail(f"the TorchScript graph {path} works only at the batch size it was traced on; "
+                           "use --format onnx or safetensors for this backbone") from None
+        if fmt == "onnx":  # checked at a batch size other than the traced one
+            err = onnx_max_error(path, module, torch.cat([example, example[:1]]))
+            if err is not None and err > 1e-4:
+                raise fail(f"the ONNX graph {path} differs from PyTorch by {err:.2e} (> 1e-4); "
+                           "please report it; use --format torchscript meanwhile")
+        written.append(path)
+    return written
+
+
+def export_method(method, cfg, info, fmt: str, out: str | Path, batch: int = 2) -> list[Path]:
+    """Export a trained method's encoder (``fmt`` in FORMATS) to ``out``; an image-text method's
+    graphs are both towers and its tokenizer. Returns the files written."""
+    from .methods import EmbedsText
+
+    if fmt not in FORMATS:
+        raise fail(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    out = Path(out)
+    encoder = method.encoder.eval().cpu()
+    meta = encoder_meta(encoder, cfg.backbone, info, cfg.method)
+    if fmt == "safetensors":
+        return save_safetensors(encoder, meta, out)
+    ext = ".pt" if fmt == "torchscript" else ".onnx"
+    if out.suffix != ext:
+        raise fail(f"--out {out}: a {fmt} export is a FILE{ext}")
+    images = _example((batch, info.channels, info.image_size, info.image_size))
+    if isinstance(method, EmbedsText):
+        method = method.eval().cpu()
+        context = method.config.context_length
+        tokens = method.tokenize(["a photo", "two red squares left of a circle"])
+        towers = [("", method.image_tower(), images, "images", "image_embeddings"),
+                  (".text", method.text_tower(), tokens, "tokens", "text_embeddings")]
+        meta.update(embed_dim=int(method.config.embed_dim), context_length=int(context),
+                    tokenizer=f"{out.stem}.tokenizer.json",
+                    text_input=f"token ids (N, {context}) int64 from the tokenizer: [SOT] text [EOT] then padding id "
+                               f"{info.text.get('pad_id', 0)}", text_graph=f"{out.stem}.text{ext}",
+                    image_output="unit image embeddings (N, embed_dim)",
+                    text_output="unit text embeddings (N, embed_dim)")
+        written = export_towers(towers, fmt, out)
+        tokenizer_path = out.with_name(f"{out.stem}.tokenizer.json")
+        method.tokenizer.save(tokenizer_path)
+        written.append(tokenizer_path)
+    else:
+        written = export_towers([("", encoder, images, "images", "features")], fmt, out)
+    meta["graph"] = fmt
+    _sidecar(out).write_text(json.dumps(meta, indent=2))
+    return [*written, _sidecar(out)]
+
+
+def write_features(features: np.ndarray, out: str | Path, labels: np.ndarray | None = None) -> list[Path]:
+    """``out`` as .npy and, beside it, .parquet with columns key (the image's position in the source),
+    embedding (a fixed-size float32 list) and label when the source has labels."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = Path(out)
+    npy = out if out.suffix == ".npy" else out.with_suffix(".npy")
+    np.save(npy, features)
+    features = np.ascontiguousarray(features, dtype=np.float32)
+    n, d = features.shape
+    columns = {"key": pa.array(np.arange(n, dtype=np.int64)),
+               "embedding": pa.FixedSizeListArray.from_arrays(pa.array(features.reshape(-1)), d)}
+    if labels is not None:
+        columns["label"] = pa.array(np.asarray(labels, dtype=np.int64))
+    parquet = npy.with_suffix(".parquet")
+    pq.write_table(pa.table(columns), parquet)
+    return [npy, parquet]
