@@ -199,3 +199,35 @@ def test_a_run_writes_the_domain_keys_and_the_picture(tmp_path, monkeypatch):
 
 
 SHORT_EPOCHS = 15
+
+
+@needs_cifar
+def test_resume_continues_the_critic_exactly(tmp_path, monkeypatch):
+    """The critic's Adam lives outside the engine's optimiser; its moments travel in the checkpoint,
+    so a run stopped after one epoch and resumed ends with the uninterrupted run's weights, the
+    critic's included (exactly, as tests/test_engine.py asks of every run)."""
+    import lightning as L
+
+    import reprlearn
+
+    class StopAfterOneEpoch(L.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            trainer.should_stop = True
+
+    def final_state(run):
+        return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+
+    monkeypatch.setenv("REPRLEARN_CIFAR10", str(CIFAR))
+    fast = dict(epochs=2, batch_size=256, checkpoint_every=1, eval=False, progress=False, references=False,
+                critic_steps=2)
+    full = final_state(reprlearn.train("domain-invariant", out=tmp_path / "full", **fast))
+    part = reprlearn.train("domain-invariant", out=tmp_path / "part", callbacks=[StopAfterOneEpoch()], **fast)
+    mid = final_state(part)
+    assert mid["epoch"] == 0 and mid["state_dict"]["method._extra_state"]["critic_opt"]["state"]
+    resumed = final_state(reprlearn.train("domain-invariant", out=tmp_path / "part", resume=True, **fast))
+    assert full["global_step"] == resumed["global_step"] == 2 * (1438 // 256)
+    assert full["state_dict"].keys() == resumed["state_dict"].keys()
+    # the weights (the critic's first) before the optimiser state itself
+    keys = sorted(full["state_dict"], key=lambda k: (not k.startswith("method.critic."), k.endswith("_extra_state")))
+    for key in keys:
+        torch.testing.assert_close(resumed["state_dict"][key], full["state_dict"][key], rtol=0, atol=0, msg=key)

@@ -30,9 +30,9 @@ setting does not give them.
 Deviations: the critic's inner steps run inside ``loss`` with the critic's own Adam (the
 engine's one optimiser takes one step of one loss; the critic ascends its own objective several
 times per feature step, on other parameters), so the critic's gradients from the feature loss
-are dropped before the engine's step; the critic's Adam moments are not checkpointed (a resumed
-run restarts them); single-process only (the inner backward passes are not DDP-synchronised; more
-ranks are refused in one line).
+are dropped before the engine's step; the critic's Adam state is checkpointed with the method
+(``get_extra_state``), so a resumed run continues it exactly; single-process only (the inner
+backward passes are not DDP-synchronised; more ranks are refused in one line).
 γ = 10 as in WDGRL; the critic here is a 2-hidden-layer ReLU MLP without BatchNorm (the penalty
 is per sample, which BatchNorm would break).
 """
@@ -149,6 +149,7 @@ class DomainInvariant(Method, AdaptsDomains):
                                                  "classifier": copy.deepcopy(self.classifier)})
         self.register_buffer("step", torch.zeros((), dtype=torch.long))  # for λ's warm-up; checkpointed
         self._critic_opt: torch.optim.Optimizer | None = None
+        self._critic_opt_state: dict | None = None  # from a checkpoint, until the optimiser exists
 
     # ------------------------------------------------------------------ data
     def training_fields(self, data: RunData) -> dict[str, Tensor]:
@@ -193,7 +194,24 @@ class DomainInvariant(Method, AdaptsDomains):
                 raise fail("domain-invariant trains its critic in one process; run it with --devices 1 "
                            "--num-nodes 1 (no ddp or fsdp)")
             self._critic_opt = critic_optimizer(self.critic, self.config.critic_lr)
+            if self._critic_opt_state:  # a resumed run: the moments and step counts it stopped with
+                self._critic_opt.load_state_dict(self._critic_opt_state)
+                self._critic_opt_state = None
         return self._critic_opt
+
+    # the critic's Adam lives outside the engine's optimiser; its state travels in the method's
+    # state_dict (under "_extra_state"), so a checkpoint carries it and a resumed run continues it
+    def get_extra_state(self) -> dict:
+        if self._critic_opt is not None:
+            return {"critic_opt": self._critic_opt.state_dict()}
+        return {"critic_opt": self._critic_opt_state or {}}
+
+    def set_extra_state(self, state: dict) -> None:
+        saved = (state or {}).get("critic_opt") or None
+        if self._critic_opt is not None and saved:
+            self._critic_opt.load_state_dict(saved)
+        else:
+            self._critic_opt_state = saved
 
     def lam_now(self) -> float:
         warm = self.config.lambda_warmup * self.steps_per_epoch
