@@ -2,8 +2,9 @@
 classifier before and after, the critic's W1; --align marginal and joint.
 
     python benchmarks/domain_shift.py --seeds 0 1 2 --align marginal joint --out /tmp/domain-shift
-    python benchmarks/domain_shift.py --labelled-per-class 10 --out /tmp/domain-multi      # multi-domain
-    python benchmarks/domain_shift.py --data cifar10 --subset 4000 --epochs 8 --out /tmp/domain-cifar
+    python benchmarks/domain_shift.py --labelled-per-class 5 --align joint --out /tmp/domain-multi   # multi-domain
+    python benchmarks/domain_shift.py --data cifar10 --subset 1500 --image-size 16 --epochs 6 --batch-size 64 \
+        --lambda-warmup 1 --align marginal --out /tmp/domain-cifar
 
 Each run is the method's defaults (``reprlearn train domain-invariant --seed S --align A``) plus
 the options given here; the references (source only, λ = 0, target oracle) are trained beside it
@@ -70,6 +71,10 @@ def main() -> None:
     p.add_argument("--labelled-per-class", type=int, default=None,
                    help="the multi-domain setting: N labelled images per class in each domain")
     p.add_argument("--lambda-schedule", default=None, choices=["linear", "dann"], help="default: the method's")
+    p.add_argument("--pseudo-threshold", type=float, default=None, help="joint: confident target predictions only")
+    p.add_argument("--image-size", type=int, default=None, help="resize both domains to this side")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the method's")
+    p.add_argument("--lambda-warmup", type=float, default=None, help="epochs; default: the method's")
     p.add_argument("--out", default="/tmp/domain-shift")
     a = p.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -80,7 +85,9 @@ def main() -> None:
             raise SystemExit("--subset is for --data cifar10")
         data = cifar_subset(Path(a.out) / "data", a.subset)
     extra = {k: v for k, v in (("epochs", a.epochs), ("labelled_per_class", a.labelled_per_class),
-                               ("lambda_schedule", a.lambda_schedule)) if v is not None}
+                               ("lambda_schedule", a.lambda_schedule), ("pseudo_threshold", a.pseudo_threshold),
+                               ("image_size", a.image_size), ("batch_size", a.batch_size),
+                               ("lambda_warmup", a.lambda_warmup)) if v is not None}
     rows = ROWS + (MULTI_ROWS if a.labelled_per_class else [])
     for align in a.align:
         for seed in a.seeds:

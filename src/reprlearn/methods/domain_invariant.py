@@ -7,6 +7,9 @@ Feature extractor F (the run's backbone), classifier C on the labelled samples, 
     h = F(x);   z = h                                   (--align marginal, WDGRL)
                 z = [h, β y]   y = onehot(label) where the label is known, softmax(C(h)) elsewhere
                                                         (--align joint, Andéol et al.)
+                z = [h, β onehot(argmax C(h))] for the target rows with max softmax ≥ τ only, as many
+                source rows                             (--align joint --pseudo-threshold τ; not in
+                                                        Andéol et al.: FixMatch's confidence mask)
     W1 ≈ (1/N) Σ_i D(z_i^s) − (1/N) Σ_j D(z_j^t)                         (Kantorovich–Rubinstein dual)
     critic, ``critic_steps`` times per feature step, on detached z:
         max_D  W1 − γ · GP,   GP = E (||∇_ẑ D(ẑ)|| − 1)²,  ẑ = α z^s + (1 − α) z^t,  α ~ U[0, 1]
@@ -36,7 +39,11 @@ are dropped before the engine's step; the critic's Adam state is checkpointed wi
 (``get_extra_state``), so a resumed run continues it exactly; single-process only (the inner
 backward passes are not DDP-synchronised; more ranks are refused in one line).
 γ = 10 as in WDGRL; the critic here is a 2-hidden-layer ReLU MLP without BatchNorm (the penalty
-is per sample, which BatchNorm would break).
+is per sample, which BatchNorm would break). WDGRL's code uses one hidden layer of 100, Adam at
+1e-4 for both players and λ = 1 (Amazon reviews) or 0.01 (MNIST -> USPS); the defaults here (λ = 1,
+critic Adam 1e-3 with WGAN-GP's betas, the engine's AdamW at 2e-3 for F and C) were kept: λ ∈
+{0.01, 0.1, 1, 3}, the critic at 1e-4, F and C at 1e-4 and the dann schedule gave no better target
+accuracy on digits -> digits-m (benchmarks/RESULTS.md), and none of them is chosen by target labels.
 """
 
 from __future__ import annotations
