@@ -113,7 +113,8 @@ def main() -> None:
             print(f"{align} seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
             for k, v in row.items():
                 table.setdefault(align, {}).setdefault(k, []).append(v)
-    print(f"\n{a.data} -> {a.target_data}{f' (subset {a.subset})' if a.subset else ''}, options {extra}, seeds {a.seeds}, "
+    target = "cifar10-shifted" if a.subset else a.target_data
+    print(f"\n{a.data} -> {target}{f' (subset {a.subset})' if a.subset else ''}, options {extra}, seeds {a.seeds}, "
           f"mean ± std; {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} thread(s)\n")
     print("| | " + " | ".join(f"--align {al}" for al in table) + " |")
