@@ -139,6 +139,16 @@ def test_references_share_the_architecture_and_the_initialisation():
         assert all(p.data_ptr() != q.data_ptr() for p, q in zip(encoder.parameters(), method.encoder.parameters()))
 
 
+def test_a_checkpoint_without_the_critic_state_still_loads():
+    """Runs saved before the critic's Adam state was checkpointed load (strictly), the critic's Adam fresh."""
+    method = build()
+    state = {k: v for k, v in method.state_dict().items() if not k.endswith("_extra_state")}
+    other = build()
+    other.load_state_dict(state)
+    assert other.get_extra_state() == {"critic_opt": {}}
+    assert all(torch.equal(v, other.state_dict()[k]) for k, v in state.items())
+
+
 def batch(n=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8, generator=g)

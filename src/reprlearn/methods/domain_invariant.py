@@ -253,6 +253,11 @@ class DomainInvariant(Method, AdaptsDomains):
             return {"critic_opt": self._critic_opt.state_dict()}
         return {"critic_opt": self._critic_opt_state or {}}
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # a checkpoint written before the critic's state was saved: load it, the critic's Adam starts afresh
+        state_dict.setdefault(prefix + "_extra_state", {"critic_opt": {}})
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def set_extra_state(self, state: dict) -> None:
         saved = (state or {}).get("critic_opt") or None
         if self._critic_opt is not None and saved:
