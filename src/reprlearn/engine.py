@@ -223,6 +223,7 @@ class TrainModule(L.LightningModule):
     def configure_optimizers(self):
         c = self.cfg
         self.method.steps_per_epoch = self.steps_per_epoch()
+        self.method.total_steps = self.total_steps()
         opt = build_optimizer(c.optimizer, self.method, c.lr, c.weight_decay, c.momentum)
         warmup = min(c.warmup_epochs * self.steps_per_epoch(), self.total_steps() // 2)
         total = self.total_steps()

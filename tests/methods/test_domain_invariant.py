@@ -11,7 +11,8 @@ import torch
 
 from reprlearn.config import merge_config
 from reprlearn.methods import METHODS
-from reprlearn.methods.domain_invariant import critic_optimizer, joint_inputs, make_critic, train_critic
+from reprlearn.methods.domain_invariant import (critic_optimizer, joint_inputs, lambda_factor, make_critic,
+                                                pseudo_labels, train_critic)
 from reprlearn.runs import build_method, data_info
 from reprlearn.data import load_source
 
@@ -99,6 +100,23 @@ def test_joint_inputs_use_labels_where_known_and_predictions_elsewhere():
     np.testing.assert_allclose(z[:, 2:].numpy(), [[0, 0.5], [0.5 * p, 0.5 * (1 - p)], [0.5, 0]], rtol=1e-6)
 
 
+def test_pseudo_labels_keep_only_confident_predictions():
+    """softmax([ln 9, 0]) = (0.9, 0.1): at threshold 0.9 row 0 takes class 0, the uniform row stays
+    unlabelled, a known label stays whatever the prediction; 0.91 drops row 0 as well."""
+    logits = torch.tensor([[np.log(9.0), 0.0], [0.0, 0.0], [5.0, 0.0]])
+    labels = torch.tensor([-1, -1, 1])
+    assert pseudo_labels(logits, labels, 0.9 - 1e-6).tolist() == [0, -1, 1]
+    assert pseudo_labels(logits, labels, 0.91).tolist() == [-1, -1, 1]
+
+
+def test_lambda_schedules():
+    """linear: step / warm-up, then 1; dann: 2 / (1 + exp(-10 p)) - 1 = tanh(5 p), checked against tanh."""
+    assert lambda_factor("linear", 5, 10, 100) == pytest.approx(0.5)
+    assert lambda_factor("linear", 50, 10, 100) == 1.0 and lambda_factor("linear", 0, 0, 100) == 1.0
+    for step in (0, 10, 37, 50, 100, 150):
+        assert lambda_factor("dann", step, 10, 100) == pytest.approx(np.tanh(5 * min(step, 100) / 100), abs=1e-12)
+
+
 def build(**options):
     cfg, method_cfg = merge_config("domain-invariant", METHODS.get("domain-invariant").Config,
                                    [METHODS.get("domain-invariant").run_defaults, options])
@@ -119,6 +137,16 @@ def test_references_share_the_architecture_and_the_initialisation():
             assert all(torch.equal(want[k], got[k]) for k in want)
         # copies, not the same tensors: training one leaves the others where they were
         assert all(p.data_ptr() != q.data_ptr() for p, q in zip(encoder.parameters(), method.encoder.parameters()))
+
+
+def test_a_checkpoint_without_the_critic_state_still_loads():
+    """Runs saved before the critic's Adam state was checkpointed load (strictly), the critic's Adam fresh."""
+    method = build()
+    state = {k: v for k, v in method.state_dict().items() if not k.endswith("_extra_state")}
+    other = build()
+    other.load_state_dict(state)
+    assert other.get_extra_state() == {"critic_opt": {}}
+    assert all(torch.equal(v, other.state_dict()[k]) for k, v in state.items())
 
 
 def batch(n=16, seed=0):
@@ -147,6 +175,20 @@ def test_the_adapted_networks_never_see_target_labels(align):
     assert adapted and oracle
     assert all(torch.allclose(grads[0][k], grads[1][k]) for k in adapted)
     assert any(not torch.allclose(grads[0][k], grads[1][k]) for k in oracle)
+
+
+def test_confident_joint_critic_sees_only_confident_target_rows():
+    """--pseudo-threshold: the critic's target rows are the confident ones, with one-hot labels, and
+    as many source rows."""
+    method = build(align="joint", pseudo_threshold=0.9)
+    hs, ht = torch.randn(6, method.encoder.feature_dim), torch.randn(5, method.encoder.feature_dim)
+    logits_t = torch.zeros(5, 10)
+    logits_t[[1, 3], [4, 7]] = 10.0  # rows 1 and 3 confident (p > 0.99), the rest uniform
+    zs, zt, alpha = method.critic_batch(hs, ht, torch.zeros(6, 10), logits_t, torch.arange(6),
+                                        torch.full((5,), -1), torch.rand(3, 6, 1))
+    assert zs.shape[0] == zt.shape[0] == alpha.shape[1] == 2
+    torch.testing.assert_close(zt[:, :-10], ht[[1, 3]])
+    assert zt[0, -10:].argmax() == 4 and zt[1, -10:].argmax() == 7 and zt[:, -10:].sum().item() == 2.0
 
 
 def test_critic_trains_only_on_its_own_objective():
@@ -199,3 +241,35 @@ def test_a_run_writes_the_domain_keys_and_the_picture(tmp_path, monkeypatch):
 
 
 SHORT_EPOCHS = 15
+
+
+@needs_cifar
+def test_resume_continues_the_critic_exactly(tmp_path, monkeypatch):
+    """The critic's Adam lives outside the engine's optimiser; its moments travel in the checkpoint,
+    so a run stopped after one epoch and resumed ends with the uninterrupted run's weights, the
+    critic's included (exactly, as tests/test_engine.py asks of every run)."""
+    import lightning as L
+
+    import reprlearn
+
+    class StopAfterOneEpoch(L.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            trainer.should_stop = True
+
+    def final_state(run):
+        return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+
+    monkeypatch.setenv("REPRLEARN_CIFAR10", str(CIFAR))
+    fast = dict(epochs=2, batch_size=256, checkpoint_every=1, eval=False, progress=False, references=False,
+                critic_steps=2)
+    full = final_state(reprlearn.train("domain-invariant", out=tmp_path / "full", **fast))
+    part = reprlearn.train("domain-invariant", out=tmp_path / "part", callbacks=[StopAfterOneEpoch()], **fast)
+    mid = final_state(part)
+    assert mid["epoch"] == 0 and mid["state_dict"]["method._extra_state"]["critic_opt"]["state"]
+    resumed = final_state(reprlearn.train("domain-invariant", out=tmp_path / "part", resume=True, **fast))
+    assert full["global_step"] == resumed["global_step"] == 2 * (1438 // 256)
+    assert full["state_dict"].keys() == resumed["state_dict"].keys()
+    # the weights (the critic's first) before the optimiser state itself
+    keys = sorted(full["state_dict"], key=lambda k: (not k.startswith("method.critic."), k.endswith("_extra_state")))
+    for key in keys:
+        torch.testing.assert_close(resumed["state_dict"][key], full["state_dict"][key], rtol=0, atol=0, msg=key)

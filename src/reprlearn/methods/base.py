@@ -137,6 +137,8 @@ class Method(nn.Module):
         super().__init__()
         # optimiser steps per epoch, set by the engine before training (schedules given in epochs)
         self.steps_per_epoch = 1
+        # optimiser steps of the whole run, set with it (schedules over the run's progress)
+        self.total_steps = 1
         self.config = config
         self.encoder = encoder  # evaluated; heads live beside it and are dropped
         self.info = info

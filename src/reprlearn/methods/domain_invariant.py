@@ -7,11 +7,16 @@ Feature extractor F (the run's backbone), classifier C on the labelled samples, 
     h = F(x);   z = h                                   (--align marginal, WDGRL)
                 z = [h, β y]   y = onehot(label) where the label is known, softmax(C(h)) elsewhere
                                                         (--align joint, Andéol et al.)
+                z = [h, β onehot(argmax C(h))] for the target rows with max softmax ≥ τ only, as many
+                source rows                             (--align joint --pseudo-threshold τ; not in
+                                                        Andéol et al.: FixMatch's confidence mask)
     W1 ≈ (1/N) Σ_i D(z_i^s) − (1/N) Σ_j D(z_j^t)                         (Kantorovich–Rubinstein dual)
     critic, ``critic_steps`` times per feature step, on detached z:
         max_D  W1 − γ · GP,   GP = E (||∇_ẑ D(ẑ)|| − 1)²,  ẑ = α z^s + (1 − α) z^t,  α ~ U[0, 1]
     feature step (F, C; the engine's optimiser):
-        min_{F,C}  L_class(C(F(x)), y on the labelled samples) + λ_t · W1,   λ_t = λ · min(1, step / warm-up)
+        min_{F,C}  L_class(C(F(x)), y on the labelled samples) + λ_t · W1,
+        λ_t = λ · min(1, step / warm-up)                      (--lambda-schedule linear)
+        λ_t = λ · (2 / (1 + exp(−10 p)) − 1), p = step / steps (--lambda-schedule dann, Ganin et al. 2016)
 
 Two settings: unsupervised adaptation (all source labels, no target label; the default) and the
 multi-domain setting of Andéol et al. (``--labelled-per-class N``: N labelled images per class in
@@ -30,16 +35,21 @@ setting does not give them.
 Deviations: the critic's inner steps run inside ``loss`` with the critic's own Adam (the
 engine's one optimiser takes one step of one loss; the critic ascends its own objective several
 times per feature step, on other parameters), so the critic's gradients from the feature loss
-are dropped before the engine's step; the critic's Adam moments are not checkpointed (a resumed
-run restarts them); single-process only (the inner backward passes are not DDP-synchronised; more
-ranks are refused in one line).
+are dropped before the engine's step; the critic's Adam state is checkpointed with the method
+(``get_extra_state``), so a resumed run continues it exactly; single-process only (the inner
+backward passes are not DDP-synchronised; more ranks are refused in one line).
 γ = 10 as in WDGRL; the critic here is a 2-hidden-layer ReLU MLP without BatchNorm (the penalty
-is per sample, which BatchNorm would break).
+is per sample, which BatchNorm would break). WDGRL's code uses one hidden layer of 100, Adam at
+1e-4 for both players and λ = 1 (Amazon reviews) or 0.01 (MNIST -> USPS); the defaults here (λ = 1,
+critic Adam 1e-3 with WGAN-GP's betas, the engine's AdamW at 2e-3 for F and C) were kept: λ ∈
+{0.01, 0.1, 1, 3}, the critic at 1e-4, F and C at 1e-4 and the dann schedule gave no better target
+accuracy on digits -> digits-m (benchmarks/RESULTS.md), and none of them is chosen by target labels.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,12 +73,19 @@ class DomainInvariantConfig:
     align: str = option("marginal", "what the critic aligns: marginal (features, WDGRL) or joint "
                         "(feature, label) pairs (Andéol et al. 2021)", choices=("marginal", "joint"))
     lam: float = option(1.0, "λ: weight of the critic's Wasserstein estimate in the feature loss", min=0.0)
-    lambda_warmup: float = option(5.0, "epochs over which λ rises linearly from 0", min=0.0)
+    lambda_schedule: str = option("linear", "how λ rises from 0: linear over --lambda-warmup epochs, or dann: "
+                                  "λ (2 / (1 + exp(-10 p)) - 1) over the run's progress p (Ganin et al. 2016)",
+                                  choices=("linear", "dann"))
+    lambda_warmup: float = option(5.0, "linear schedule: epochs over which λ rises from 0", min=0.0)
     critic_steps: int = option(5, "critic steps per feature step", min=1, max=100)
     gp_weight: float = option(10.0, "γ: weight of the critic's gradient penalty (WDGRL: 10)", min=0.0)
     critic_width: int = option(128, "hidden width of the critic's two layers", min=1)
     critic_lr: float = option(1e-3, "learning rate of the critic's own Adam", above=0.0)
     label_weight: float = option(1.0, "joint: β, the scale of the label part of the critic's input", min=0.0)
+    pseudo_threshold: float | None = option(None, "joint: only target samples the classifier predicts with at least "
+                                            "this probability take part in the critic, with the one-hot of the "
+                                            "prediction as their label (none: every sample, with its predicted "
+                                            "distribution)", above=0.0, max=1.0)
     labelled_per_class: int | None = option(None, "multi-domain setting: labelled images per class in every "
                                             "domain (none: unsupervised adaptation, all source labels, no "
                                             "target label)", min=1)
@@ -102,6 +119,15 @@ def train_critic(critic: nn.Module, opt: torch.optim.Optimizer, zs: Tensor, zt: 
     return w1.detach()
 
 
+def lambda_factor(schedule: str, step: int, warmup_steps: float, total_steps: int) -> float:
+    """λ_t / λ at optimiser step ``step``: linear, min(1, step / warm-up) (1 without warm-up); dann,
+    2 / (1 + exp(-10 p)) - 1 with p = step / total_steps (DANN's schedule, Ganin et al. 2016)."""
+    if schedule == "dann":
+        p = min(1.0, step / max(1, total_steps))
+        return 2.0 / (1.0 + math.exp(-10.0 * p)) - 1.0
+    return 1.0 if warmup_steps <= 0 else min(1.0, step / warmup_steps)
+
+
 def joint_inputs(h: Tensor, logits: Tensor, labels: Tensor, label_weight: float) -> Tensor:
     """The joint critic's input [h, β y]: y the one-hot label where it is known (>= 0), the
     classifier's predicted distribution softmax(logits) elsewhere."""
@@ -110,6 +136,14 @@ def joint_inputs(h: Tensor, logits: Tensor, labels: Tensor, label_weight: float)
     onehot = F.one_hot(labels.clamp(min=0), logits.shape[1]).to(y.dtype)
     y = torch.where(known[:, None], onehot, y)
     return torch.cat([h, label_weight * y.to(h.dtype)], dim=1)
+
+
+def pseudo_labels(logits: Tensor, labels: Tensor, threshold: float) -> Tensor:
+    """``labels`` with the unknown ones (< 0) replaced by the classifier's argmax where its probability
+    is at least ``threshold`` (confident pseudo-labels, as in FixMatch, Sohn et al. 2020); the rest
+    stay UNLABELLED."""
+    p, guess = F.softmax(logits.detach().float(), dim=1).max(1)
+    return torch.where((labels < 0) & (p >= threshold), guess, labels)
 
 
 def known_labels(labels: np.ndarray | None, per_class: int | None, seed: int) -> np.ndarray:
@@ -149,6 +183,7 @@ class DomainInvariant(Method, AdaptsDomains):
                                                  "classifier": copy.deepcopy(self.classifier)})
         self.register_buffer("step", torch.zeros((), dtype=torch.long))  # for λ's warm-up; checkpointed
         self._critic_opt: torch.optim.Optimizer | None = None
+        self._critic_opt_state: dict | None = None  # from a checkpoint, until the optimiser exists
 
     # ------------------------------------------------------------------ data
     def training_fields(self, data: RunData) -> dict[str, Tensor]:
@@ -187,17 +222,52 @@ class DomainInvariant(Method, AdaptsDomains):
             return h
         return joint_inputs(h, logits, labels, self.config.label_weight)
 
+    def critic_batch(self, hs: Tensor, ht: Tensor, logits_s: Tensor, logits_t: Tensor, labels_s: Tensor,
+                     labels_t: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The critic's source and target inputs for one step, and the interpolation weights for them.
+        With --pseudo-threshold (joint) only the confident target rows, and as many source rows
+        (the first ones: the source batch is a random draw)."""
+        if self.config.align != "joint" or self.config.pseudo_threshold is None:
+            return self.critic_inputs(hs, logits_s, labels_s), self.critic_inputs(ht, logits_t, labels_t), alpha
+        labels_t = pseudo_labels(logits_t, labels_t, self.config.pseudo_threshold)
+        keep = labels_t >= 0
+        k = int(keep.sum())
+        return (self.critic_inputs(hs[:k], logits_s[:k], labels_s[:k]),
+                self.critic_inputs(ht[keep], logits_t[keep], labels_t[keep]), alpha[:, :k])
+
     def critic_optimizer(self) -> torch.optim.Optimizer:
         if self._critic_opt is None:
             if world_and_rank()[0] > 1:  # the inner critic steps would not be synchronised across ranks
                 raise fail("domain-invariant trains its critic in one process; run it with --devices 1 "
                            "--num-nodes 1 (no ddp or fsdp)")
             self._critic_opt = critic_optimizer(self.critic, self.config.critic_lr)
+            if self._critic_opt_state:  # a resumed run: the moments and step counts it stopped with
+                self._critic_opt.load_state_dict(self._critic_opt_state)
+                self._critic_opt_state = None
         return self._critic_opt
 
+    # the critic's Adam lives outside the engine's optimiser; its state travels in the method's
+    # state_dict (under "_extra_state"), so a checkpoint carries it and a resumed run continues it
+    def get_extra_state(self) -> dict:
+        if self._critic_opt is not None:
+            return {"critic_opt": self._critic_opt.state_dict()}
+        return {"critic_opt": self._critic_opt_state or {}}
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # a checkpoint written before the critic's state was saved: load it, the critic's Adam starts afresh
+        state_dict.setdefault(prefix + "_extra_state", {"critic_opt": {}})
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def set_extra_state(self, state: dict) -> None:
+        saved = (state or {}).get("critic_opt") or None
+        if self._critic_opt is not None and saved:
+            self._critic_opt.load_state_dict(saved)
+        else:
+            self._critic_opt_state = saved
+
     def lam_now(self) -> float:
-        warm = self.config.lambda_warmup * self.steps_per_epoch
-        return self.config.lam * (1.0 if warm <= 0 else min(1.0, float(self.step) / warm))
+        return self.config.lam * lambda_factor(self.config.lambda_schedule, int(self.step),
+                                               self.config.lambda_warmup * self.steps_per_epoch, self.total_steps)
 
     # ------------------------------------------------------------------ the loss
     def loss(self, v: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -206,13 +276,16 @@ class DomainInvariant(Method, AdaptsDomains):
         logits = self.classifier(h)
         labels = torch.cat([v["labels"], v["target_known"]])
         class_loss = _cross_entropy(logits, labels)
-        z = self.critic_inputs(h, logits, labels)
-        zs, zt = z[:n], z[n:]
-        train_critic(self.critic, self.critic_optimizer(), zs, zt, v["alpha"][:-1], self.config.gp_weight)
-        w1 = wasserstein_dual(self.critic(zs), self.critic(zt))  # F and C fool the critic just trained
+        zs, zt, alpha = self.critic_batch(h[:n], h[n:], logits[:n], logits[n:], labels[:n], labels[n:], v["alpha"])
+        if len(zt) >= 2:
+            train_critic(self.critic, self.critic_optimizer(), zs, zt, alpha[:-1], self.config.gp_weight)
+            w1 = wasserstein_dual(self.critic(zs), self.critic(zt))  # F and C fool the critic just trained
+            gp = gradient_penalty(self.critic, zs.detach(), zt.detach(), alpha[-1]).detach()
+        else:  # no confident target sample in this batch (--pseudo-threshold): nothing to align
+            w1 = gp = h.sum() * 0.0
         total = class_loss + self.lam_now() * w1
-        terms = {"class_loss": class_loss.detach(), "w1": w1.detach(),
-                 "gp": gradient_penalty(self.critic, zs.detach(), zt.detach(), v["alpha"][-1]).detach()}
+        terms = {"class_loss": class_loss.detach(), "w1": w1.detach(), "gp": gp.detach(),
+                 "critic_fraction": torch.tensor(len(zt) / max(1, len(h) - n), device=h.device)}
         if "source_only" in self.refs:  # the source images alone
             ref = self.refs["source_only"]
             terms["source_only_loss"] = _cross_entropy(ref["classifier"](ref["encoder"](v["source"])), v["labels"])
@@ -249,9 +322,15 @@ class DomainInvariant(Method, AdaptsDomains):
         """The critic's W1 estimate between two feature sets of F (joint: the source's labels where given,
         the classifier's predictions elsewhere, as in training)."""
         ls = source_labels if source_labels is not None else torch.full((len(h_source),), UNLABELLED)
-        lt = torch.full((len(h_target),), UNLABELLED)
+        lt = torch.full((len(h_target),), UNLABELLED, device=h_target.device)
+        logits_t = self.classifier(h_target)
+        if self.config.align == "joint" and self.config.pseudo_threshold is not None:  # as in training
+            lt = pseudo_labels(logits_t, lt, self.config.pseudo_threshold)
+            h_target, logits_t, lt = h_target[lt >= 0], logits_t[lt >= 0], lt[lt >= 0]
+            if len(h_target) == 0:
+                return float("nan")
         zs = self.critic_inputs(h_source, self.classifier(h_source), ls.to(h_source.device))
-        zt = self.critic_inputs(h_target, self.classifier(h_target), lt.to(h_target.device))
+        zt = self.critic_inputs(h_target, logits_t, lt)
         return float(wasserstein_dual(self.critic(zs), self.critic(zt)))
 
 
