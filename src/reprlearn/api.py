@@ -114,6 +114,10 @@ def evaluate_run(run_dir: str | Path, *, method: Method | None = None, cfg: RunC
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     if eval_data:
         cfg = dataclasses.replace(cfg, eval_data=eval_data)
+    if data is None and method.trains_on_text:
+        from .data.texts import load_text_data
+
+        data = load_text_data(cfg)
     if data is None:
         data = load_run_data(dataclasses.replace(cfg, exclude_class=None), captions=method.trains_on_captions)
     return evaluate_method(method, cfg, info, data, Path(run_dir), anomaly_class=anomaly_class, iwae_k=iwae_k)
