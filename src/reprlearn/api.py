@@ -13,7 +13,7 @@ from .config import DEFAULT_METHOD, RunConfig, load_yaml
 from .data import ImageSet, load_source
 from .data.run_data import RunData, load_run_data
 from .errors import fail
-from .methods import METHODS, DataInfo, EmbedsText, Method, Reconstructs, Samples
+from .methods import METHODS, DataInfo, EmbedsText, Method, ModelsText, Reconstructs, Samples
 from .methods.lookup import method_spec, short_name
 from .nets.encoder import Encoder
 from .runs import (CONFIG_FILE, build_encoder, build_method, data_info, load_method, new_run_dir,  # noqa: F401
@@ -126,14 +126,20 @@ def evaluate_run(run_dir: str | Path, *, method: Method | None = None, cfg: RunC
 def search(run_dir: str | Path, index: str, queries: list[str] | None = None,
            query_images: list[str] | None = None, k: int = 8):
     """Semantic search of an image-text run: the top-``k`` images of source ``index`` per query
-    (see :func:`reprlearn.search.search`); returns (hits per query, the index's uint8 images)."""
+    (see :func:`reprlearn.search.search`); returns (hits per query, the index's uint8 images).
+    A text run (mlm) returns the top-``k`` texts of ``index`` per text query, and None for images."""
     from . import search as semantic
 
     if not (queries or query_images):
         raise fail("nothing to search for; give --query TEXT or --query-image PATH")
     method, cfg, info = load_method(run_dir)
+    if isinstance(method, ModelsText):  # a text run: the nearest texts of the index source, no images
+        if query_images:
+            raise fail(f"{run_dir} is a {cfg.method} run (text only); --query-image needs an image-text run")
+        return semantic.search_texts(method, run_dir, index, queries, k), None
     if not isinstance(method, EmbedsText):
-        raise fail(f"{run_dir} is a {cfg.method} run; search needs an image-text run (clip or siglip)")
+        raise fail(f"{run_dir} is a {cfg.method} run; search needs an image-text run (clip or siglip) "
+                   "or a text run (mlm)")
     return semantic.search(method, info, run_dir, index, queries, query_images, k)
 
 

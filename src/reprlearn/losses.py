@@ -227,7 +227,9 @@ def masked_token_loss(logits: Tensor, targets: Tensor, chosen: Tensor) -> Tensor
     picked = logits[chosen]  # (|C|, V): only these rows enter the loss
     if picked.shape[0] == 0:
         return logits.sum() * 0.0
-    return F.cross_entropy(picked.float(), targets[chosen])
+    if picked.dtype in (torch.float16, torch.bfloat16):  # mixed precision: the softmax in float32
+        picked = picked.float()
+    return F.cross_entropy(picked, targets[chosen])
 
 
 def masked_patch_mse(pred: Tensor, target: Tensor, mask: Tensor, per_sample: bool = False) -> Tensor:

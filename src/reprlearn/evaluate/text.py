@@ -8,7 +8,7 @@
   smoothed over the vocabulary); both use no context at all.
 - The text probe: a linear probe of the pooled embeddings (``method.encoder``) for each label
   task the texts carry (scenes: count, shape, colour), beside the same probe on the random-init
-  encoder and the majority class; and the same with ``labels_per_class`` labelled texts per class
+  encoder and the majority class; a kNN probe (k=20) beside it; and the linear probe with ``labels_per_class`` labelled texts per class
   (``*_few``, linear, mean of 5 draws), where features that already group the texts tell more.
 """
 
@@ -20,9 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .probes import few_label, linear_top1
+from .probes import few_label, knn_top1, linear_top1
 
 BATCH = 512
+KNN_K = 20  # neighbours of the text probe's kNN (cosine, temperature-weighted votes)
 
 
 @torch.no_grad()
@@ -94,6 +95,7 @@ def text_metrics(method, random_encoder, train, test, device, seed: int = 0, max
         for name, encoder in (("mlm", method.encoder), ("random_init", random_encoder)):
             f_tr, f_te = _features(encoder, train_tokens[tr], device), _features(encoder, test_tokens[te], device)
             row[name] = linear_top1(f_tr, y_train[tr], f_te, y_test[te], seed=seed)
+            row[f"{name}_knn"] = knn_top1(f_tr, y_train[tr], f_te, y_test[te], k=KNN_K)
             few = few_label(f_tr, y_train[tr], f_te, y_test[te], per_class=labels_per_class, draws=5, seed=seed)
             row[f"{name}_few"] = few["linear_top1_few"]
         probes[task] = row
@@ -109,6 +111,7 @@ def format_text_table(result: dict) -> str:
     if isinstance(probes, dict):
         for task, row in probes.items():
             lines.append(f"text probe {task:<12s} linear {row['mlm']:.4f}  (random init {row['random_init']:.4f}); "
+                         f"kNN {row['mlm_knn']:.4f} (random init {row['random_init_knn']:.4f}); "
                          f"few labels {row['mlm_few']:.4f} (random init {row['random_init_few']:.4f}); "
                          f"majority {row['majority']:.4f}, {row['test_texts']} texts")
     elif probes:
