@@ -77,15 +77,27 @@ def load(run_dir: str | Path, method_file: str | Path | None = None) -> Encoder:
     encoder = method.encoder
     encoder.run_config = cfg  # what it was trained with, for evaluation
     encoder.data_info = info
+    if method.trains_on_text:  # a text run's encoder takes token ids (N, L); this makes them from strings
+        encoder.tokenize = method.tokenize
     return encoder.eval()
 
 
 def embed(run_or_encoder: str | Path | torch.nn.Module, source: str | ImageSet, batch_size: int = 1024,
           device: str | None = None) -> np.ndarray:
-    """(N, D) features of every image of ``source`` (a data spec or an ImageSet)."""
+    """(N, D) features of every image of ``source`` (a data spec or an ImageSet); for a text run (mlm),
+    the pooled features of every text of ``source`` (a text spec, its training split)."""
     from .evaluate import extract
 
     encoder = run_or_encoder if isinstance(run_or_encoder, torch.nn.Module) else load(run_or_encoder)
+    if getattr(getattr(encoder, "data_info", None), "channels", None) == 0:  # a text run (mlm): embed texts
+        from .data.texts import load_texts
+        from .evaluate.text import text_features
+
+        if not isinstance(source, str):
+            raise fail("a text run embeds texts; give a text source (scenes, caption shards, .txt, .csv)")
+        if device:
+            encoder = encoder.to(device)
+        return text_features(encoder, encoder.tokenize(load_texts(source)[0].texts), next(encoder.parameters()).device)
     images = load_source(source) if isinstance(source, str) else source
     if device:
         encoder = encoder.to(device)

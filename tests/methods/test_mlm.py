@@ -5,6 +5,7 @@ random-init encoder's text probe), eval.json's keys, search over texts, and clip
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -112,6 +113,23 @@ def test_masked_token_loss_gradcheck():
 # ------------------------------------------------------------------ the bidirectional tower
 
 
+def test_mlm_loss_is_the_masked_token_loss_of_the_full_logits():
+    """The method runs its head on the chosen rows only; that must equal the loss on all logits."""
+    from reprlearn.methods import DataInfo
+
+    info = DataInfo(0, 0, 0, [], [], text={"vocab_size": 40, "sot_id": 1, "eot_id": 2, "pad_id": 0, "mask_id": 3})
+    cfg = METHODS.get("mlm").Config(text_width=16, text_heads=2, context_length=12)
+    torch.manual_seed(0)
+    model = METHODS.get("mlm")(cfg, None, info, None)
+    tokens = torch.cat([torch.ones(6, 1, dtype=torch.long), torch.randint(4, 40, (6, 9)),
+                        torch.full((6, 1), 2), torch.zeros(6, 1, dtype=torch.long)], 1)
+    views = model.views(tokens, torch.Generator().manual_seed(0))
+    corrupted, targets, chosen = views
+    assert chosen.any()
+    full = masked_token_loss(model.token_logits(corrupted), targets, chosen)
+    torch.testing.assert_close(model.loss(views)["loss"], full)
+
+
 def test_bidirectional_tower_sees_both_sides_and_ignores_padding():
     torch.manual_seed(0)
     net = TextTransformer(50, 8, eot_id=2, width=16, layers=2, heads=2, causal=False, pool="mean").eval()
@@ -169,6 +187,13 @@ def test_eval_json_keys(mlm_run):
     assert {"mlm", "random_init", "majority", "mlm_few", "random_init_few", "mlm_knn",
             "random_init_knn"} <= set(on_disk["text_probe"]["count"])
     assert 0 < on_disk["majority_token_accuracy"] < on_disk["masked_token_accuracy"] <= 1
+
+
+def test_embed_texts_of_a_text_run(mlm_run, tmp_path):
+    lines = tmp_path / "t.txt"
+    lines.write_text("a red circle.\na blue square.\n")
+    features = reprlearn.embed(mlm_run, str(lines))
+    assert features.shape == (2, 64) and np.isfinite(features).all()
 
 
 def test_search_over_texts(mlm_run):

@@ -50,7 +50,8 @@ def token_counts(tokens: torch.Tensor, vocab_size: int, specials: list[int]) -> 
 
 
 @torch.no_grad()
-def _features(encoder, tokens: torch.Tensor, device) -> np.ndarray:
+def text_features(encoder, tokens: torch.Tensor, device) -> np.ndarray:
+    """(N, D) float32 features of token ids (N, L), in batches, padding columns trimmed."""
     out = []
     for start in range(0, len(tokens), BATCH):
         batch = tokens[start:start + BATCH]
@@ -93,7 +94,7 @@ def text_metrics(method, random_encoder, train, test, device, seed: int = 0, max
         row = {"classes": len(names), "train_texts": len(tr), "test_texts": len(te),
                "majority": float(np.mean(y_test[te] == np.bincount(y_train[tr]).argmax()))}
         for name, encoder in (("mlm", method.encoder), ("random_init", random_encoder)):
-            f_tr, f_te = _features(encoder, train_tokens[tr], device), _features(encoder, test_tokens[te], device)
+            f_tr, f_te = text_features(encoder, train_tokens[tr], device), text_features(encoder, test_tokens[te], device)
             row[name] = linear_top1(f_tr, y_train[tr], f_te, y_test[te], seed=seed)
             row[f"{name}_knn"] = knn_top1(f_tr, y_train[tr], f_te, y_test[te], k=KNN_K)
             few = few_label(f_tr, y_train[tr], f_te, y_test[te], per_class=labels_per_class, draws=5, seed=seed)
