@@ -181,12 +181,23 @@ def test_short_mlm_run_beats_majority_token_and_random_init_probe(mlm_run):
 def test_eval_json_keys(mlm_run):
     result = reprlearn.evaluate_run(mlm_run, labels_per_class=2)
     on_disk = json.loads((mlm_run / "eval.json").read_text())
-    for key in ("masked_token_accuracy", "majority_token_accuracy", "perplexity", "unigram_perplexity", "text_probe"):
+    for key in ("masked_token_accuracy", "majority_token_accuracy", "perplexity", "unigram_perplexity", "text_probe",
+                "sibling_retrieval"):
         assert key in on_disk and key in result
     assert set(on_disk["text_probe"]) == {"count", "shape", "colour", "first_colour"}
     assert {"mlm", "random_init", "majority", "mlm_few", "random_init_few", "mlm_knn",
             "random_init_knn"} <= set(on_disk["text_probe"]["count"])
     assert 0 < on_disk["majority_token_accuracy"] < on_disk["masked_token_accuracy"] <= 1
+
+
+def test_sibling_recall_hand_computed():
+    from reprlearn.evaluate.text import sibling_recall
+
+    f = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [0.6, 0.8]])
+    # 0 and 1 (group 0) find each other: hits; 2 (group 1) finds 3 (group 2): a miss; 4 (group 1) finds 3
+    # (cosine 0.86): a miss; 3 has no sibling and is not counted
+    assert sibling_recall(f, np.array([0, 0, 1, 2, 1])) == pytest.approx(2 / 4)
+    assert sibling_recall(f, np.array([0, 0, 1, 1, 3])) == pytest.approx(1.0)
 
 
 def test_embed_texts_of_a_text_run(mlm_run, tmp_path):
@@ -220,15 +231,15 @@ def test_text_sources(tmp_path):
 # ------------------------------------------------------------------ clip --text-init
 
 
-def _built_clip(tmp_path, **options):
-    """A CLIP method as training builds it (config, data, tokenizer, warm start), not trained."""
+def _built_clip(tmp_path, method="clip", **options):
+    """A CLIP (or SigLIP) method as training builds it (config, data, tokenizer, warm start), not trained."""
     from reprlearn.data.run_data import load_run_data
     from reprlearn.runs import build_method, data_info, resolve_config
 
-    cfg, method_cfg = resolve_config("clip", {"data": "scenes:n=200,test_n=50", **options})
+    cfg, method_cfg = resolve_config(method, {"data": "scenes:n=200,test_n=50", **options})
     data = load_run_data(cfg, captions=True)
     info = data_info(data.train)
-    art = METHODS.get("clip").prepare(method_cfg, data, info)
+    art = METHODS.get(method).prepare(method_cfg, data, info)
     model = build_method(cfg, method_cfg, info)
     model.restore(art)
     model.warm_start()
@@ -246,6 +257,8 @@ def test_clip_text_init_loads_the_mlm_tower(mlm_run, tmp_path):
     assert clip.text.causal  # CLIP's tower keeps its causal mask (only the weights are shared)
     plain = _built_clip(tmp_path)
     assert not torch.equal(plain.text.token_embed.weight[:5], clip.text.token_embed.weight[:5])
+    siglip = _built_clip(tmp_path, "siglip", text_init=str(mlm_run))  # the same seam
+    assert all(torch.equal(v, theirs[k]) for k, v in siglip.text.state_dict().items())
 
 
 def test_clip_text_init_mismatch_is_one_line(mlm_run, tmp_path):

@@ -45,13 +45,17 @@ class TextSet:
     name: str
     tasks: dict[str, tuple[np.ndarray, list[str]]] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    # which item (image) each text describes, where an item has several (scenes, caption shards):
+    # evaluation asks whether a text's nearest neighbour describes the same item
+    groups: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
 
     def subset(self, index: np.ndarray, name: str | None = None) -> "TextSet":
         return TextSet([self.texts[i] for i in index], name or self.name,
-                       {k: (y[index], names) for k, (y, names) in self.tasks.items()})
+                       {k: (y[index], names) for k, (y, names) in self.tasks.items()},
+                       groups=None if self.groups is None else self.groups[index])
 
 
 @dataclass
@@ -131,7 +135,8 @@ def _scenes(spec: str, split: str) -> TextSet:
     # the colour named first: every caption names one, and with two or three objects a bag of words
     # does not tell which came first
     tasks["first_colour"] = (np.array([_first_of(t, COLOURS) for t in texts]), list(COLOURS))
-    return TextSet(texts, f"{pairs.name} captions ({split})", {k: (y.astype(np.int64), n) for k, (y, n) in tasks.items()})
+    return TextSet(texts, f"{pairs.name} captions ({split})", {k: (y.astype(np.int64), n) for k, (y, n) in tasks.items()},
+                   groups=np.repeat(np.arange(len(counts)), counts))
 
 
 def _first_of(text: str, words: list[str]) -> int:
@@ -197,10 +202,15 @@ def _table(spec: str) -> TextSet:
 
 
 def _shard_texts(shards: list[Path], name: str) -> TextSet:
-    from .stream import open_stream, stream_captions
+    from .stream import open_stream, stream_caption_lists
 
     stream = open_stream(shards, None, False, name)
-    texts = list(itertools.islice(stream_captions(stream, len(stream)), MAX_TEXTS))
+    texts, groups = [], []
+    for i, captions in enumerate(stream_caption_lists(stream, len(stream))):
+        texts += captions
+        groups += [i] * len(captions)
+        if len(texts) >= MAX_TEXTS:
+            break
     if not texts:
         raise fail(f"{name} holds no readable captions; give shards with KEY.txt or KEY.json captions")
-    return TextSet(texts, name)
+    return TextSet(texts[:MAX_TEXTS], name, groups=np.array(groups[:MAX_TEXTS]))

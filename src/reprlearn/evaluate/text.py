@@ -6,6 +6,9 @@
 - Their baselines on the same positions: the majority token (the training texts' most frequent
   token, predicted everywhere) and the unigram model (training token frequencies, add-one
   smoothed over the vocabulary); both use no context at all.
+- Sibling retrieval (texts of the same item: scenes' 3 captions of an image, Flickr8k's 5): how
+  often a held-out text's nearest other text by pooled embedding describes the same item (R@1),
+  for the trained and the random-init encoder, beside chance. It needs no labels.
 - The text probe: a linear probe of the pooled embeddings (``method.encoder``) for each label
   task the texts carry (scenes: count, shape, colour), beside the same probe on the random-init
   encoder and the majority class; a kNN probe (k=20) beside it; and the linear probe with ``labels_per_class`` labelled texts per class
@@ -60,6 +63,32 @@ def text_features(encoder, tokens: torch.Tensor, device) -> np.ndarray:
     return torch.cat(out).numpy()
 
 
+def sibling_recall(features: np.ndarray, groups: np.ndarray) -> float:
+    """Share of texts whose nearest other text (cosine) describes the same item, over the texts whose
+    item has another text."""
+    f = torch.nn.functional.normalize(torch.from_numpy(features).double(), dim=1)
+    g = torch.from_numpy(np.asarray(groups))
+    has_sibling = (g[:, None] == g[None, :]).sum(1) > 1
+    hits = []
+    for start in range(0, len(f), BATCH):
+        sim = f[start:start + BATCH] @ f.T
+        rows = torch.arange(start, min(start + BATCH, len(f)))
+        sim[torch.arange(len(rows)), rows] = -math.inf  # not itself
+        hits.append(g[sim.argmax(1)] == g[rows])
+    return float(torch.cat(hits)[has_sibling].double().mean())
+
+
+def sibling_retrieval(encoders: dict, tokens: torch.Tensor, groups: np.ndarray, device) -> dict:
+    """sibling R@1 of each encoder's pooled features on the held-out texts, and its chance level
+    (a random other text: (m - 1) / (N - 1) for a text of an item with m texts)."""
+    g = np.asarray(groups)
+    size = np.bincount(g)[g]
+    keep = size > 1
+    out = {name: sibling_recall(text_features(e, tokens, device), g) for name, e in encoders.items()}
+    out["chance"] = float(np.mean((size[keep] - 1) / (len(g) - 1)))
+    return out
+
+
 def text_metrics(method, random_encoder, train, test, device, seed: int = 0, max_train: int | None = None,
                  labels_per_class: int = 5) -> dict:
     """eval.json's entries for a text method: ``train``/``test`` are TextSets."""
@@ -100,6 +129,9 @@ def text_metrics(method, random_encoder, train, test, device, seed: int = 0, max
             few = few_label(f_tr, y_train[tr], f_te, y_test[te], per_class=labels_per_class, draws=5, seed=seed)
             row[f"{name}_few"] = few["linear_top1_few"]
         probes[task] = row
+    if test.groups is not None:
+        result["sibling_retrieval"] = sibling_retrieval(
+            {"mlm": method.encoder, "random_init": random_encoder}, test_tokens, test.groups, device)
     result["text_probe"] = probes or "skipped: the texts carry no labels (scenes or a table with a label column do)"
     return result
 
@@ -108,6 +140,9 @@ def format_text_table(result: dict) -> str:
     lines = [f"masked-token accuracy {result['masked_token_accuracy']:.4f}  (majority token "
              f"{result['majority_token_accuracy']:.4f}, {result['masked_positions']} positions)",
              f"perplexity            {result['perplexity']:.2f}  (unigram {result['unigram_perplexity']:.2f})"]
+    sib = result.get("sibling_retrieval")
+    if sib:
+        lines.append(f"sibling R@1           {sib['mlm']:.4f}  (random init {sib['random_init']:.4f}, chance {sib['chance']:.4f})")
     probes = result.get("text_probe")
     if isinstance(probes, dict):
         for task, row in probes.items():
