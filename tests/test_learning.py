@@ -70,8 +70,10 @@ def digits():
     return load_source("digits"), load_source("digits:test")
 
 
+# image-text methods learn in test_image_text.py; text methods (mlm: text alone, no image encoder)
+# in tests/methods/test_mlm.py (masked-token accuracy over the majority token, text probe over random init)
 IMAGE_ONLY = [m for m in METHODS.names() if m not in NEEDS_COLOUR | OWN_LEARNING_TEST
-              and not METHODS.get(m).trains_on_captions]  # image-text: test_image_text.py
+              and not METHODS.get(m).trains_on_captions and not METHODS.get(m).trains_on_text]
 
 
 @pytest.mark.parametrize("method,extra", [(m, {}) for m in IMAGE_ONLY] + [

@@ -13,7 +13,7 @@ from .config import DEFAULT_METHOD, RunConfig, load_yaml
 from .data import ImageSet, load_source
 from .data.run_data import RunData, load_run_data
 from .errors import fail
-from .methods import METHODS, DataInfo, EmbedsText, Method, Reconstructs, Samples
+from .methods import METHODS, DataInfo, EmbedsText, Method, ModelsText, Reconstructs, Samples
 from .methods.lookup import method_spec, short_name
 from .nets.encoder import Encoder
 from .runs import (CONFIG_FILE, build_encoder, build_method, data_info, load_method, new_run_dir,  # noqa: F401
@@ -89,15 +89,27 @@ def load(run_dir: str | Path, method_file: str | Path | None = None) -> Encoder:
     encoder = method.encoder
     encoder.run_config = cfg  # what it was trained with, for evaluation
     encoder.data_info = info
+    if method.trains_on_text:  # a text run's encoder takes token ids (N, L); this makes them from strings
+        encoder.tokenize = method.tokenize
     return encoder.eval()
 
 
 def embed(run_or_encoder: str | Path | torch.nn.Module, source: str | ImageSet, batch_size: int = 1024,
           device: str | None = None) -> np.ndarray:
-    """(N, D) features of every image of ``source`` (a data spec or an ImageSet)."""
+    """(N, D) features of every image of ``source`` (a data spec or an ImageSet); for a text run (mlm),
+    the pooled features of every text of ``source`` (a text spec, its training split)."""
     from .evaluate import extract
 
     encoder = run_or_encoder if isinstance(run_or_encoder, torch.nn.Module) else load(run_or_encoder)
+    if getattr(getattr(encoder, "data_info", None), "channels", None) == 0:  # a text run (mlm): embed texts
+        from .data.texts import load_texts
+        from .evaluate.text import text_features
+
+        if not isinstance(source, str):
+            raise fail("a text run embeds texts; give a text source (scenes, caption shards, .txt, .csv)")
+        if device:
+            encoder = encoder.to(device)
+        return text_features(encoder, encoder.tokenize(load_texts(source)[0].texts), next(encoder.parameters()).device)
     images = load_source(source) if isinstance(source, str) else source
     if device:
         encoder = encoder.to(device)
@@ -151,6 +163,10 @@ def evaluate_run(run_dir: str | Path, *, method: Method | None = None, cfg: RunC
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     if eval_data:
         cfg = dataclasses.replace(cfg, eval_data=eval_data)
+    if data is None and method.trains_on_text:
+        from .data.texts import load_text_data
+
+        data = load_text_data(cfg)
     if data is None:
         data = load_run_data(dataclasses.replace(cfg, exclude_class=None), captions=method.trains_on_captions)
     return evaluate_method(method, cfg, info, data, Path(run_dir), anomaly_class=anomaly_class, iwae_k=iwae_k)
@@ -159,14 +175,20 @@ def evaluate_run(run_dir: str | Path, *, method: Method | None = None, cfg: RunC
 def search(run_dir: str | Path, index: str, queries: list[str] | None = None,
            query_images: list[str] | None = None, k: int = 8):
     """Semantic search of an image-text run: the top-``k`` images of source ``index`` per query
-    (see :func:`reprlearn.search.search`); returns (hits per query, the index's uint8 images)."""
+    (see :func:`reprlearn.search.search`); returns (hits per query, the index's uint8 images).
+    A text run (mlm) returns the top-``k`` texts of ``index`` per text query, and None for images."""
     from . import search as semantic
 
     if not (queries or query_images):
         raise fail("nothing to search for; give --query TEXT or --query-image PATH")
     method, cfg, info = load_method(run_dir)
+    if isinstance(method, ModelsText):  # a text run: the nearest texts of the index source, no images
+        if query_images:
+            raise fail(f"{run_dir} is a {cfg.method} run (text only); --query-image needs an image-text run")
+        return semantic.search_texts(method, run_dir, index, queries, k), None
     if not isinstance(method, EmbedsText):
-        raise fail(f"{run_dir} is a {cfg.method} run; search needs an image-text run (clip or siglip)")
+        raise fail(f"{run_dir} is a {cfg.method} run; search needs an image-text run (clip or siglip) "
+                   "or a text run (mlm)")
     return semantic.search(method, info, run_dir, index, queries, query_images, k)
 
 

@@ -252,7 +252,8 @@ def _cmd_search(argv: list[str]) -> int:
     p = _Parser(prog="reprlearn search", description="Semantic search: the images of --index closest to a text "
                 "or image query, from a FAISS index saved in RUN_DIR/search/ and reused.")
     p.add_argument("run_dir")
-    p.add_argument("--index", required=True, metavar="SOURCE", help="images to search (any data source)")
+    p.add_argument("--index", required=True, metavar="SOURCE", help="images to search (any data source); for a "
+                   "text run (mlm), texts (scenes, caption shards, .txt, .csv)")
     p.add_argument("--query", action="append", default=[], metavar="TEXT", help="a text query (repeatable)")
     p.add_argument("--query-image", action="append", default=[], metavar="PATH", help="an image query (repeatable)")
     p.add_argument("--k", type=int, default=8, help="results per query (default 8)")
@@ -264,7 +265,9 @@ def _cmd_search(argv: list[str]) -> int:
         print(f"query: {title}")
         for h in row:
             print(f"  {h.rank:3d}. item {h.index:6d}  score {h.score:.3f}" + (f"  {h.caption}" if h.caption else ""))
-    if a.out:
+    if a.out and images is None:
+        print("no contact sheet: a text run's results are texts (listed above)")
+    elif a.out:
         print(f"wrote {contact_sheet(titles, hits, images, a.out)}")
     return 0
 

@@ -82,7 +82,8 @@ class ResumableLoader(DataLoader):
 
 
 class TrainModule(L.LightningModule):
-    """Trains one method. ``images``: the in-memory path (uint8 (N, C, H, W), indexed per batch);
+    """Trains one method. ``images``: the in-memory path (uint8 (N, C, H, W), indexed per batch; a
+    text method's token ids (N, L) in their place);
     ``stream``: the streaming path (batches of uint8 made by DataLoader workers, see data/stream.py)."""
 
     def __init__(self, method: Method, cfg: RunConfig, images: torch.Tensor | None, meta: dict,
@@ -435,8 +436,8 @@ class CostEstimate(L.Callback):
     The first step (compilation, allocation) is left out of the measurement.
     """
 
-    def __init__(self, images_per_step: int, total_steps, after: int = 5):
-        self.images_per_step, self.total_steps, self.after = images_per_step, total_steps, after
+    def __init__(self, images_per_step: int, total_steps, after: int = 5, unit: str = "images"):
+        self.images_per_step, self.total_steps, self.after, self.unit = images_per_step, total_steps, after, unit
         self._start: float | None = None
         self._first = 0
         self.said: str | None = None
@@ -454,7 +455,7 @@ class CostEstimate(L.Callback):
             return
         seconds_per_step = (time.perf_counter() - self._start) / (step - self._first)
         left = max(0, self.total_steps() - step) * seconds_per_step
-        self.said = (f"{self.images_per_step / seconds_per_step:.0f} images/s; the {self.total_steps()} steps of "
+        self.said = (f"{self.images_per_step / seconds_per_step:.0f} {self.unit}/s; the {self.total_steps()} steps of "
                      f"this run take about {_duration(left + step * seconds_per_step)} (training only)")
         print(self.said, flush=True)
 
@@ -559,10 +560,17 @@ def train_run(cfg: RunConfig, method_cfg: Any, run_dir: Path, resume_from: Path 
     from .runs import CONFIG_FILE, build_method, data_info, resolve_backbone
 
     method_cls = method_class(cfg.method)
-    data = load_run_data(cfg, captions=method_cls.trains_on_captions)
+    if method_cls.trains_on_text:  # text alone (mlm): token ids take the images' place
+        from .data.texts import load_text_data
+        from .runs import text_data_info
+
+        data = load_text_data(cfg)
+        info, why = text_data_info(), "a text method: its own text transformer"
+    else:
+        data = load_run_data(cfg, captions=method_cls.trains_on_captions)
+        info = data_info(data.train)
+        cfg.backbone, why = resolve_backbone(cfg, info)  # recorded by name: a run loads the same network anywhere
     train_set, eval_set = data.train, data.eval
-    info = data_info(train_set)
-    cfg.backbone, why = resolve_backbone(cfg, info)  # recorded by name: a run loads the same network anywhere
     data.artifacts = method_cls.prepare(method_cfg, data, info)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     # --init-from sets the backbone before the method is built (a teacher copies it); a resumed run's
@@ -572,6 +580,8 @@ def train_run(cfg: RunConfig, method_cfg: Any, run_dir: Path, resume_from: Path 
     model.restore(data.artifacts)
     if init_from:
         print(f"backbone {cfg.backbone} initialised from {init_from}")
+    if resume_from is None:
+        model.warm_start()
     run_dir.mkdir(parents=True, exist_ok=True)
     config_data = dataclasses.asdict(cfg)
     save_yaml(run_dir / CONFIG_FILE, config_data)
@@ -585,6 +595,13 @@ def train_run(cfg: RunConfig, method_cfg: Any, run_dir: Path, resume_from: Path 
     meta = {"config": config_data, "data_info": dataclasses.asdict(info), "backbone": cfg.backbone,
             "skipped_items": len(train_set.skipped), "artifacts": data.artifacts}
     fit_set = data.fit
+    if method_cls.trains_on_text:
+        samples = model.training_samples(data)  # token ids (N, L), indexed per batch like images
+        module = TrainModule(model, cfg, samples, meta)
+        print(f"training {cfg.method} on {train_set.name} ({len(samples)} texts of at most {samples.shape[1]} tokens, "
+              f"vocabulary {info.text['vocab_size']}), {why}, run {run_dir}")
+        callbacks = [*extra_callbacks, CostEstimate(cfg.batch_size * cfg.accumulate, module.total_steps, unit="texts")]
+        return model, info, data, fit(module, cfg, run_dir, callbacks, resume_from)
     if data.streamed:  # nothing held but the first images (the monitors')
         if model.needs_labels and not fit_set.has_labels:
             model.stream_fields({})  # refuses in one line

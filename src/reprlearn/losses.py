@@ -28,6 +28,7 @@ __all__ = [
     "triplet",
     "pairwise_distance",
     "kl_sparsity",
+    "masked_token_loss",
     "l1_sparsity",
     "contractive_penalty_exact",
     "contractive_penalty_estimate",
@@ -213,6 +214,22 @@ def contractive_penalty_estimate(encode_fn, x: Tensor, num_projections: int = 1,
     else:
         (vjp,) = torch.autograd.grad(code, x, grad_outputs=v, is_grads_batched=True, create_graph=True)
     return vjp.pow(2).sum() / (n * num_projections)
+
+
+def masked_token_loss(logits: Tensor, targets: Tensor, chosen: Tensor) -> Tensor:
+    """Masked language modelling (BERT): mean cross-entropy over the chosen positions only.
+
+    ``logits`` (B, L, V), ``targets`` (B, L) the original ids, ``chosen`` (B, L) bool:
+    ``-(1/|C|) Σ_{(b,i)∈C} log softmax(logits[b, i])[targets[b, i]]``; positions outside C
+    (unchosen, padding) contribute nothing, to the value or the gradient. No chosen position
+    gives 0 (connected to the graph, so a step still runs).
+    """
+    picked = logits[chosen]  # (|C|, V): only these rows enter the loss
+    if picked.shape[0] == 0:
+        return logits.sum() * 0.0
+    if picked.dtype in (torch.float16, torch.bfloat16):  # mixed precision: the softmax in float32
+        picked = picked.float()
+    return F.cross_entropy(picked, targets[chosen])
 
 
 def masked_patch_mse(pred: Tensor, target: Tensor, mask: Tensor, per_sample: bool = False) -> Tensor:

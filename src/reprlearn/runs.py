@@ -91,15 +91,30 @@ def untrained_encoder(method: Method, cfg: RunConfig, info: DataInfo) -> Encoder
     """The random-init baseline: the encoder as ``method`` builds it before training, i.e. the method
     rebuilt from its config on the run's seed (a method may set up its encoder: ddpm's noise level,
     flow's identity normalisation), its weights exactly those training started from."""
-    return type(method)(method.config, build_encoder(cfg, info), info, method.view_spec).encoder.eval()
+    return type(method)(method.config, method_encoder(type(method), cfg, info), info, method.view_spec).encoder.eval()
+
+
+def method_encoder(method_cls: type, cfg: RunConfig, info: DataInfo, init_from: str | None = None) -> Encoder | None:
+    """The image encoder a method is built on; None for a text method, which builds its own text
+    network first on the run's seed (so its random-init baseline is the weights training starts from)."""
+    if method_cls.trains_on_text:
+        torch.manual_seed(cfg.seed)
+        return None
+    return build_encoder(cfg, info, init_from)
+
+
+def text_data_info() -> DataInfo:
+    """A text method's data info: no images; ``prepare`` fills ``text`` with the tokenizer's sizes."""
+    return DataInfo(channels=0, image_size=0, num_classes=0, mean=[], std=[])
 
 
 def build_method(cfg: RunConfig, method_cfg: Any, info: DataInfo, method_file: str | Path | None = None,
                  init_from: str | None = None) -> Method:
     from .augment import preset
 
-    view_spec = preset(cfg.augment, info.image_size, info.channels)
-    return method_class(cfg.method, method_file)(method_cfg, build_encoder(cfg, info, init_from), info, view_spec)
+    cls = method_class(cfg.method, method_file)
+    view_spec = None if cls.trains_on_text else preset(cfg.augment, info.image_size, info.channels)
+    return cls(method_cfg, method_encoder(cls, cfg, info, init_from), info, view_spec)
 
 
 # ---------------------------------------------------------------- train

@@ -6,6 +6,10 @@ similarity): exact (``IndexFlatIP``) up to ``EXACT_LIMIT`` items, an inverted-fi
 index (``IndexIVFFlat``, approximate, ``nprobe`` lists searched) beyond. The index is
 saved under ``RUN_DIR/search/`` keyed by the source and the checkpoint, and reused by
 the next query.
+
+A text run (``mlm``) searches texts instead: :func:`search_texts` indexes the texts of a text
+source (scenes captions, caption shards, a .txt or .csv; its test split where it has one) by
+their pooled embeddings and returns the captions nearest a query sentence.
 """
 
 from __future__ import annotations
@@ -145,3 +149,29 @@ def contact_sheet(titles: list[str], hits: list[list[Hit]], images: np.ndarray, 
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def search_texts(method, run_dir: str | Path, index_source: str, queries: list[str], k: int = 8) -> list[list[Hit]]:
+    """Top-``k`` texts of ``index_source`` (its test split where it has one) for each query sentence,
+    by the cosine similarity of a text run's pooled embeddings (``method.embed_texts``)."""
+    from .data.texts import load_texts
+
+    if not queries:
+        raise fail("a text run searches texts; give --query TEXT (query images need an image-text run)")
+    if k < 1:
+        raise fail(f"--k must be at least 1, got {k}")
+    run_dir = Path(run_dir)
+    train, test = load_texts(index_source, "train")
+    texts = (test or train).texts
+    path = run_dir / "search" / f"{index_key(run_dir, 'texts:' + index_source)}.faiss"
+    import faiss
+
+    if path.is_file():
+        index = faiss.read_index(str(path))
+    else:
+        index = build_index(method.embed_texts(texts).cpu().numpy())
+        with atomic_write(path) as f:
+            f.write(faiss.serialize_index(index).tobytes())
+    scores, ids = query_index(index, method.embed_texts(queries).cpu().numpy(), k)
+    return [[Hit(r + 1, int(i), float(s), texts[int(i)]) for r, (s, i) in enumerate(zip(row_s, row_i)) if i >= 0]
+            for row_s, row_i in zip(scores, ids)]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from reprlearn.methods import METHODS, EmbedsText, HasDensity, Method, Reconstructs, Samples, abilities
+from reprlearn.methods import METHODS, EmbedsText, HasDensity, Method, ModelsText, Reconstructs, Samples, abilities
 
 
 def test_a_method_declaring_an_ability_without_its_parts_fails_when_defined():
@@ -24,6 +24,7 @@ def test_registered_methods_declare_what_evaluation_uses():
     assert EmbedsText in abilities(METHODS.get("clip")) and EmbedsText in abilities(METHODS.get("siglip"))
     assert Reconstructs in abilities(METHODS.get("ae")) and Reconstructs in abilities(METHODS.get("mae"))
     assert not abilities(METHODS.get("simclr"))
+    assert abilities(METHODS.get("mlm")) == [ModelsText] and METHODS.get("mlm").trains_on_text
     for name in METHODS.names():  # every declared ability is complete on the registered class
         cls = METHODS.get(name)
         for ability in abilities(cls):

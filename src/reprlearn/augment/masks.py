@@ -9,6 +9,9 @@ same seed gives the same masks.
   given size per view, single patches or BEiT-style rectangles;
 - :func:`jepa_masks`: I-JEPA's target blocks and the context block with the targets removed.
 
+- :func:`mask_tokens`: BERT's masked-language-model corruption of token ids (15% chosen;
+  of those 80% -> the mask token, 10% -> a random token, 10% kept).
+
 The rectangles of iBOT and I-JEPA share :func:`block_shape` (area and aspect ratio to rows and
 columns) and :func:`block_cells` (a placed rectangle's patch indices).
 """
@@ -190,3 +193,31 @@ def jepa_masks(n: int, grid: int, num_targets: int = 4, target_scale: tuple[floa
     context_idx = torch.tensor(cut, dtype=torch.long, device=device).reshape(n, keep)
     target_idx = torch.tensor(targets, dtype=torch.long, device=device).reshape(n, num_targets, th * tw)
     return context_idx, target_idx.transpose(0, 1).contiguous()
+
+
+# ---------------------------------------------------------------- tokens (masked language models)
+
+
+def mask_tokens(tokens: Tensor, generator: torch.Generator | None, *, mask_id: int, vocab_size: int,
+                maskable: Tensor, p: float = 0.15, p_mask: float = 0.8, p_random: float = 0.1,
+                random_low: int = 0) -> tuple[Tensor, Tensor]:
+    """BERT's corruption (Devlin et al. 2019): (corrupted ids, chosen) for ids ``tokens`` (B, L).
+
+    Each position where ``maskable`` (B, L) is true (the text's own tokens, not padding or
+    SOT/EOT) is chosen independently with probability ``p``; a chosen position becomes
+    ``mask_id`` with probability ``p_mask``, a token drawn uniformly from
+    [``random_low``, ``vocab_size``) with probability ``p_random``, and stays as it is otherwise.
+    The loss is taken at the chosen positions only. Deviation from BERT's code: positions are
+    chosen independently (a binomial count per text) rather than exactly round(p·L) per text,
+    and a text may have none chosen.
+    """
+    if not 0.0 < p <= 1.0 or p_mask < 0 or p_random < 0 or p_mask + p_random > 1.0:
+        raise fail(f"masking rates p={p}, mask={p_mask}, random={p_random} must be in (0, 1] with mask + random <= 1")
+    device = tokens.device
+    u = torch.rand(tokens.shape, generator=generator, device=device)
+    kind = torch.rand(tokens.shape, generator=generator, device=device)
+    random_ids = torch.randint(random_low, vocab_size, tokens.shape, generator=generator, device=device)
+    chosen = (u < p) & maskable
+    out = torch.where(chosen & (kind < p_mask), torch.full_like(tokens, mask_id), tokens)
+    out = torch.where(chosen & (kind >= p_mask) & (kind < p_mask + p_random), random_ids, out)
+    return out, chosen

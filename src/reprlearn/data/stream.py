@@ -305,9 +305,15 @@ def _decode(sample: dict, stream: ShardStream, bad: list | None = None) -> tuple
 
 def stream_captions(stream: ShardStream, n: int) -> Iterator[str]:
     """The captions of the first ``n`` samples (images not decoded): what a tokenizer is trained on."""
+    for captions in stream_caption_lists(stream, n):
+        yield from captions
+
+
+def stream_caption_lists(stream: ShardStream, n: int) -> Iterator[list[str]]:
+    """Each of the first ``n`` samples' captions as one list (images not decoded; unreadable samples skipped)."""
     for sample in _raw_samples(stream.parts, 0, min(n, len(stream))):
         try:
-            yield from shard_captions(sample, sample["__key__"])
+            yield shard_captions(sample, sample["__key__"])
         except BadItem:
             continue
 

@@ -224,6 +224,10 @@ def _probe_record(result: dict, opts: dict) -> dict:
 
 def format_table(result: dict) -> str:
     """The learned encoder beside each baseline, one metric per row."""
+    if "masked_token_accuracy" in result:  # a text method (evaluate/text.py)
+        from .text import format_text_table
+
+        return format_text_table(result)
     columns = [result.get("method") or "encoder", *result.get("baselines", {})]
     rows = [m for m in METRICS if m in result]
     width = max(12, *(len(c) + 2 for c in columns))

@@ -3,7 +3,8 @@
 Every method's encoder gets the probes and the three baselines (evaluate/harness.py); what a
 method declares adds the rest: ``EmbedsText`` zero-shot, retrieval and CLIP-score AUROC
 (image_text_harness.py), ``Reconstructs`` reconstructions, figures, densities and the anomaly
-AUROC (generative.py), ``AdaptsDomains`` target accuracy beside its references, the critic's
+AUROC (generative.py), ``ModelsText`` masked-token accuracy, perplexity and the text probe instead
+of the image probes (text.py), ``AdaptsDomains`` target accuracy beside its references, the critic's
 distance and the domain classifier (domain.py).
 """
 
@@ -16,7 +17,7 @@ from ..data.run_data import RunData
 from ..data.stream import ShardStream, read_subset
 from ..errors import fail
 from ..files import atomic_write
-from ..methods import AdaptsDomains, EmbedsText, Reconstructs
+from ..methods import AdaptsDomains, EmbedsText, ModelsText, Reconstructs
 from ..methods.lookup import short_name
 from ..config import run_device
 from ..runs import untrained_encoder
@@ -35,6 +36,15 @@ def evaluate_method(method, cfg, info, data: RunData, run_dir: Path, anomaly_cla
         raise fail(f"{cfg.data} is too small to hold out evaluation images; give --data with a test set")
     device = run_device(cfg)
     method = method.to(device).eval()
+    if isinstance(method, ModelsText):  # text alone: masked tokens and the text probe, no image probes
+        from .text import text_metrics
+
+        result = text_metrics(method, untrained_encoder(method, cfg, info).to(device), train_set, eval_set, device,
+                              seed=cfg.seed, max_train=cfg.eval_max_train, labels_per_class=cfg.labels_per_class)
+        result.update(method=cfg.method, eval_data=eval_set.name)
+        with atomic_write(run_dir / "eval.json", "w") as f:
+            f.write(json.dumps(result, indent=2))
+        return result
     views = None
     if cfg.finetune:
         spec = preset(cfg.augment, info.image_size, info.channels)

@@ -97,6 +97,15 @@ class EmbedsText(Ability):
     requires = ("encode_image", "image_tower", "embed_texts")
 
 
+class ModelsText(Ability):
+    """A text method (``trains_on_text``): ``tokenize(texts)`` -> ids (N, L); ``corrupt(ids, generator)``
+    -> (corrupted ids, chosen positions), the training corruption; ``token_logits(ids)`` -> (N, L, V)
+    predictions of every position's token; ``embed_texts(texts)`` -> unit pooled embeddings.
+    ``self.encoder`` maps ids (N, L) to pooled features (N, D)."""
+
+    requires = ("tokenize", "corrupt", "token_logits", "embed_texts")
+
+
 class AdaptsDomains(Ability):
     """Trained on a labelled source and a second (target) domain: ``classify(x)`` -> class logits
     of the adapted encoder and its classifier; ``references()`` -> {name: (encoder, classifier)}
@@ -122,6 +131,9 @@ class Method(nn.Module):
     # image-text methods (clip, siglip) train on (image, caption) pairs and get the batch's
     # captions: views(images, generator, tokens=..., caption_counts=...)
     trains_on_captions: ClassVar[bool] = False
+    # text methods (mlm) train on text alone: the engine hands ``views`` the batch's token ids
+    # (N, L) in place of images, and ``self.encoder`` is the method's own text network
+    trains_on_text: ClassVar[bool] = False
     # loss terms shown on the progress bar beside the total (all terms are logged regardless)
     progress_terms: ClassVar[tuple[str, ...]] = ()
 
@@ -180,6 +192,15 @@ class Method(nn.Module):
         """Whole tensors ``views`` takes by name besides the batch, moved to the device once and
         not indexed by it (domain methods: the target domain's images, to draw a batch from)."""
         return {}
+
+    def training_samples(self, data) -> Tensor:
+        """Text methods: the tensor of training samples the engine indexes per batch (token ids
+        (N, L)), made once from ``data`` (a TextData) after :meth:`restore`."""
+        raise NotImplementedError(f"{type(self).__name__} trains on images")
+
+    def warm_start(self) -> None:
+        """Called once by the engine before a new run trains (not when loading one): start
+        weights from elsewhere (``clip --text-init RUN``). A resumed run's checkpoint overrides it."""
 
     # ------------------------------------------------------------------ training
     def views(self, images: Tensor, generator: torch.Generator) -> Any:

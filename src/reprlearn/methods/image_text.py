@@ -15,6 +15,7 @@ caption of each image, drawn afresh.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -30,8 +31,10 @@ from .base import EmbedsText, Method
 
 
 @dataclass
-class ImageTextConfig:
-    embed_dim: int = option(128, "dimension of the shared image-text embedding space", min=2, max=65536)
+class TextTowerConfig:
+    """The text transformer and its tokenizer, as the image-text methods and ``mlm`` build them
+    (the same names, so an ``mlm`` run's tower loads into ``clip --text-init``)."""
+
     context_length: int = option(32, "text tokens per caption (SOT + text + EOT); longer captions are truncated",
                                  min=4, max=4096)
     vocab_size: int = option(4096, "byte-level BPE vocabulary trained on the training captions", min=300, max=1 << 20)
@@ -40,6 +43,38 @@ class ImageTextConfig:
                              "real captions such as Flickr8k's want 128 or more)", min=8, max=65536)
     text_layers: int = option(2, "text transformer layers", min=1, max=256)
     text_heads: int = option(4, "text transformer attention heads", min=1, max=256)
+
+
+def text_tower(config: TextTowerConfig, text: dict, causal: bool = True, pool: str = "eot") -> TextTransformer:
+    """The text transformer of ``config`` for the tokenizer sizes ``text`` (DataInfo.text)."""
+    return TextTransformer(text["vocab_size"], config.context_length, text["eot_id"], config.text_width,
+                           config.text_layers, config.text_heads, causal=causal, pool=pool)
+
+
+def prepare_tokenizer(config: TextTowerConfig, texts, info, mask_token: bool = False, tokenizer=None):
+    """``tokenizer``, else the user's tokenizer.json, else a byte-level BPE trained on ``texts``; its sizes
+    go into ``info.text`` and its file into the artifacts returned (the run alone must be enough to
+    embed new text). ``mask_token``: with ``<|mask|>`` (masked language models)."""
+    from ..text import TextTokenizer
+
+    if tokenizer is None and config.tokenizer:
+        tokenizer = TextTokenizer.load(config.tokenizer)
+    if tokenizer is None:
+        tokenizer = TextTokenizer.train(texts, vocab_size=config.vocab_size, mask_token=mask_token)
+    if mask_token:
+        tokenizer = tokenizer.with_mask()
+    info.text = {"vocab_size": tokenizer.vocab_size, "sot_id": tokenizer.sot_id, "eot_id": tokenizer.eot_id,
+                 "pad_id": tokenizer.pad_id}
+    if tokenizer.mask_id is not None:
+        info.text["mask_id"] = tokenizer.mask_id
+    return {"tokenizer.json": tokenizer.to_json()}
+
+
+@dataclass
+class ImageTextConfig(TextTowerConfig):
+    embed_dim: int = option(128, "dimension of the shared image-text embedding space", min=2, max=65536)
+    text_init: str | None = option(None, "start the text tower from an mlm run's (RUN_DIR; its tokenizer too): "
+                                   "same --text-width/--text-layers/--text-heads/--context-length")
     image_aug: str = option("none", "image views: none, or crop (random resized crop of 60-100% of the area; no flips "
                             "or colour changes, which would contradict captions such as 'red' or 'left of')",
                             choices=("none", "crop"))
@@ -78,8 +113,7 @@ class ImageTextMethod(Method, EmbedsText):
                        "(train it on paired data: scenes, a CSV/TSV of image,caption, or shards with .txt/.json)")
         c = config
         self.image_proj = nn.Linear(encoder.feature_dim, c.embed_dim, bias=False)
-        self.text = TextTransformer(text["vocab_size"], c.context_length, text["eot_id"], c.text_width,
-                                    c.text_layers, c.text_heads)
+        self.text = text_tower(c, text)
         self.text_proj = nn.Linear(c.text_width, c.embed_dim, bias=False)
         for proj in (self.image_proj, self.text_proj):
             nn.init.normal_(proj.weight, std=proj.in_features ** -0.5)
@@ -88,19 +122,27 @@ class ImageTextMethod(Method, EmbedsText):
     # ------------------------------------------------------------------ data
     @classmethod
     def prepare(cls, config, data, info):
-        """The user's tokenizer.json, or a byte-level BPE trained on the training captions."""
-        from ..text import TextTokenizer
-
+        """The user's tokenizer.json, the --text-init run's, or a byte-level BPE trained on the training captions."""
         captions = data.captions()
         if captions is None:
             raise fail(f"{cls.__name__.lower()} trains on (image, caption) pairs; give --data with captions")
-        if config.tokenizer:
-            tokenizer = TextTokenizer.load(config.tokenizer)
-        else:
-            tokenizer = TextTokenizer.train(captions, vocab_size=config.vocab_size)
-        info.text = {"vocab_size": tokenizer.vocab_size, "sot_id": tokenizer.sot_id, "eot_id": tokenizer.eot_id,
-                     "pad_id": tokenizer.pad_id}
-        return {"tokenizer.json": tokenizer.to_json()}  # the run alone must be enough to embed new captions
+        tokenizer = None
+        if config.text_init:
+            from ..text import TextTokenizer
+
+            if config.tokenizer:
+                raise fail("--text-init brings its run's tokenizer; drop --tokenizer")
+            init_run = Path(config.text_init).expanduser()
+            if not (init_run / "tokenizer.json").is_file():
+                raise fail(f"--text-init {config.text_init} is not an mlm run directory (no tokenizer.json); "
+                           "give the folder `reprlearn train mlm` wrote")
+            tokenizer = TextTokenizer.load(init_run / "tokenizer.json")
+        return prepare_tokenizer(config, captions, info, tokenizer=tokenizer)
+
+    def warm_start(self):
+        """--text-init RUN: the text tower's weights from an mlm run (shapes must agree exactly)."""
+        if self.config.text_init:
+            load_text_tower(self.text, self.config.text_init)
 
     def restore(self, artifacts):
         from ..text import TextTokenizer
@@ -176,3 +218,32 @@ class ImageTextMethod(Method, EmbedsText):
 
     def image_text_loss(self, image: Tensor, text: Tensor, distributed: bool) -> dict[str, Tensor]:
         raise NotImplementedError
+
+
+def load_text_tower(text: TextTransformer, run_dir: str) -> None:
+    """Copy an ``mlm`` run's text transformer (its ``encoder``) into ``text``; one line when the run is
+    not an mlm run or a shape differs (vocabulary, width, layers, context length)."""
+    path = Path(run_dir).expanduser() / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        raise fail(f"--text-init {run_dir} has no checkpoint ({path}); give a trained mlm run directory")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+        raise fail(f"--text-init: checkpoint {path} cannot be loaded safely ({type(e).__name__})") from None
+    method = ((ckpt.get("reprlearn") or {}).get("config") or {}).get("method")
+    if method != "mlm":
+        raise fail(f"--text-init {run_dir} is a {method or 'non-reprlearn'} run; give an mlm run "
+                   "(`reprlearn train mlm`)")
+    prefix = "method.encoder."
+    theirs = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    ours = text.state_dict()
+    if set(theirs) != set(ours):
+        extra = sorted(set(theirs) ^ set(ours))[0]
+        raise fail(f"--text-init {run_dir}: its text tower has different layers ({extra} is in only one); "
+                   "give the same --text-layers as the mlm run")
+    for name, value in ours.items():
+        if theirs[name].shape != value.shape:
+            raise fail(f"--text-init {run_dir}: {name} is {tuple(theirs[name].shape)} there but "
+                       f"{tuple(value.shape)} here; give the mlm run's --text-width, --context-length "
+                       "(and its tokenizer, which --text-init brings)")
+    text.load_state_dict(theirs)

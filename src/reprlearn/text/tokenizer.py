@@ -9,6 +9,9 @@ Every tokenizer has three special tokens, ``<|pad|>`` (id 0), ``<|startoftext|>`
 ``<|endoftext|>``. A user's tokenizer.json that lacks some of them gets them added; if its
 id 0 is a real token, that token and ``<|pad|>`` swap ids inside this class, so padding is
 always id 0 (a model can mask ``ids == 0``, or take the EOT position as ``argmax(ids == eot_id)``).
+A masked language model (``mlm``) also needs ``<|mask|>``: ``train(..., mask_token=True)`` adds it
+as a fourth special token and ``with_mask()`` adds it to a loaded tokenizer; ``mask_id`` is None
+for tokenizers without it (CLIP's and SigLIP's own).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from ..files import atomic_write
 
 PAD, SOT, EOT = "<|pad|>", "<|startoftext|>", "<|endoftext|>"
 SPECIAL_TOKENS = (PAD, SOT, EOT)  # ids 0, 1, 2 in tokenizers trained here
+MASK = "<|mask|>"  # masked language models only (id 3 in tokenizers trained with mask_token=True)
 
 
 def normalize_text(text: str) -> str:
@@ -47,6 +51,8 @@ class TextTokenizer:
         self.pad_id = 0
         self.sot_id = self._to_ours(tokenizer.token_to_id(SOT))
         self.eot_id = self._to_ours(tokenizer.token_to_id(EOT))
+        raw_mask = tokenizer.token_to_id(MASK)
+        self.mask_id = None if raw_mask is None else self._to_ours(raw_mask)
         self.vocab_size = int(tokenizer.get_vocab_size(with_added_tokens=True))
 
     # ids: the swap is its own inverse
@@ -58,8 +64,10 @@ class TextTokenizer:
     # ------------------------------------------------------------ building
 
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2) -> "TextTokenizer":
-        """Learn a byte-level BPE vocabulary (at most ``vocab_size`` ids, specials included)."""
+    def train(cls, texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2,
+              mask_token: bool = False) -> "TextTokenizer":
+        """Learn a byte-level BPE vocabulary (at most ``vocab_size`` ids, specials included);
+        ``mask_token``: also reserve ``<|mask|>`` (id 3), for masked language modelling."""
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
         if vocab_size < 256 + len(SPECIAL_TOKENS):
@@ -72,7 +80,8 @@ class TextTokenizer:
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                      special_tokens=list(SPECIAL_TOKENS), show_progress=False,
+                                      special_tokens=list(SPECIAL_TOKENS) + ([MASK] if mask_token else []),
+                                      show_progress=False,
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
         tok.train_from_iterator(corpus, trainer=trainer, length=len(corpus))
         return cls(tok)
@@ -90,6 +99,16 @@ class TextTokenizer:
         if model != "BPE":
             raise fail(f"{where} holds a {model} tokenizer; expected a (byte-level) BPE tokenizer.json")
         return cls(tok)
+
+    def with_mask(self) -> "TextTokenizer":
+        """This tokenizer with ``<|mask|>`` added (itself when it has one already)."""
+        if self.mask_id is not None:
+            return self
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_str(self._tok.to_str())
+        tok.add_special_tokens([MASK])
+        return TextTokenizer(tok)
 
     def to_json(self) -> str:
         """The tokenizer.json text (what save() writes); ``from_json`` reads it back."""
@@ -144,7 +163,7 @@ class TextTokenizer:
         ids = [int(i) for i in ids]
         if self.eot_id in ids:
             ids = ids[: ids.index(self.eot_id)]
-        specials = {self.pad_id, self.sot_id, self.eot_id}
+        specials = {self.pad_id, self.sot_id, self.eot_id, self.mask_id}
         raw = [self._to_raw(i) for i in ids if i not in specials]
         return self._tok.decode(raw, skip_special_tokens=True)
 
