@@ -133,7 +133,7 @@ def test_linear_ae_pca_end_to_end_on_digits(tmp_path, capsys):
     rows = {(r["seed"], r["arm"]): r for r in csv.DictReader((tmp_path / "table.csv").open())}
     for seed in "01":
         ae, pca = rows[(seed, "linear-ae")], rows[(seed, "pca")]
-        assert float(ae["overlap"]) > 0.85 > 3 * float(ae["random_overlap"])
+        assert float(ae["overlap"]) > 0.7 > 3 * float(ae["random_overlap"])  # 0.91, 0.88 measured
         assert float(ae["median_angle_deg"]) < 10
         assert 0.98 * float(pca["test_recon_error"]) < float(ae["test_recon_error"]) < 1.1 * float(pca["test_recon_error"])
     assert json.loads((tmp_path / "result.json").read_text())["verdict"] in ("held", "did not hold")
