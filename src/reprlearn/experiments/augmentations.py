@@ -22,7 +22,7 @@ class Augmentations(Experiment):
     protocol = ("SimCLR with views: none / crop only / colour only / crop+colour / the full recipe, 10 epochs of "
                 "batch 128 each; linear probe on the backbone features.")
     effect_text = "linear-probe top-1 of crop+colour minus the better of crop only and colour only"
-    cost = "not measured"
+    cost = "3.9 min on digits, measured (3 seeds; 2 shared cores)"
 
     def arms(self, data, seed, work):
         return {arm: probe(train("simclr", work / arm.replace("+", "-"), seed, data=data, augment=spec, **SHORT),

@@ -60,7 +60,10 @@ PROBE_MAX = 10000  # at most this many images of each split are embedded for the
 
 
 def train(method: str, work: Path, seed: int, **options) -> Path:
-    """``reprlearn.train`` into ``work`` (quiet, no evaluation); a finished run there is reused."""
+    """``reprlearn.train`` into ``work`` (quiet, no evaluation); a finished run there is reused.
+
+    A run on an .npz the protocol wrote should pass ``eval_data`` (the source's test split): without
+    one the engine holds 10% of the training images out for evaluation."""
     from ..api import train as api_train
     from ..runs import CHECKPOINT
 

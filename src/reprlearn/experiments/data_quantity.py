@@ -37,7 +37,7 @@ class DataQuantity(Experiment):
             part = pool.subset(np.sort(order[:max(2, round(f * len(order)))]))
             path = work / f"pool{round(f * 100)}.npz"
             np.savez(path, images=part.images, labels=part.labels)
-            run = train("simclr", work / f"simclr{round(f * 100)}", seed, data=str(path), **STEPS)
+            run = train("simclr", work / f"simclr{round(f * 100)}", seed, data=str(path), eval_data=f"{data}:test", **STEPS)
             arms[f"{round(f * 100)}%"] = {**probe(run, data, seed, sets), "images": float(len(part))}
         return arms
 

@@ -59,7 +59,8 @@ class InputCorruption(Experiment):
         for kind in CORRUPTIONS:
             path = work / f"{kind}.npz"
             np.savez(path, images=corrupt(sets[0].images, kind, seed), labels=sets[0].labels)
-            arms[kind] = probe(train("simclr", work / kind, seed, data=str(path), **SHORT), data, seed, sets)
+            arms[kind] = probe(train("simclr", work / kind, seed, data=str(path), eval_data=f"{data}:test", **SHORT),
+                               data, seed, sets)
         return arms
 
     def effect(self, arms):

@@ -25,7 +25,7 @@ class SSLAnomaly(Experiment):
                 "vs autoencoder reconstruction error vs kNN distance on raw pixels; one-class AUROC of class c.")
     effect_text = "mean AUROC of SimCLR and BYOL minus the better of the autoencoder and raw pixels"
     metric = "auroc"
-    cost = "not measured"
+    cost = "2.0 min on digits, measured (3 seeds; 2 shared cores)"
 
     def arms(self, data, seed, work):
         from ..api import embed, load_method

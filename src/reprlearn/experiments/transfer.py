@@ -46,7 +46,7 @@ class Transfer(Experiment):
         # the target's own views for every run, so only the pre-training images differ
         views = {"augment": "auto", **SHORT, "epochs": 2}  # 10,000 images: 2 epochs ~ 156 steps (digits: 110)
         return {"random init": probe(random_init("simclr", data, seed), data, seed, sets),
-                "cifar10 -> digits": probe(train("simclr", work / "source", seed, data=str(path), **views),
+                "cifar10 -> digits": probe(train("simclr", work / "source", seed, data=str(path), eval_data=f"{data}:test", **views),
                                            data, seed, sets),
                 "digits (in-domain)": probe(train("simclr", work / "target", seed, data=data, **SHORT), data, seed,
                                             sets)}
