@@ -26,7 +26,7 @@ class DataQuantity(Experiment):
     protocol = ("SimCLR on 10 / 25 / 50 / 100% of a fixed pool (digits: 1,438; cifar10: 5,000 images), the same "
                 "110 steps of batch 128 each; linear probe on the full splits, beside random init.")
     effect_text = "linear-probe top-1 with 100% of the pool minus with 10%"
-    cost = "not measured"
+    cost = "3.4 min on digits, measured (3 seeds; 2 shared cores)"
 
     def arms(self, data, seed, work):
         sets = labelled_splits(data, seed)

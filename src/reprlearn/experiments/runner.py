@@ -170,6 +170,8 @@ def experiment_list() -> list[dict]:
 
 
 def _pm(mean: float, sd: float) -> str:
+    if math.isnan(mean):  # a metric this arm does not have
+        return "—"
     return f"{mean:.4g}" if math.isnan(sd) else f"{mean:.4g} ± {sd:.2g}"
 
 

@@ -36,7 +36,7 @@ class Transfer(Experiment):
                 "itself, 10 epochs of batch 128; linear probe on digits.")
     effect_text = "linear-probe top-1 on digits of the CIFAR-10-pre-trained encoder minus random init's"
     data_choices = ("digits",)
-    cost = "not measured"
+    cost = "2.7 min on digits (+ CIFAR-10 decoded once), measured (3 seeds; 2 shared cores)"
 
     def arms(self, data, seed, work):
         sets = labelled_splits(data, seed)
