@@ -20,7 +20,7 @@ class MAEMaskRatio(Experiment):
     claim = "a high masking ratio (75%) gives the best MAE representation"
     protocol = "MAE at mask ratio 25 / 50 / 75 / 90%, 20 epochs of batch 256 each; linear probe on the encoder."
     effect_text = "linear-probe top-1 at 75% minus the best of 25%, 50% and 90%"
-    cost = "not measured"
+    cost = "27 min on digits, measured (3 seeds; 2 shared cores, load ~9)"
 
     def arms(self, data, seed, work):
         return {f"{round(r * 100)}%": probe(train("mae", work / f"mask{round(r * 100)}", seed, data=data,
