@@ -430,3 +430,22 @@ def test_colour_mask_leaves_unselected_samples_bit_identical(op):
     out = op(x, factor, mask)
     assert torch.equal(out[~mask], x[~mask])
     torch.testing.assert_close(out[mask], op(x[mask], factor[mask]))
+
+
+def test_ablation_presets_keep_only_their_part():
+    """crop / colour / crop+colour (the augmentation experiment's arms) are parts of the auto recipe:
+    crop leaves a uniform image's value alone, colour leaves every pixel where it was."""
+    flat = torch.full((64, 3, 32, 32), 100, dtype=torch.uint8)
+    dot = torch.zeros((64, 3, 32, 32), dtype=torch.uint8)
+    dot[:, :, 9, 21] = 255
+    where = lambda v: v.sum(1).flatten(1).argmax(1)  # noqa: E731 - the brightest pixel of each view
+    crop, colour, both = (preset(n, 32, 3) for n in ("crop", "colour", "crop+colour"))
+    torch.testing.assert_close(augment(flat, crop, gen()), flat.float() / 255, atol=1e-5, rtol=0)
+    assert (where(augment(dot, crop, gen())) != 9 * 32 + 21).any()  # the crop moves the dot
+    assert (where(augment(dot, colour, gen())) == 9 * 32 + 21).all()  # colour never moves it
+    assert (augment(flat, colour, gen()) - 100 / 255).abs().amax() > 0.05  # ... but changes values
+    assert (augment(flat, both, gen()) - 100 / 255).abs().amax() > 0.05
+    assert (where(augment(dot, both, gen())) != 9 * 32 + 21).any()
+    full = preset("auto", 32, 3)
+    assert both == replace(full, blur_p=0.0, solarize_p=0.0, rotate_degrees=0.0, translate=0.0)
+    assert preset("crop", 8, 1).crop_scale == preset("digits", 8, 1).crop_scale  # the auto recipe's crop

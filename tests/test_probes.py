@@ -320,3 +320,16 @@ def test_umap_neighbour_graph_equals_sklearns_exact_cosine_neighbours():
     assert (idx[:, 0] == np.arange(300)).all()  # each point its own first neighbour, as UMAP expects
     assert np.allclose(dist, want_dist, atol=1e-5)
     assert (idx == want_idx).mean() > 0.99  # the rest are float32 near-ties (swapped neighbours at equal distance)
+
+
+def test_knn_distance_matches_naive_loop():
+    from reprlearn.evaluate.probes import knn_distance
+
+    rng = np.random.default_rng(0)
+    bank, queries = rng.normal(size=(40, 6)), rng.normal(size=(7, 6))
+    for k in (1, 3, 40):
+        expected = []
+        for q in queries:
+            d = sorted(1 - float(q @ b) / (np.linalg.norm(q) * np.linalg.norm(b)) for b in bank)
+            expected.append(np.mean(d[:k]))
+        np.testing.assert_allclose(knn_distance(bank, queries, k=k, chunk=3), expected, atol=1e-5)

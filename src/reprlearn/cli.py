@@ -12,6 +12,8 @@
     reprlearn curate score POOL --model RUN_DIR --out DIR      CLIP score of every pair of a pool
     reprlearn curate filter SCORES --keep RULE ... --out KEPT  keep the pairs the rules keep
     reprlearn curate experiment [POOL] --out DIR               filter, train at a fixed budget, compare
+    reprlearn experiment NAME [--data SOURCE] [--seeds 3] --out DIR   re-measure a lecture's claim
+    reprlearn experiment --list          the experiments, with the data and time each needs
     reprlearn methods                    list the registered methods
 """
 
@@ -343,6 +345,38 @@ def _cmd_curate(argv: list[str]) -> int:
     return 0
 
 
+def _cmd_experiment(argv: list[str]) -> int:
+    from .api import experiment, experiments
+
+    p = _Parser(prog="reprlearn experiment", description="Re-measure a lecture's claim with a small fixed protocol "
+                "over seeds; writes table.csv, chart.png and summary.md with the effect, its spread and the verdict.")
+    p.add_argument("name", nargs="?", help="the experiment (see --list)")
+    p.add_argument("--list", action="store_true", help="list the experiments, their data and time on 2 CPU cores")
+    p.add_argument("--data", metavar="SOURCE", help="the data (default: the experiment's own, see --list)")
+    p.add_argument("--seeds", default="3", metavar="N", help="seeds 0..N-1 (default 3; the verdict needs >= 2)")
+    p.add_argument("--out", metavar="DIR", help="where the table, chart and summary go")
+    a = p.parse_args(argv)
+    if a.list:
+        for e in experiments():
+            data = "/".join(e["data_choices"])
+            print(f"{e['name']:22s} {e['claim']}\n{'':22s} data: {data} (default {e['data']}); time: {e['cost']}")
+        return 0
+    if not a.name:
+        p.error("give an experiment NAME, or --list")
+    if not a.out:
+        p.error("give --out DIR for the table, chart and summary")
+    try:
+        seeds = int(a.seeds)
+    except ValueError:
+        seeds = a.seeds
+    r = experiment(a.name, a.out, a.data, seeds)
+    sd = "n/a" if r["effect_sd"] != r["effect_sd"] else f"{r['effect_sd']:.4g}"
+    print(f"{r['experiment']} on {r['data']}: effect {r['effect_mean']:+.4g} ± {sd} over {r['seeds']} seeds "
+          f"({r['effect']}) -> {r['verdict']}")
+    print(f"wrote {a.out}/table.csv, {a.out}/chart.png and {a.out}/summary.md")
+    return 0
+
+
 def _cmd_methods(argv: list[str]) -> int:
     from .methods import METHODS
 
@@ -355,7 +389,7 @@ def _cmd_methods(argv: list[str]) -> int:
 COMMANDS = {"shards": _cmd_shards, "train": _cmd_train, "eval": _cmd_eval, "embed": _cmd_embed,
             "export": _cmd_export, "sample": _cmd_sample,
             "reconstruct": _cmd_reconstruct, "zeroshot": _cmd_zeroshot, "search": _cmd_search,
-            "curate": _cmd_curate, "methods": _cmd_methods}
+            "curate": _cmd_curate, "experiment": _cmd_experiment, "methods": _cmd_methods}
 
 
 def _quiet_libraries() -> None:

@@ -15,7 +15,11 @@ from typing import Any, Sequence
 
 from ..errors import fail
 
-PRESETS = ("simclr", "digits", "none", "auto")
+PRESETS = ("simclr", "digits", "none", "auto", "crop", "colour", "crop+colour")
+# the parts of the auto recipe the augmentation ablation compares (SimCLR Fig. 5): geometry, then colour
+_GEOMETRY_OFF = dict(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip_p=0.0, rotate_degrees=0.0, translate=0.0)
+_COLOUR_OFF = dict(jitter_p=0.0, grayscale_p=0.0)
+_EXTRAS_OFF = dict(blur_p=0.0, solarize_p=0.0, rotate_degrees=0.0, translate=0.0)
 
 
 @dataclass
@@ -124,11 +128,20 @@ def preset(name: str, image_size: int, channels: int) -> ViewSpec:
       brightness and contrast jitter only.
     - ``none``: the identity (the image itself, resized to ``image_size``).
     - ``auto``: ``digits`` for 1-channel images of at most 16 px, else ``simclr``.
+    - ``crop``, ``colour``, ``crop+colour``: parts of the ``auto`` recipe for these images, for
+      the augmentation ablation: ``crop`` keeps its random resized crop and flip only; ``colour``
+      its colour jitter and grayscale only (no geometry at all); ``crop+colour`` both, without
+      the rest (blur, solarisation, rotation, translation). ``auto`` itself is the full recipe.
     """
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
         raise fail(f"image_size must be a positive integer; got {image_size!r}")
     if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
         raise fail(f"channels must be a positive integer; got {channels!r}")
+    if name in ("crop", "colour", "crop+colour"):
+        full = preset("auto", image_size, channels)
+        off = {"crop": {**_COLOUR_OFF, **_EXTRAS_OFF}, "colour": {**_GEOMETRY_OFF, **_EXTRAS_OFF},
+               "crop+colour": _EXTRAS_OFF}[name]
+        return replace(full, **off).validate()
     if name == "auto":
         name = "digits" if channels == 1 and image_size <= 16 else "simclr"
     if name == "simclr":

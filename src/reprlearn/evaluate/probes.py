@@ -53,6 +53,21 @@ def knn_top1(train_f, train_y, test_f, test_y, k: int = 200, temperature: float 
 FAISS_ABOVE = 100_000  # references above which the CPU kNN searches with FAISS
 
 
+def knn_distance(train_f, test_f, k: int = 5, chunk: int = 1024) -> np.ndarray:
+    """Anomaly score of each test feature: its mean cosine distance 1 - cos to its ``k`` nearest
+    training features (the deep-kNN one-class detector, e.g. Bergman et al. 2020); (N,) float64,
+    higher = farther from the training data."""
+    if k < 1:
+        raise fail(f"kNN distance needs k >= 1, got {k}")
+    bank = F.normalize(_tensor(train_f, torch.float32), dim=1)
+    k = min(k, len(bank))
+    out = []
+    for start in range(0, len(test_f), chunk):
+        q = F.normalize(_tensor(test_f[start:start + chunk], torch.float32, bank.device), dim=1)
+        out.append((1 - (q @ bank.T).topk(k, dim=1).values).mean(1).double().cpu())
+    return torch.cat(out).numpy()
+
+
 def _faiss_index(bank: torch.Tensor):
     """An exact inner-product FAISS index of the unit rows of ``bank`` (CPU). On a CPU, FAISS's
     blocked, multi-threaded search over 100,000+ references is faster than torch's matmul + topk
