@@ -137,3 +137,25 @@ def test_linear_ae_pca_end_to_end_on_digits(tmp_path, capsys):
         assert float(ae["median_angle_deg"]) < 10
         assert 0.98 * float(pca["test_recon_error"]) < float(ae["test_recon_error"]) < 1.1 * float(pca["test_recon_error"])
     assert json.loads((tmp_path / "result.json").read_text())["verdict"] in ("held", "did not hold")
+
+
+def test_a_run_stopped_part_way_is_resumed_not_reused(tmp_path):
+    """A protocol's run with a checkpoint but no finished marker (killed mid-training: checkpoints are
+    also written every --checkpoint-every epochs) is continued to its end, not read as finished."""
+    import torch
+
+    from reprlearn.experiments.base import FINISHED, train
+
+    work = tmp_path / "run"
+    train("ae", work, seed=0, epochs=2, checkpoint_every=1, max_steps=None)
+    assert (work / FINISHED).is_file()
+    finished_at = torch.load(work / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+    # as a run killed after its first epoch leaves it: a first-epoch checkpoint and no marker
+    (work / FINISHED).unlink()
+    short = tmp_path / "short"
+    train("ae", short, seed=0, epochs=1)
+    (short / FINISHED).unlink()
+    (work / "checkpoints" / "last.ckpt").write_bytes((short / "checkpoints" / "last.ckpt").read_bytes())
+    train("ae", work, seed=0, epochs=2, checkpoint_every=1, max_steps=None)
+    assert torch.load(work / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == finished_at
+    assert (work / FINISHED).is_file()

@@ -59,17 +59,27 @@ _QUIET = {"eval": False, "progress": False, "checkpoint_every": 100000}
 PROBE_MAX = 10000  # at most this many images of each split are embedded for the probes
 
 
+FINISHED = "experiment-finished"  # written beside a run the protocol trained to its end
+
+
 def train(method: str, work: Path, seed: int, **options) -> Path:
-    """``reprlearn.train`` into ``work`` (quiet, no evaluation); a finished run there is reused.
+    """``reprlearn.train`` into ``work`` (quiet, no evaluation); a finished run there is reused, and
+    one stopped part-way is resumed.
 
     A run on an .npz the protocol wrote should pass ``eval_data`` (the source's test split): without
     one the engine holds 10% of the training images out for evaluation."""
     from ..api import train as api_train
     from ..runs import CHECKPOINT
 
-    if (work / "checkpoints" / CHECKPOINT).is_file():
+    finished = work / FINISHED
+    if finished.is_file():
         return work
-    return api_train(method, out=work, seed=seed, **{**_QUIET, **options})
+    # a checkpoint without the marker is a run stopped part-way (checkpoints are also written every
+    # --checkpoint-every epochs): continue it exactly rather than take it for a finished one
+    resume = (work / "checkpoints" / CHECKPOINT).is_file()
+    run = api_train(method, out=work, seed=seed, resume=resume, **{**_QUIET, **options})
+    finished.write_text("finished\n")
+    return run
 
 
 def labelled_splits(data: str, seed: int = 0):
