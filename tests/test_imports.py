@@ -96,7 +96,10 @@ def test_no_module_imports_a_private_name_of_another():
 
 @pytest.mark.parametrize("upper", ["reprlearn.api", "reprlearn.cli"])
 def test_nothing_below_the_api_imports_it(upper):
+    """Only the CLI and the experiments (protocols on the public API) sit above it; the API itself
+    must not import them (the cycle test catches that)."""
     allowed = {"reprlearn", "reprlearn.cli", "reprlearn.api"}  # the package's face and the CLI above it
+    above = ("reprlearn.experiments",)  # protocols written on the public API, run by the CLI
     users = sorted(name for name, edges in imports(modules()).items()
-                   if name not in allowed and any(t == upper for t, _, _ in edges))
+                   if name not in allowed and not name.startswith(above) and any(t == upper for t, _, _ in edges))
     assert not users, f"{upper} is imported by {users}"

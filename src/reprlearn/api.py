@@ -296,21 +296,3 @@ def curate_experiment(out: str | Path, pool: str | None = None, **options: Any) 
     from .curate.experiment import DEFAULT_POOL, run_experiment
 
     return run_experiment(out, pool or DEFAULT_POOL, **options)
-
-
-# ---------------------------------------------------------------- the lectures' claims
-
-
-def experiment(name: str, out: str | Path, data: str | None = None, seeds: int = 3, progress: bool = True) -> dict:
-    """Run experiment ``name`` (see ``reprlearn experiment --list``) over ``seeds`` seeds into ``out``:
-    table.csv, chart.png, summary.md and result.json; returns the result with its verdict."""
-    from .experiments import run_experiment
-
-    return run_experiment(name, out, data, seeds, progress)
-
-
-def experiments() -> list[dict]:
-    """The registered experiments: name, claim, default and accepted data, measured cost."""
-    from .experiments import experiment_list
-
-    return experiment_list()

@@ -346,7 +346,8 @@ def _cmd_curate(argv: list[str]) -> int:
 
 
 def _cmd_experiment(argv: list[str]) -> int:
-    from .api import experiment, experiments
+    # experiments are protocols on top of the API (a layer above it, as this CLI is)
+    from .experiments import experiment_list, run_experiment
 
     p = _Parser(prog="reprlearn experiment", description="Re-measure a lecture's claim with a small fixed protocol "
                 "over seeds; writes table.csv, chart.png and summary.md with the effect, its spread and the verdict.")
@@ -357,7 +358,7 @@ def _cmd_experiment(argv: list[str]) -> int:
     p.add_argument("--out", metavar="DIR", help="where the table, chart and summary go")
     a = p.parse_args(argv)
     if a.list:
-        for e in experiments():
+        for e in experiment_list():
             data = "/".join(e["data_choices"])
             print(f"{e['name']:22s} {e['claim']}\n{'':22s} data: {data} (default {e['data']}); time: {e['cost']}")
         return 0
@@ -369,7 +370,7 @@ def _cmd_experiment(argv: list[str]) -> int:
         seeds = int(a.seeds)
     except ValueError:
         seeds = a.seeds
-    r = experiment(a.name, a.out, a.data, seeds)
+    r = run_experiment(a.name, a.out, a.data, seeds)
     sd = "n/a" if r["effect_sd"] != r["effect_sd"] else f"{r['effect_sd']:.4g}"
     print(f"{r['experiment']} on {r['data']}: effect {r['effect_mean']:+.4g} ± {sd} over {r['seeds']} seeds "
           f"({r['effect']}) -> {r['verdict']}")
