@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -116,11 +117,14 @@ def main() -> int:
     print("== after (this tree): the same, timed by stage, with no stored baseline scores", flush=True)
     c = ["--linear-c", str(a.linear_c)] if a.linear_c else []
     with tempfile.TemporaryDirectory() as fresh:
-        # an empty baseline cache; the decoded shards stay the warm ones, as for the before
+        # an empty baseline cache; the decoded shards and the shards' sample counts stay the warm
+        # ones, as for the before (which decodes from the same cache and counts no shards)
         from reprlearn.data.cache import cache_dir
 
         if (cache_dir() / "decoded").is_dir():
             os.symlink(cache_dir() / "decoded", Path(fresh) / "decoded")
+        if (cache_dir() / "shard-counts.json").is_file():
+            shutil.copy(cache_dir() / "shard-counts.json", Path(fresh) / "shard-counts.json")
         env = {"REPRLEARN_CACHE": fresh}
         after = [sys.executable, __file__, "--run", str(run), "--stages", "torch", *c]
         t_new = timed_run(after, repo / "src", env)

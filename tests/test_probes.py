@@ -30,8 +30,8 @@ def _naive_knn_predict(train_f, train_y, q, k, t):
 @pytest.mark.parametrize("search", ["torch", "faiss"])
 @pytest.mark.parametrize("k,t", [(1, 0.1), (5, 0.07), (20, 0.1), (40, 1.0), (500, 0.5)])
 def test_knn_matches_naive_loop_per_query(k, t, search, monkeypatch):
-    """Both neighbour searches: torch's matmul + top-k, and the FAISS index used above 100,000
-    CPU references (forced here on 60)."""
+    """Both neighbour searches: torch's matmul + top-k, and the FAISS index used above
+    ``FAISS_ABOVE`` CPU references (forced here on 60)."""
     if search == "faiss":
         monkeypatch.setattr(probes, "FAISS_ABOVE", 0)
     rng = np.random.default_rng(k)
@@ -333,3 +333,55 @@ def test_knn_distance_matches_naive_loop():
             d = sorted(1 - float(q @ b) / (np.linalg.norm(q) * np.linalg.norm(b)) for b in bank)
             expected.append(np.mean(d[:k]))
         np.testing.assert_allclose(knn_distance(bank, queries, k=k, chunk=3), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("classes", [3, 10, 20])  # below, at and above the 16-column padding
+def test_linear_probe_gradient_by_hand_equals_autograds(classes):
+    rng = np.random.default_rng(classes)
+    x = torch.tensor(rng.normal(size=(50, 7)), dtype=torch.float64)
+    y = torch.tensor(rng.integers(0, classes, 50))
+    w = torch.tensor(rng.normal(size=(8, classes)), dtype=torch.float64, requires_grad=True)
+    loss = torch.nn.functional.cross_entropy(x @ w[:-1] + w[-1], y) + 0.5 * 0.3 * w[:-1].pow(2).sum()
+    loss.backward()
+    got_loss, got_grad = probes.softmax_loss_and_grad(x, torch.nn.functional.one_hot(y, classes).double(),
+                                                      w.detach(), 0.3)
+    assert float(got_loss) == pytest.approx(float(loss), rel=1e-12)
+    assert torch.allclose(got_grad, w.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_umap_fuzzy_graph_equals_umap_learns():
+    import umap.umap_
+
+    from reprlearn.evaluate.figures import cosine_knn, fuzzy_graph
+
+    x = np.random.default_rng(0).normal(size=(400, 6)).astype(np.float32)
+    x[1] = x[0]  # a duplicate: distance 0 to a neighbour that is not the point itself
+    x[100:120] = x[99]  # 21 copies: all 15 neighbours at distance 0, so sigma takes its floor
+    idx, dist = cosine_knn(x, 15)
+    got = fuzzy_graph(idx, dist)
+    want = umap.umap_.fuzzy_simplicial_set(x, 15, np.random.RandomState(0), "precomputed", {}, idx, dist)[:3]
+    assert abs(got[0] - want[0]).max() < 1e-6 and got[0].nnz == want[0].nnz
+    assert np.allclose(got[1], want[1], rtol=1e-5) and np.allclose(got[2], want[2])
+
+
+def test_extraction_folds_batchnorm_without_changing_features():
+    from reprlearn.evaluate.harness import extract, folded_for_inference
+    from reprlearn.nets.cnn import SmallCNN
+
+    torch.manual_seed(0)
+    net = SmallCNN(3, 16)
+    net.train()
+    for _ in range(3):  # BatchNorm running statistics away from their initial 0 / 1
+        net(torch.rand(32, 3, 16, 16) * 3 + 1)
+    net.eval()
+    images = torch.randint(0, 256, (40, 3, 16, 16), dtype=torch.uint8)
+    with torch.no_grad():
+        want = net(images.float() / 255)
+    folded = folded_for_inference(net)
+    assert folded is not net and not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())  # the encoder itself is untouched
+    assert np.allclose(extract(net, images, batch_size=7), want.numpy(), atol=1e-5)
+    linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4))
+    assert folded_for_inference(linear) is linear  # nothing to fold: no copy
+    batch_stats = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4, track_running_stats=False))
+    assert folded_for_inference(batch_stats.eval()) is batch_stats  # normalises by the batch even in eval
