@@ -72,6 +72,34 @@ def test_torchscript_output_equals_eager_at_another_batch_size(run, tmp_path):
             assert torch.allclose(graph(x), encoder(x), atol=1e-6, rtol=0)
 
 
+def test_a_failed_graph_check_leaves_the_earlier_export(run, tmp_path, monkeypatch):
+    """A graph is written to a hidden file, checked there, and only then renamed over --out."""
+    import reprlearn.export as export
+
+    out = tmp_path / "enc.pt"
+    assert main(["export", str(run), "--format", "torchscript", "--out", str(out)]) == 0
+    before = out.read_bytes()
+    monkeypatch.setattr(export, "torchscript_max_error", lambda *a: 1.0)  # as if the graph were wrong
+    with pytest.raises(ReprlearnError, match="differs from PyTorch"):
+        export.export_towers([("", reprlearn.load(run), images(2), "images", "features")], "torchscript", out)
+    assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["enc.pt", "enc.pt.json"]
+
+
+def test_torchscript_check_compares_values_at_another_batch_size(run, tmp_path):
+    import reprlearn.export as export
+
+    encoder = reprlearn.load(run)
+    path = tmp_path / "g.pt"
+    export.export_graph(encoder, images(2), path, "torchscript", "images", "features")
+    assert export.torchscript_max_error(path, encoder, images(5)) < 1e-6
+
+    class Doubled(torch.nn.Module):  # the same graph judged against another function
+        def forward(self, x):
+            return 2 * encoder(x)
+
+    assert export.torchscript_max_error(path, Doubled(), images(5)) > 1e-3
+
+
 def _onnx_matches(path, module, x):
     err = onnx_max_error(path, module, x)
     assert err is not None and err <= 1e-4, err

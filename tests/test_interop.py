@@ -199,6 +199,23 @@ def test_init_from_a_reference_layout_file_sets_every_weight(tmp_path):
             assert torch.equal(target.state_dict()[k], v), k
 
 
+def test_init_from_a_file_without_batchnorm_step_counters(tmp_path):
+    """Files saved before PyTorch 0.4.1 (torchvision's first ResNet weights) have no
+    num_batches_tracked: a counter, not a weight, so the load takes every weight and keeps 0."""
+    source = randomise(create_backbone("resnet18", in_channels=3, image_size=32))
+    ref = {k: v for k, v in to_reference("resnet18", source).items() if not k.endswith("num_batches_tracked")}
+    torch.save(ref, tmp_path / "old.pth")
+    target = create_backbone("resnet18", in_channels=3, image_size=32)
+    init_backbone("resnet18", target, tmp_path / "old.pth")
+    for k, v in source.state_dict().items():
+        if not k.endswith("num_batches_tracked"):
+            assert torch.equal(target.state_dict()[k], v), k
+    ref.pop("layer1.0.bn1.running_var")  # a running statistic is a weight: still refused
+    torch.save(ref, tmp_path / "bad.pth")
+    with pytest.raises(ReprlearnError, match="running_var"):
+        init_backbone("resnet18", create_backbone("resnet18", in_channels=3, image_size=32), tmp_path / "bad.pth")
+
+
 def test_init_from_a_mismatching_file_fails_in_one_line_naming_the_key(tmp_path):
     ref = to_reference("resnet18", create_backbone("resnet18", in_channels=3, image_size=32))
     ref["layer2.0.conv1.weight"] = torch.zeros(128, 64, 5, 5)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .errors import fail
+from .files import atomic_write
 from .nets import create_backbone
 from .nets.encoder import Encoder
 from .nets.interop import key_mapping, layout_of, to_reference
@@ -44,9 +45,20 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
+def _write_sidecar(path: Path, meta: dict) -> None:
+    with atomic_write(_sidecar(path), "w") as f:
+        f.write(json.dumps(meta, indent=2))
+
+
+def _partial(path: Path) -> Path:
+    """A hidden file beside ``path`` that a graph is written to and checked in before it replaces ``path``."""
+    return path.with_name(f".{path.stem}.partial{path.suffix}")
+
+
 def save_safetensors(encoder: Encoder, meta: dict, out: str | Path) -> list[Path]:
-    """Write the encoder's backbone weights + rebuild metadata; returns the files written."""
-    from safetensors.torch import save_file
+    """Write the encoder's backbone weights + rebuild metadata; returns the files written. Each file
+    is written whole or not at all (a crash leaves the previous export as it was)."""
+    from safetensors.torch import save
 
     out = Path(out)
     if out.suffix != ".safetensors":
@@ -60,12 +72,14 @@ def save_safetensors(encoder: Encoder, meta: dict, out: str | Path) -> list[Path
         mapping = key_mapping(meta["backbone"], backbone)
         ref_path = out.with_suffix(f".{library}.safetensors")
         meta["reference"] = {"library": library, "file": ref_path.name, "keys": mapping}
-        save_file({k: v.detach().contiguous() for k, v in to_reference(meta["backbone"], backbone).items()},
-                  str(ref_path), metadata={"reprlearn": json.dumps({**meta, "layout": library})})
+        with atomic_write(ref_path) as f:
+            f.write(save({k: v.detach().contiguous() for k, v in to_reference(meta["backbone"], backbone).items()},
+                         metadata={"reprlearn": json.dumps({**meta, "layout": library})}))
         written.append(ref_path)
     tensors = {k: v.detach().contiguous() for k, v in backbone.state_dict().items()}
-    save_file(tensors, str(out), metadata={"reprlearn": json.dumps(meta)})
-    _sidecar(out).write_text(json.dumps(meta, indent=2))
+    with atomic_write(out) as f:
+        f.write(save(tensors, metadata={"reprlearn": json.dumps(meta)}))
+    _write_sidecar(out, meta)
     return written
 
 
@@ -87,8 +101,8 @@ def load_safetensors(path: str | Path) -> Encoder:
     if meta.get("format") != "reprlearn-encoder":
         raise fail(f"{path} has no reprlearn metadata; load it into a backbone with --init-from instead")
     if meta.get("layout"):
-        raise fail(f"{path} is the {meta['layout']} copy of an export; load {path.name.split('.')[0]}.safetensors, "
-                   f"or this one with {meta['layout']}")
+        main = path.name.removesuffix(f".{meta['layout']}.safetensors") + ".safetensors"
+        raise fail(f"{path} is the {meta['layout']} copy of an export; load {main}, or this one with {meta['layout']}")
     backbone = create_backbone(meta["backbone"], in_channels=meta["in_channels"], image_size=meta["image_size"],
                                **meta.get("backbone_options", {}))
     load_strict(backbone, tensors, str(path))
@@ -165,30 +179,53 @@ def export_towers(towers: list[tuple[str, nn.Module, torch.Tensor, str, str]], f
     written = []
     for suffix, module, example, input_name, output_name in towers:
         path = out.with_name(out.stem + suffix + out.suffix)
-        export_graph(module, example, path, fmt, input_name, output_name)
-        if fmt == "torchscript":  # a trace can bake the batch size in: run it on another one
-            try:
-                with torch.no_grad():
-                    torch.jit.load(str(path))(torch.cat([example, example[:1]]))
-            except RuntimeError:
-                raise fail(f"the TorchScript graph {path} works only at the batch size it was traced on; "
-                           "use --format onnx or safetensors for this backbone") from None
-        if fmt == "onnx":  # checked at a batch size other than the traced one
-            err = onnx_max_error(path, module, torch.cat([example, example[:1]]))
-            if err is not None and err > 1e-4:
-                raise fail(f"the ONNX graph {path} differs from PyTorch by {err:.2e} (> 1e-4); "
-                           "please report it; use --format torchscript meanwhile")
+        partial = _partial(path)  # checked before it replaces path: a failed check leaves an earlier export
+        try:
+            export_graph(module, example, partial, fmt, input_name, output_name)
+            other = torch.cat([example, example[:1]])  # a batch size other than the traced one
+            if fmt == "torchscript":  # a trace can bake the batch size in
+                err = torchscript_max_error(partial, module, other)
+                if err is None:
+                    raise fail(f"the TorchScript graph {path} works only at the batch size it was traced on; "
+                               "use --format onnx or safetensors for this backbone")
+                if err > 1e-4:
+                    raise fail(f"the TorchScript graph {path} differs from PyTorch by {err:.2e} (> 1e-4) at another "
+                               "batch size; use --format onnx or safetensors for this backbone")
+            if fmt == "onnx":
+                err = onnx_max_error(partial, module, other)
+                if err is not None and err > 1e-4:
+                    raise fail(f"the ONNX graph {path} differs from PyTorch by {err:.2e} (> 1e-4); "
+                               "please report it; use --format torchscript meanwhile")
+            partial.replace(path)
+        finally:
+            partial.unlink(missing_ok=True)
         written.append(path)
     return written
+
+
+def torchscript_max_error(path: Path, module: nn.Module, example: torch.Tensor) -> float | None:
+    """max |TorchScript - PyTorch| on ``example``, or None when the graph does not run on it."""
+    with torch.no_grad():
+        try:
+            got = torch.jit.load(str(path))(example)
+        except RuntimeError:
+            return None
+        want = module.eval()(example)
+    if got.shape != want.shape:
+        return float("inf")
+    return float((got - want).abs().max())
 
 
 def export_method(method, cfg, info, fmt: str, out: str | Path, batch: int = 2) -> list[Path]:
     """Export a trained method's encoder (``fmt`` in FORMATS) to ``out``; an image-text method's
     graphs are both towers and its tokenizer. Returns the files written."""
-    from .methods import EmbedsText
+    from .methods import EmbedsText, ModelsText
 
     if fmt not in FORMATS:
         raise fail(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if isinstance(method, ModelsText):
+        raise fail(f"{cfg.method} is a text-only run and export writes image encoders; use its weights through "
+                   "`reprlearn.load(RUN)`, or start clip/siglip's text tower from it with --text-init RUN")
     out = Path(out)
     encoder = method.encoder.eval().cpu()
     meta = encoder_meta(encoder, cfg.backbone, info, cfg.method)
@@ -217,7 +254,7 @@ def export_method(method, cfg, info, fmt: str, out: str | Path, batch: int = 2) 
     else:
         written = export_towers([("", encoder, images, "images", "features")], fmt, out)
     meta["graph"] = fmt
-    _sidecar(out).write_text(json.dumps(meta, indent=2))
+    _write_sidecar(out, meta)
     return [*written, _sidecar(out)]
 
 
@@ -229,13 +266,15 @@ def write_features(features: np.ndarray, out: str | Path, labels: np.ndarray | N
 
     out = Path(out)
     npy = out if out.suffix == ".npy" else out.with_suffix(".npy")
-    np.save(npy, features)
     features = np.ascontiguousarray(features, dtype=np.float32)
+    with atomic_write(npy) as f:
+        np.save(f, features)
     n, d = features.shape
     columns = {"key": pa.array(np.arange(n, dtype=np.int64)),
                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(features.reshape(-1)), d)}
     if labels is not None:
         columns["label"] = pa.array(np.asarray(labels, dtype=np.int64))
     parquet = npy.with_suffix(".parquet")
-    pq.write_table(pa.table(columns), parquet)
+    with atomic_write(parquet) as f:
+        pq.write_table(pa.table(columns), f)
     return [npy, parquet]

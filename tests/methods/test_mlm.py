@@ -228,42 +228,39 @@ def test_text_sources(tmp_path):
     one_line_error(lambda: reprlearn.train("mlm", data="digits", out=tmp_path / "r"), "holds images, not text")
 
 
-# ------------------------------------------------------------------ clip --text-init
+def test_an_eval_table_uses_the_training_tables_label_names(tmp_path):
+    """Two tables number their labels each in sorted order; the held-out one is renumbered to the
+    training names (a name the training table lacks, and an empty cell, are -1: not scored)."""
+    from reprlearn.config import RunConfig
+    from reprlearn.data.texts import load_text_data
+
+    train, test = tmp_path / "train.csv", tmp_path / "test.csv"
+    train.write_text("text,label\na dog runs.,animal\na car drives.,vehicle\na cat sleeps.,animal\nno label here.,\n")
+    test.write_text("text,label\na red bus.,vehicle\na green apple.,fruit\na bird sings.,animal\n")
+    data = load_text_data(RunConfig(method="mlm", data=str(train), eval_data=str(test)))
+    y, names = data.train.tasks["label"]
+    assert names == ["animal", "vehicle"] and y.tolist() == [0, 1, 0, -1]
+    y, names = data.eval.tasks["label"]
+    assert names == ["animal", "vehicle"] and y.tolist() == [1, -1, 0]
 
 
-def _built_clip(tmp_path, method="clip", **options):
-    """A CLIP (or SigLIP) method as training builds it (config, data, tokenizer, warm start), not trained."""
-    from reprlearn.data.run_data import load_run_data
-    from reprlearn.runs import build_method, data_info, resolve_config
+def test_held_out_captions_have_no_sibling_in_training(monkeypatch):
+    """Without a test split, every 10th item's captions are held out together (an image's five
+    captions never straddle the split)."""
+    import reprlearn.data.texts as texts
+    from reprlearn.config import RunConfig
 
-    cfg, method_cfg = resolve_config(method, {"data": "scenes:n=200,test_n=50", **options})
-    data = load_run_data(cfg, captions=True)
-    info = data_info(data.train)
-    art = METHODS.get(method).prepare(method_cfg, data, info)
-    model = build_method(cfg, method_cfg, info)
-    model.restore(art)
-    model.warm_start()
-    return model
-
-
-def test_clip_text_init_loads_the_mlm_tower(mlm_run, tmp_path):
-    mlm, _, _ = load_method(mlm_run)
-    clip = _built_clip(tmp_path, text_init=str(mlm_run))
-    theirs, ours = mlm.encoder.state_dict(), clip.text.state_dict()
-    assert set(theirs) == set(ours)
-    for name in ours:
-        assert torch.equal(ours[name], theirs[name]), name
-    assert clip.tokenizer.to_json() == mlm.tokenizer.to_json()  # its tokenizer came along
-    assert clip.text.causal  # CLIP's tower keeps its causal mask (only the weights are shared)
-    plain = _built_clip(tmp_path)
-    assert not torch.equal(plain.text.token_embed.weight[:5], clip.text.token_embed.weight[:5])
-    siglip = _built_clip(tmp_path, "siglip", text_init=str(mlm_run))  # the same seam
-    assert all(torch.equal(v, theirs[k]) for k, v in siglip.text.state_dict().items())
+    groups = np.repeat(np.arange(40), 5)
+    source = texts.TextSet([f"caption {i} of item {g}" for i, g in enumerate(groups)], "shards", groups=groups)
+    monkeypatch.setattr(texts, "load_texts", lambda spec, split="train": (source, None))
+    data = texts.load_text_data(RunConfig(method="mlm", data="shards"))
+    assert set(data.train.groups).isdisjoint(data.eval.groups)
+    assert len(data.eval) == 4 * 5 and sorted(set(data.eval.groups)) == [9, 19, 29, 39]
 
 
-def test_clip_text_init_mismatch_is_one_line(mlm_run, tmp_path):
-    one_line_error(lambda: _built_clip(tmp_path, text_init=str(mlm_run), text_width=32),
-                   "(1, 32, 64) there but (1, 32, 32) here", "--text-width")
-    one_line_error(lambda: _built_clip(tmp_path, text_init=str(mlm_run), text_layers=3), "--text-layers")
-    one_line_error(lambda: _built_clip(tmp_path, text_init=str(tmp_path)), "not an mlm run")
-    one_line_error(lambda: _built_clip(tmp_path, text_init=str(mlm_run), tokenizer="x.json"), "drop --tokenizer")
+def test_exporting_a_text_run_is_one_line(mlm_run, tmp_path, capsys):
+    from reprlearn.cli import main
+
+    assert main(["export", str(mlm_run), "--format", "safetensors", "--out", str(tmp_path / "t.safetensors")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "text-only run" in err[0]

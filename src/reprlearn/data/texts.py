@@ -15,9 +15,13 @@ A text spec is one of
    [?column=NAME]         a label column (LABEL_COLUMNS) beside it labels the texts for the probe.
 
 Held-out texts: ``--eval-data``, else the source's test split (scenes, a train-/test- shard
-folder), else every 10th text of the source (position 9, 19, ...). At most ``MAX_TEXTS``
-texts are read per split. The source is read lazily (line by line, member by member); what
-training holds is the tokenised texts, ``context_length`` int64 ids each.
+folder), else every 10th text of the source (position 9, 19, ...), or, where several texts
+describe one item (the captions of one image), every 10th item's texts, so that no held-out text
+has a sibling in training. At most ``MAX_TEXTS`` texts are read per split (a line says when
+more were there). Text files and shards are read line by line, member by member; a table is read
+whole. What training holds is the tokenised texts, ``context_length`` int64 ids each.
+A table given as ``--eval-data`` uses the training table's label names: a label the training
+table lacks is -1 (not scored), as is an empty label cell.
 """
 
 from __future__ import annotations
@@ -81,12 +85,29 @@ def load_text_data(cfg) -> TextData:
     """The run's texts from ``cfg.data`` and ``cfg.eval_data`` (see the module docstring)."""
     train, test = load_texts(cfg.data, "train")
     if cfg.eval_data:
-        test = load_texts(cfg.eval_data, "test")[0]
+        test = with_label_names_of(train, load_texts(cfg.eval_data, "test")[0])
     elif test is None and len(train) >= 2 * HOLD_OUT_EVERY:
         index = np.arange(len(train))
-        held = index % HOLD_OUT_EVERY == HOLD_OUT_EVERY - 1
-        train, test = train.subset(index[~held]), train.subset(index[held], f"{train.name}[every 10th held out]")
+        # by item where texts share one (an image's captions), so no held-out text has a sibling in training
+        position = index if train.groups is None else train.groups
+        held = position % HOLD_OUT_EVERY == HOLD_OUT_EVERY - 1
+        if held.any() and not held.all():
+            what = "text" if train.groups is None else "item's texts"
+            train, test = (train.subset(index[~held]),
+                           train.subset(index[held], f"{train.name}[every 10th {what} held out]"))
     return TextData(train, test)
+
+
+def with_label_names_of(train: TextSet, test: TextSet) -> TextSet:
+    """``test`` with each task's labels renumbered to ``train``'s class names (a name ``train`` lacks
+    becomes -1, not scored): two tables number their labels each in its own sorted order."""
+    tasks = dict(test.tasks)
+    for task, (y, names) in test.tasks.items():
+        if task in train.tasks:
+            position = {name: i for i, name in enumerate(train.tasks[task][1])}
+            lookup = np.array([position.get(name, -1) for name in names] + [-1], np.int64)
+            tasks[task] = (lookup[np.where(y >= 0, y, len(names))], train.tasks[task][1])
+    return TextSet(test.texts, test.name, tasks, test.skipped, test.groups)
 
 
 def load_texts(spec: str, split: str = "train") -> tuple[TextSet, TextSet | None]:
@@ -96,7 +117,7 @@ def load_texts(spec: str, split: str = "train") -> tuple[TextSet, TextSet | None
     if not isinstance(spec, str) or not spec.strip():
         raise fail("empty text source; give scenes, caption shards, a .txt file (a text per line) or a .csv/.tsv")
     spec = spec.strip()
-    head, _, options = spec.partition(":")
+    head = spec.partition(":")[0]
     if head == "scenes":
         return _scenes(spec, split), (_scenes(spec, "test") if split == "train" else None)
     if head in ("digits", "cifar10") or head.startswith(("digits-", "cifar10-")):
@@ -154,13 +175,15 @@ def _lines(path: Path) -> TextSet:
                     yield line
 
     try:
-        texts = list(itertools.islice(read(), MAX_TEXTS))
+        texts = list(itertools.islice(read(), MAX_TEXTS + 1))
     except (OSError, UnicodeDecodeError) as e:
         raise fail(f"cannot read {path} as UTF-8 text ({' '.join(str(e).split())[:80]}); give a text file, "
                    "one text per line") from None
     if not texts:
         raise fail(f"{path} holds no text (every line is empty); give a file with one text per line")
-    return TextSet(texts, str(path))
+    if len(texts) > MAX_TEXTS:
+        print(f"{path}: read the first {MAX_TEXTS:,} texts; the file holds more (MAX_TEXTS per split)", flush=True)
+    return TextSet(texts[:MAX_TEXTS], str(path))
 
 
 def _table(spec: str) -> TextSet:
@@ -195,10 +218,16 @@ def _table(spec: str) -> TextSet:
         raise fail(f"{table} has a header but no rows; give it one text per row")
     tasks = {}
     if label_col is not None:
-        names = sorted(set(labels))
+        names = sorted(set(labels) - {""})  # an empty label cell: the row is not scored (-1)
         lookup = {n: i for i, n in enumerate(names)}
-        tasks[header[label_col].lower()] = (np.array([lookup[v] for v in labels], np.int64), names)
+        tasks[header[label_col].lower()] = (np.array([lookup.get(v, -1) for v in labels], np.int64), names)
+    _say_if_cut(len(rows), str(table))
     return TextSet(texts, str(table), tasks)
+
+
+def _say_if_cut(found: int, name: str) -> None:
+    if found > MAX_TEXTS:
+        print(f"{name}: read the first {MAX_TEXTS:,} of {found:,} texts (MAX_TEXTS per split)", flush=True)
 
 
 def _shard_texts(shards: list[Path], name: str) -> TextSet:
@@ -210,6 +239,7 @@ def _shard_texts(shards: list[Path], name: str) -> TextSet:
         texts += captions
         groups += [i] * len(captions)
         if len(texts) >= MAX_TEXTS:
+            print(f"{name}: stopped at {MAX_TEXTS:,} captions (MAX_TEXTS per split)", flush=True)
             break
     if not texts:
         raise fail(f"{name} holds no readable captions; give shards with KEY.txt or KEY.json captions")

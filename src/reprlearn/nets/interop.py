@@ -145,7 +145,12 @@ def load_strict(backbone: nn.Module, state: dict[str, Tensor], where: str,
     key fails in one line, named as the file names it (``file_names``: ours -> the file's)."""
     ours = backbone.state_dict()
     named = (lambda k: f"{file_names[k]!r} (here {k!r})" if file_names and k in file_names else repr(k))
+    state = dict(state)
     for key, value in ours.items():
+        if key not in state and key.endswith("num_batches_tracked"):
+            # a BatchNorm's step counter, not a weight: files saved before PyTorch 0.4.1 (torchvision's first
+            # ResNet weights among them) lack it, and it only matters to BatchNorm with momentum None
+            state[key] = value.clone()
         if key not in state:
             raise fail(f"{where} has no weight for {named(key)} {tuple(value.shape)}; it was saved from another "
                        "architecture (give a file of the same backbone)")
