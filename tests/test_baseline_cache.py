@@ -58,3 +58,21 @@ def test_a_corrupt_entry_is_scored_afresh_and_replaced(sets):
     assert "baselines_reused" not in again and again["baselines"] == first["baselines"]
     assert run(sets)["baselines_reused"] == ["raw_pixels", "pca", "random_init"]
     assert np.isfinite(first["baselines"]["pca"]["knn_top1"])
+
+
+def test_a_change_to_the_kmeans_code_changes_every_key(monkeypatch):
+    """The clustering scores come from evaluate/kmeans.py: an edit to it must not reuse old scores."""
+    from pathlib import Path
+
+    from reprlearn.evaluate import baseline_cache
+
+    arrays = [np.arange(12, dtype=np.float32).reshape(3, 4), np.array([0, 1, 0])]
+    before = baseline_cache.baseline_key("raw_pixels", {"knn_k": 200}, arrays)
+    real = Path.read_bytes
+
+    def edited(path):
+        data = real(path)
+        return data + b"\n# an edit" if path.name == "kmeans.py" else data
+
+    monkeypatch.setattr(Path, "read_bytes", edited)
+    assert baseline_cache.baseline_key("raw_pixels", {"knn_k": 200}, arrays) != before
