@@ -27,11 +27,11 @@ def _naive_knn_predict(train_f, train_y, q, k, t):
     return min(c for c, v in votes.items() if v == best)  # ties: the lowest class
 
 
-@pytest.mark.parametrize("search", ["torch", "faiss"])
+@pytest.mark.parametrize("search", ["torch", "faiss", "bytes"])
 @pytest.mark.parametrize("k,t", [(1, 0.1), (5, 0.07), (20, 0.1), (40, 1.0), (500, 0.5)])
 def test_knn_matches_naive_loop_per_query(k, t, search, monkeypatch):
-    """Both neighbour searches: torch's matmul + top-k, and the FAISS index used above
-    ``FAISS_ABOVE`` CPU references (forced here on 60)."""
+    """The three neighbour searches: torch's matmul + top-k, the FAISS index used above
+    ``FAISS_ABOVE`` CPU references (forced here on 60), and the integer GEMM for 8-bit vectors."""
     if search == "faiss":
         monkeypatch.setattr(probes, "FAISS_ABOVE", 0)
     rng = np.random.default_rng(k)
@@ -39,6 +39,8 @@ def test_knn_matches_naive_loop_per_query(k, t, search, monkeypatch):
     train_y = rng.integers(0, 4, 60)
     train_f = (centres[train_y] + 1.5 * rng.normal(size=(60, 6))).astype(np.float32)
     test_f = rng.normal(size=(25, 6)).astype(np.float32)
+    if search == "bytes":  # 8-bit vectors, clustered the same way
+        train_f, test_f = ((40 * a + 128).clip(0, 255).astype(np.uint8) for a in (train_f, test_f))
     preds = [_naive_knn_predict(train_f, train_y, q, k, t) for q in test_f]
     # knn_top1 of one query labelled with the naive prediction is 1 exactly when they agree
     agree = [probes.knn_top1(train_f, train_y, test_f[i:i + 1], np.array([p]), k=k, temperature=t)
@@ -47,6 +49,34 @@ def test_knn_matches_naive_loop_per_query(k, t, search, monkeypatch):
     test_y = rng.integers(0, 4, 25)
     expected = float(np.mean(np.array(preds) == test_y))
     assert probes.knn_top1(train_f, train_y, test_f, test_y, k=k, temperature=t, chunk=7) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("width,columns", [(50, probes.BYTE_GEMM_COLUMNS), (50, 7), (1, probes.BYTE_GEMM_COLUMNS)])
+def test_byte_dots_are_exact(width, columns, monkeypatch):
+    """The int8 GEMM with the -128 shift taken back equals int64 arithmetic, also when the columns
+    are summed in blocks (forced here on blocks of 7 of 50: the last has 1) and for 1-d vectors."""
+    monkeypatch.setattr(probes, "BYTE_GEMM_COLUMNS", columns)
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (33, width), dtype=np.uint8)
+    b = rng.integers(0, 256, (21, width), dtype=np.uint8)
+    a[0], b[1] = 255, 0  # the extremes
+    exact = a.astype(np.int64) @ b.astype(np.int64).T
+    assert np.array_equal(probes.byte_dots(torch.from_numpy(a), torch.from_numpy(b)).numpy(), exact)
+
+
+def test_knn_on_pixels_equals_their_float_scaling():
+    """The raw-pixel baseline's kNN (uint8, integer GEMM) scores what the float path scores on
+    pixels / 255 (cosine ignores the scale), on digits at several k, with an all-black image."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    pixels = (x * 255 / 16).round().astype(np.uint8)
+    pixels[0] = 0
+    for k in (1, 10, 200):
+        as_bytes = probes.knn_top1(pixels[:1000], y[:1000], pixels[1000:], y[1000:], k=k, chunk=300)
+        as_float = probes.knn_top1(pixels[:1000].astype(np.float32) / 255, y[:1000],
+                                   pixels[1000:].astype(np.float32) / 255, y[1000:], k=k, chunk=300)
+        assert as_bytes == pytest.approx(as_float, abs=2 / 797)  # a near-tie that float32 rounds may differ
 
 
 def test_knn_weights_and_ties():
@@ -385,3 +415,25 @@ def test_extraction_folds_batchnorm_without_changing_features():
     assert folded_for_inference(linear) is linear  # nothing to fold: no copy
     batch_stats = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4, track_running_stats=False))
     assert folded_for_inference(batch_stats.eval()) is batch_stats  # normalises by the batch even in eval
+
+
+def test_the_sweep_stops_only_past_its_best(monkeypatch):
+    """Few samples in many noisy dimensions, so weak L2 overfits: the sweep stops after two rises of
+    the held-out loss, fits fewer L2s, and picks what the whole grid picks."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 90)
+    x = rng.normal(size=(90, 300)).astype(np.float32)
+    x[:, :3] += 1.5 * np.eye(3, dtype=np.float32)[y]
+    xt = rng.normal(size=(300, 300)).astype(np.float32)
+    yt = rng.integers(0, 3, 300)
+    xt[:, :3] += 1.5 * np.eye(3, dtype=np.float32)[yt]
+    grid = (10.0, 1.0, 0.3, 1e-1, 3e-2, 1e-2, 1e-3, 1e-4, 1e-5)
+    fits = []
+    inner = probes._fit_softmax
+    monkeypatch.setattr(probes, "_fit_softmax", lambda *a: fits.append(a[3]) or inner(*a))
+    stopped = probes.linear_probe(x, y, xt, yt, l2_grid=grid)
+    n_stopped, fits[:] = len(fits), []
+    monkeypatch.setattr(probes, "SWEEP_PATIENCE", None)
+    whole = probes.linear_probe(x, y, xt, yt, l2_grid=grid)
+    assert len(fits) == len(grid) + 1 and n_stopped < len(fits)
+    assert stopped == whole

@@ -129,12 +129,16 @@ def encode(images, encoders: list[torch.nn.Module], device) -> Encoded:
 
 
 def score_features(train_f, train_y, test_f, test_y, labels_per_class: int, seed: int, *, knn_k: int = 200,
-                   knn_temperature: float = 0.1, backend: str = "torch", linear_c: float | None = None) -> dict:
-    """Every probe on one feature set; the features may be tensors on a device (the torch probes run there)."""
+                   knn_temperature: float = 0.1, backend: str = "torch", linear_c: float | None = None,
+                   knn_features: tuple | None = None) -> dict:
+    """Every probe on one feature set; the features may be tensors on a device (the torch probes run there).
+    ``knn_features``: the same (train, test) vectors up to a scale, for the kNN's cosine (8-bit pixels,
+    whose similarities :func:`probes.knn_top1` computes exactly by an integer GEMM)."""
     linear = linear_probe(train_f, train_y, test_f, test_y, seed=seed, c=linear_c) if backend == "torch" else \
         {"top1": linear_top1(train_f, train_y, test_f, test_y, seed=seed, backend=backend, c=linear_c)}
+    knn_train, knn_test = knn_features or (train_f, test_f)
     result = {
-        "knn_top1": knn_top1(train_f, train_y, test_f, test_y, k=knn_k, temperature=knn_temperature),
+        "knn_top1": knn_top1(knn_train, train_y, knn_test, test_y, k=knn_k, temperature=knn_temperature),
         "linear_top1": linear["top1"],
     }
     result.update(few_label(train_f, train_y, test_f, test_y, labels_per_class, draws=5, seed=seed, knn_k=knn_k,
@@ -190,9 +194,9 @@ def evaluate(encoder: torch.nn.Module, random_encoder: torch.nn.Module, train: I
     train_f, test_f = tr.features[0], te.features[0]
     opts = {"knn_k": knn_k, "knn_temperature": knn_temperature, "backend": probe_backend, "linear_c": linear_c}
 
-    def score(a, b, train_y=tr.labels, test_y=te.labels) -> dict:
+    def score(a, b, train_y=tr.labels, test_y=te.labels, **knn) -> dict:
         a, b = torch.as_tensor(a).to(on), torch.as_tensor(b).to(on)
-        return score_features(a, train_y, b, test_y, labels_per_class, seed, **opts)
+        return score_features(a, train_y, b, test_y, labels_per_class, seed, **opts, **knn)
 
     result: dict = {"method": method, "train_images": len(tr.labels), "test_images": len(te.labels),
                     "feature_dim": int(train_f.shape[1])}
@@ -216,10 +220,10 @@ def evaluate(encoder: torch.nn.Module, random_encoder: torch.nn.Module, train: I
         return scores
 
     pix_train, pix_test = tr.pixels.to(on).float() / 255, te.pixels.to(on).float() / 255
-    pixel_score = lambda a, b: score(a, b, tr.pixel_labels, te.pixel_labels)  # noqa: E731
+    pixel_score = lambda a, b, **knn: score(a, b, tr.pixel_labels, te.pixel_labels, **knn)  # noqa: E731
     pixel_inputs = (tr.pixels, tr.pixel_labels, te.pixels, te.pixel_labels)
-    result["baselines"] = {"raw_pixels": baseline("raw_pixels", lambda: pixel_score(pix_train, pix_test),
-                                                  *pixel_inputs)}
+    raw_pixels = lambda: pixel_score(pix_train, pix_test, knn_features=(tr.pixels.to(on), te.pixels.to(on)))  # noqa: E731
+    result["baselines"] = {"raw_pixels": baseline("raw_pixels", raw_pixels, *pixel_inputs)}
     dim = min(train_f.shape[1], pix_train.shape[1], len(pix_train))
     if probe_backend == "torch":
         pca = lambda: pixel_score(*pca_project(pix_train, pix_test, dim))  # noqa: E731

@@ -14,6 +14,7 @@ from ..errors import fail
 
 # L2 weights (on the mean cross-entropy) the torch linear probe chooses from, strongest first
 L2_GRID = (1.0, 1e-1, 1e-2, 1e-3, 1e-4)
+SWEEP_PATIENCE = 2  # the L2 sweep stops after the held-out loss rose this many times in a row (None: whole grid)
 BACKENDS = ("torch", "sklearn")
 
 
@@ -30,6 +31,8 @@ def knn_top1(train_f, train_y, test_f, test_y, k: int = 200, temperature: float 
     if k < 1 or temperature <= 0:
         raise fail(f"kNN needs k >= 1 and temperature > 0, got k={k}, temperature={temperature}; "
                    "pass e.g. --knn-k 200 --knn-temperature 0.1")
+    if _is_bytes(train_f) and _is_bytes(test_f) and not _on_gpu(train_f):
+        return _knn_top1_bytes(train_f, train_y, test_f, test_y, k, temperature, chunk)
     bank = F.normalize(_tensor(train_f, torch.float32), dim=1)
     device = bank.device
     labels = _tensor(train_y, torch.long, device)
@@ -44,9 +47,93 @@ def knn_top1(train_f, train_y, test_f, test_y, k: int = 200, temperature: float 
             sim, idx = (torch.from_numpy(a) for a in index.search(q.numpy(), k))
         else:
             sim, idx = (q @ bank.T).topk(k, dim=1)
-        weight = ((sim - sim[:, :1]) / temperature).exp()  # exp(sim / t) over its row maximum's: no overflow at small t
-        votes = torch.zeros(len(q), num_classes, device=device).scatter_add_(1, labels[idx], weight)
-        correct += int((votes.argmax(1) == test_y[start:start + chunk]).sum())
+        correct += _weighted_vote_correct(sim, idx, labels, test_y[start:start + chunk], num_classes, temperature)
+    return correct / len(test_y)
+
+
+def _weighted_vote_correct(sim: torch.Tensor, idx: torch.Tensor, labels: torch.Tensor, truth: torch.Tensor,
+                           num_classes: int, temperature: float) -> int:
+    """How many rows' weighted vote (exp(sim / t) per neighbour, summed per class) names ``truth``."""
+    weight = ((sim - sim[:, :1]) / temperature).float().exp()  # exp(sim / t) over its row maximum's: no overflow
+    votes = torch.zeros(len(sim), num_classes, device=sim.device).scatter_add_(1, labels[idx], weight)
+    return int((votes.argmax(1) == truth).sum())
+
+
+def _is_bytes(a) -> bool:
+    return getattr(a, "dtype", None) in (torch.uint8, np.uint8)
+
+
+def _on_gpu(a) -> bool:
+    return isinstance(a, torch.Tensor) and a.device.type != "cpu"
+
+
+# columns summed per integer GEMM: 128^2 * 65,536 = 2^30 keeps every int32 partial sum exact
+BYTE_GEMM_COLUMNS = 65536
+
+
+def _shifted(x) -> torch.Tensor:
+    """uint8 rows -> int8 rows x - 128 (what the int8 GEMM takes)."""
+    return torch.as_tensor(x).to(torch.int16).sub_(128).to(torch.int8)
+
+
+# torch 2.13's CPU int8 GEMM returns garbage for a single column (checked against int64 for 1-19,
+# 63-65 and 3,072 columns: only 1 fails); fewer columns than this take the int64 product instead
+BYTE_GEMM_MIN_COLUMNS = 8
+
+
+def _block_dots(a8: torch.Tensor, b8: torch.Tensor) -> torch.Tensor:
+    if a8.shape[1] < BYTE_GEMM_MIN_COLUMNS:
+        return a8.long() @ b8.long().T
+    return torch._int_mm(a8, b8.T)
+
+
+def _shifted_dots(a8: torch.Tensor, b8: torch.Tensor) -> torch.Tensor:
+    """a8 @ b8.T for int8 rows, exactly: (M, N) int32 when every partial sum fits, else int64."""
+    if a8.shape[1] <= BYTE_GEMM_COLUMNS:
+        return _block_dots(a8, b8)
+    dots = torch.zeros(len(a8), len(b8), dtype=torch.int64)
+    for j in range(0, a8.shape[1], BYTE_GEMM_COLUMNS):
+        cols = slice(j, j + BYTE_GEMM_COLUMNS)
+        dots += _block_dots(a8[:, cols].contiguous(), b8[:, cols].contiguous())
+    return dots
+
+
+def byte_dots(a, b) -> torch.Tensor:
+    """a @ b.T, exactly, for uint8 rows a (M, D) and b (N, D): (M, N) float64 (integers below 2^53).
+
+    An int8 GEMM with int32 sums (VNNI kernels on a CPU) on the values shifted by -128, then the
+    shift taken back: a.b = a'.b' + 128 (sum a' + sum b') + 128^2 D. On CIFAR-10 pixels (2 CPU
+    cores) 6x faster than float32's GEMM, and exact where float32 rounds."""
+    a8, b8 = _shifted(a), _shifted(b)
+    out = _shifted_dots(a8, b8).double()
+    out += (128.0 * a8.sum(1, dtype=torch.int64).double() + 128.0 * 128.0 * a8.shape[1])[:, None]
+    out += 128.0 * b8.sum(1, dtype=torch.int64).double()[None, :]
+    return out
+
+
+def _knn_top1_bytes(train_f, train_y, test_f, test_y, k: int, temperature: float, chunk: int) -> float:
+    """:func:`knn_top1` for 8-bit vectors (pixels) on a CPU, 1.6x faster than FAISS's float32 search on
+    CIFAR-10 pixels: cosine similarities from exact integer dot products (as :func:`byte_dots`, the
+    references shifted once) over float64 norms; an all-zero vector has similarity 0, as with
+    F.normalize. The same neighbours as the float path but for near-ties that float32 rounds."""
+    bank8 = _shifted(torch.as_tensor(train_f).reshape(len(train_f), -1))
+    queries = torch.as_tensor(test_f).reshape(len(test_f), -1)
+    labels, test_y = _tensor(train_y, torch.long), _tensor(test_y, torch.long)
+    k = min(k, len(bank8))
+    num_classes = int(max(labels.max(), test_y.max())) + 1
+    d = bank8.shape[1]
+    bank_sum = bank8.sum(1, dtype=torch.int64).double()
+    bank_norm = (bank8.double() + 128.0).square_().sum(1).sqrt_().clamp_min_(1e-12)
+    column = (128.0 * bank_sum)[None, :]
+    correct = 0
+    for start in range(0, len(test_y), chunk):
+        q8 = _shifted(queries[start:start + chunk])
+        row = (128.0 * q8.sum(1, dtype=torch.int64).double() + 128.0 * 128.0 * d)[:, None]
+        q_norm = (q8.double() + 128.0).square_().sum(1).sqrt_().clamp_min_(1e-12)
+        scaled = _shifted_dots(q8, bank8).double().add_(row).add_(column).div_(bank_norm)  # (q.b) / |b|
+        sim, idx = scaled.topk(k, dim=1)  # the ranking of a row needs no |q|
+        sim /= q_norm[:, None]
+        correct += _weighted_vote_correct(sim, idx, labels, test_y[start:start + chunk], num_classes, temperature)
     return correct / len(test_y)
 
 
@@ -155,7 +242,9 @@ def linear_probe(train_f, train_y, test_f, test_y, seed: int = 0, l2_grid=L2_GRI
     sklearn's StandardScaler. For each ``l2`` in ``l2_grid`` (strongest first, each fit warm-started
     from the previous one) the probe minimises ``mean_i CE(W x_i + b, y_i) + l2/2 ||W||^2`` by
     full-batch L-BFGS on a stratified ``1 - val_fraction`` of the training features and scores
-    the held-out rest; the ``l2`` of the lowest held-out cross-entropy is then refitted on all training
+    the held-out rest, stopping early once the held-out loss has risen at two weaker ``l2`` in a row
+    (the rest of the grid fits the training set still closer; on CIFAR-10 pixels this skips the last
+    of the six fits); the ``l2`` of the lowest held-out cross-entropy is then refitted on all training
     features (from its held-out fit) and scored on the test features. This is Kornblith et al.
     (2019)'s protocol on a shorter grid; each fit takes at most ``max_iter`` L-BFGS steps, 50 by
     default (on CIFAR-10 pixels, 50, 100 and 500 steps gave the same test accuracy to 0.1 points).
@@ -194,6 +283,9 @@ def linear_probe(train_f, train_y, test_f, test_y, seed: int = 0, l2_grid=L2_GRI
             logits = _logits(x[val], fits[-1])
             losses.append(float(F.cross_entropy(logits, y[val])))
             accs.append(int((logits.argmax(1) == y[val]).sum()) / len(val))
+            if SWEEP_PATIENCE and len(losses) > SWEEP_PATIENCE and all(
+                    losses[-i] > losses[-i - 1] for i in range(1, SWEEP_PATIENCE + 1)):
+                break  # risen at weaker L2s in a row past the best: the rest of the grid overfits more
         # chosen by held-out log-loss, a proper score: held-out accuracy on a few hundred images
         # ties often and then favoured the strongest L2 (on digits pixels 0.925 against C = 1's 0.955)
         i = int(np.argmin(losses))
