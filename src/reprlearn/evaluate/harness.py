@@ -219,10 +219,11 @@ def evaluate(encoder: torch.nn.Module, random_encoder: torch.nn.Module, train: I
             reused.append(name)
         return scores
 
-    pix_train, pix_test = tr.pixels.to(on).float() / 255, te.pixels.to(on).float() / 255
+    pixel_bytes = (tr.pixels.to(on), te.pixels.to(on))
+    pix_train, pix_test = (p.float() / 255 for p in pixel_bytes)
     pixel_score = lambda a, b, **knn: score(a, b, tr.pixel_labels, te.pixel_labels, **knn)  # noqa: E731
     pixel_inputs = (tr.pixels, tr.pixel_labels, te.pixels, te.pixel_labels)
-    raw_pixels = lambda: pixel_score(pix_train, pix_test, knn_features=(tr.pixels.to(on), te.pixels.to(on)))  # noqa: E731
+    raw_pixels = lambda: pixel_score(pix_train, pix_test, knn_features=pixel_bytes)  # noqa: E731
     result["baselines"] = {"raw_pixels": baseline("raw_pixels", raw_pixels, *pixel_inputs)}
     dim = min(train_f.shape[1], pix_train.shape[1], len(pix_train))
     if probe_backend == "torch":

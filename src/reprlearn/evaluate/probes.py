@@ -71,9 +71,10 @@ def _on_gpu(a) -> bool:
 BYTE_GEMM_COLUMNS = 65536
 
 
-def _shifted(x) -> torch.Tensor:
-    """uint8 rows -> int8 rows x - 128 (what the int8 GEMM takes)."""
-    return torch.as_tensor(x).to(torch.int16).sub_(128).to(torch.int8)
+def _shifted(x) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 rows (N, D) -> the int8 rows x - 128 that the int8 GEMM takes, and their sums (N,) float64."""
+    x8 = torch.as_tensor(x).to(torch.int16).sub_(128).to(torch.int8)
+    return x8, x8.sum(1, dtype=torch.int64).double()
 
 
 # torch 2.13's CPU int8 GEMM returns garbage for a single column (checked against int64 for 1-19,
@@ -102,35 +103,39 @@ def byte_dots(a, b) -> torch.Tensor:
     """a @ b.T, exactly, for uint8 rows a (M, D) and b (N, D): (M, N) float64 (integers below 2^53).
 
     An int8 GEMM with int32 sums (VNNI kernels on a CPU) on the values shifted by -128, then the
-    shift taken back: a.b = a'.b' + 128 (sum a' + sum b') + 128^2 D. On CIFAR-10 pixels (2 CPU
-    cores) 6x faster than float32's GEMM, and exact where float32 rounds."""
-    a8, b8 = _shifted(a), _shifted(b)
+    shift taken back (:func:`_unshifted_dots`). On CIFAR-10 pixels (2 CPU cores) 6x faster than
+    float32's GEMM, and exact where float32 rounds."""
+    return _unshifted_dots(*_shifted(a), *_shifted(b))
+
+
+def _unshifted_dots(a8: torch.Tensor, a_sum: torch.Tensor, b8: torch.Tensor, b_sum: torch.Tensor) -> torch.Tensor:
+    """a.b from the shifted rows a' = a - 128, b' = b - 128 and their sums:
+    a.b = a'.b' + 128 (sum a' + sum b') + 128^2 D, as (M, N) float64."""
     out = _shifted_dots(a8, b8).double()
-    out += (128.0 * a8.sum(1, dtype=torch.int64).double() + 128.0 * 128.0 * a8.shape[1])[:, None]
-    out += 128.0 * b8.sum(1, dtype=torch.int64).double()[None, :]
+    out += (128.0 * a_sum + 128.0 * 128.0 * a8.shape[1])[:, None]
+    out += 128.0 * b_sum[None, :]
     return out
 
 
 def _knn_top1_bytes(train_f, train_y, test_f, test_y, k: int, temperature: float, chunk: int) -> float:
     """:func:`knn_top1` for 8-bit vectors (pixels) on a CPU, 1.6x faster than FAISS's float32 search on
-    CIFAR-10 pixels: cosine similarities from exact integer dot products (as :func:`byte_dots`, the
-    references shifted once) over float64 norms; an all-zero vector has similarity 0, as with
+    CIFAR-10 pixels: cosine similarities from exact integer dot products (:func:`_unshifted_dots`,
+    the references shifted once) over float64 norms; an all-zero vector has similarity 0, as with
     F.normalize. The same neighbours as the float path but for near-ties that float32 rounds."""
-    bank8 = _shifted(torch.as_tensor(train_f).reshape(len(train_f), -1))
+    bank8, bank_sum = _shifted(torch.as_tensor(train_f).reshape(len(train_f), -1))
     queries = torch.as_tensor(test_f).reshape(len(test_f), -1)
     labels, test_y = _tensor(train_y, torch.long), _tensor(test_y, torch.long)
     k = min(k, len(bank8))
     num_classes = int(max(labels.max(), test_y.max())) + 1
-    d = bank8.shape[1]
-    bank_sum = bank8.sum(1, dtype=torch.int64).double()
-    bank_norm = (bank8.double() + 128.0).square_().sum(1).sqrt_().clamp_min_(1e-12)
-    column = (128.0 * bank_sum)[None, :]
-    correct = 0
+
+    def norms(x8: torch.Tensor) -> torch.Tensor:
+        return (x8.double() + 128.0).square_().sum(1).sqrt_().clamp_min_(1e-12)
+
+    bank_norm, correct = norms(bank8), 0
     for start in range(0, len(test_y), chunk):
-        q8 = _shifted(queries[start:start + chunk])
-        row = (128.0 * q8.sum(1, dtype=torch.int64).double() + 128.0 * 128.0 * d)[:, None]
-        q_norm = (q8.double() + 128.0).square_().sum(1).sqrt_().clamp_min_(1e-12)
-        scaled = _shifted_dots(q8, bank8).double().add_(row).add_(column).div_(bank_norm)  # (q.b) / |b|
+        q8, q_sum = _shifted(queries[start:start + chunk])
+        scaled = _unshifted_dots(q8, q_sum, bank8, bank_sum).div_(bank_norm)  # (q.b) / |b|
+        q_norm = norms(q8)
         sim, idx = scaled.topk(k, dim=1)  # the ranking of a row needs no |q|
         sim /= q_norm[:, None]
         correct += _weighted_vote_correct(sim, idx, labels, test_y[start:start + chunk], num_classes, temperature)
