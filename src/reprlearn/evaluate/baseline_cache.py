@@ -29,7 +29,7 @@ BASELINE_CACHE_VERSION = 1
 
 
 # the code a baseline's scores are computed by: a change to any of them scores the baselines afresh
-CODE_FILES = ("probes.py", "harness.py", "kmeans.py")
+CODE_FILES = ("probes.py", "harness.py", "kmeans.py", "fixed_rows.py", "softmax_fit.py")
 
 
 def _code_digest() -> str:

@@ -25,37 +25,33 @@ import math
 import torch
 import torch.nn.functional as F
 
-
-def _padded_rows(c: torch.Tensor) -> torch.Tensor:
-    """``c`` (m, D) with zero rows appended up to a multiple of 16: MKL's GEMM against a side of
-    m = 10-100 columns runs up to 2x faster at multiples of 16 on a CPU (benchmarks/RESULTS.md)."""
-    m = -(-len(c) // 16) * 16
-    return c if m == len(c) else torch.cat([c, c.new_zeros(m - len(c), c.shape[1])])
+from .fixed_rows import FixedRows
 
 
-def squared_distances(x: torch.Tensor, x_sq: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+def squared_distances(x: FixedRows | torch.Tensor, x_sq: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     """(N, m) squared Euclidean distances of the rows of ``x`` (norms ``x_sq``) to ``centres`` (m, D)."""
-    dots = F.linear(x, _padded_rows(centres))[:, :len(centres)]
+    dots = (x if isinstance(x, FixedRows) else FixedRows(x, onednn=False)).times(centres)
     return (x_sq[:, None] - 2 * dots + centres.pow(2).sum(1)[None]).clamp_(min=0)
 
 
-def kmeans_plusplus(x: torch.Tensor, x_sq: torch.Tensor, k: int, starts: int, generator: torch.Generator,
+def kmeans_plusplus(x: FixedRows | torch.Tensor, x_sq: torch.Tensor, k: int, starts: int, generator: torch.Generator,
                     trials: int | None = None) -> torch.Tensor:
     """``starts`` independent greedy k-means++ seedings at once: (starts, k) row indices of ``x``.
 
     The first centre is uniform; each next one is the best (lowest potential, the summed squared
     distance to the nearest centre) of ``trials`` candidates drawn with probability proportional
     to that squared distance (D^2 sampling). ``trials`` defaults to 2 + floor(ln k), scikit-learn's."""
-    n = len(x)
+    fixed = x if isinstance(x, FixedRows) else FixedRows(x)
+    x, n = fixed.x, len(fixed)
     trials = trials or 2 + int(math.log(k))
     picks = [torch.randint(n, (starts,), generator=generator, device=x.device)]
-    closest = squared_distances(x, x_sq, x[picks[0]]).T  # (starts, N)
+    closest = squared_distances(fixed, x_sq, x[picks[0]]).T  # (starts, N)
     rows = torch.arange(starts, device=x.device)
     for _ in range(1, k):
         cumulative = closest.double().cumsum(1)
         draws = torch.rand(starts, trials, generator=generator, device=x.device, dtype=torch.float64)
         candidates = torch.searchsorted(cumulative, draws * cumulative[:, -1:]).clamp_(max=n - 1)
-        d = squared_distances(x, x_sq, x[candidates.flatten()]).T.reshape(starts, trials, n)
+        d = squared_distances(fixed, x_sq, x[candidates.flatten()]).T.reshape(starts, trials, n)
         d = torch.minimum(d, closest[:, None])
         best = d.double().sum(2).argmin(1)
         closest = d[rows, best]
@@ -88,13 +84,14 @@ def kmeans(features, k: int, starts: int = 10, seed: int = 0, max_iter: int = 30
         raise ValueError(f"k-means needs 1 <= k <= {n} clusters, got {k}")
     x_sq = x.pow(2).sum(1)
     g = torch.Generator(device=x.device).manual_seed(seed)
-    seeds = kmeans_plusplus(x, x_sq, k, starts, g)
-    labels, inertia = lloyd(x, x[seeds], max_iter, tol * float(x.var(0, unbiased=False).mean()))
+    fixed = FixedRows(x)  # one oneDNN copy of x for the seeding's and Lloyd's products (fixed_rows.py)
+    seeds = kmeans_plusplus(fixed, x_sq, k, starts, g)
+    labels, inertia = lloyd(fixed, x[seeds], max_iter, tol * float(x.var(0, unbiased=False).mean()))
     best = int(inertia.argmin())
     return labels[best], float(inertia[best])
 
 
-def lloyd(x: torch.Tensor, centres: torch.Tensor, max_iter: int = 300,
+def lloyd(x: FixedRows | torch.Tensor, centres: torch.Tensor, max_iter: int = 300,
           tol_abs: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Lloyd's iterations from each start's ``centres`` (starts, k, D), all starts in one batch.
 
@@ -102,6 +99,8 @@ def lloyd(x: torch.Tensor, centres: torch.Tensor, max_iter: int = 300,
     squared shift); its labels are then those of its final centres. Each cluster's sum is kept
     in float64 and, once few points move, updated by the points that moved alone. Returns
     (labels (starts, N), inertia (starts,) float64)."""
+    fixed = x if isinstance(x, FixedRows) else FixedRows(x)
+    x = fixed.x
     centres = centres.clone()
     starts, k, _ = centres.shape
     n = len(x)
@@ -124,7 +123,7 @@ def lloyd(x: torch.Tensor, centres: torch.Tensor, max_iter: int = 300,
         rows = torch.nonzero((up + slack > low).any(0)).flatten()  # points some start must look at
         if len(rows):
             whole = len(rows) > 0.35 * n  # gathering a third of x costs about what its distances save
-            d = squared_distances(x if whole else x[rows], x_sq if whole else x_sq[rows],
+            d = squared_distances(fixed if whole else x[rows], x_sq if whole else x_sq[rows],
                                   centres[idx].reshape(b * k, -1)).reshape(-1, b, k).sqrt_()
             rows = slice(None) if whole else rows
             nearest, which = d.min(2)  # two min() passes: topk(2) of 10 values is 5x slower on a CPU
@@ -135,7 +134,7 @@ def lloyd(x: torch.Tensor, centres: torch.Tensor, max_iter: int = 300,
         changed, column = torch.unique(point, return_inverse=True)
         if step == 0 or len(changed) > RECOMPUTE_ABOVE * n:  # every sum afresh: (b k, N) 0/1 members times x
             members = x.new_zeros(b * k, n).scatter_(0, new + offset, 1.0)
-            s = (_padded_rows(members) @ x)[:b * k].double()
+            s = fixed.left(members).double()
         else:  # only the points that changed cluster move the sums (after a few steps, a few hundred)
             moves = x.new_zeros(b * k, len(changed), dtype=torch.float64)
             moves.index_put_(((new + offset)[start, point], column), moves.new_ones(()), accumulate=True)
@@ -156,6 +155,6 @@ def lloyd(x: torch.Tensor, centres: torch.Tensor, max_iter: int = 300,
         lower[idx] = low - moved.max(1, keepdim=True).values
         active[idx] = ~(same | (shift.sum(1) <= tol_abs))
     # labels of the final centres (a start stopped by ``tol_abs`` moved them once more), and each inertia
-    dist = squared_distances(x, x_sq, centres.reshape(starts * k, -1)).reshape(n, starts, k)
+    dist = squared_distances(fixed, x_sq, centres.reshape(starts * k, -1)).reshape(n, starts, k)
     best_dist, labels = dist.min(2)
     return labels.T, best_dist.double().sum(0)

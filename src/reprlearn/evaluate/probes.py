@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import fail
+from .fixed_rows import FixedRows
+from .softmax_fit import fit_softmax, loss_and_grad
 
 # L2 weights (on the mean cross-entropy) the torch linear probe chooses from, strongest first
 L2_GRID = (1.0, 1e-1, 1e-2, 1e-3, 1e-4)
@@ -172,47 +174,17 @@ def _faiss_index(bank: torch.Tensor):
     return index
 
 
-def _fit_softmax(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float, w: torch.Tensor | None,
+def _fit_softmax(x: FixedRows, y: torch.Tensor, num_classes: int, l2: float, w: torch.Tensor | None,
                  max_iter: int) -> torch.Tensor:
     """argmin_W mean_i CE(x_i W + b, y_i) + l2/2 ||W||^2 (bias unpenalised) by full-batch L-BFGS
-    with a strong-Wolfe line search, from ``w`` (warm start) or zeros. Returns (D+1, C), bias last."""
-    w = (torch.zeros(x.shape[1] + 1, num_classes, dtype=x.dtype, device=x.device) if w is None
-         else w.detach().clone()).requires_grad_(True)
-    opt = torch.optim.LBFGS([w], lr=1, max_iter=max_iter, history_size=20, tolerance_grad=1e-5,
-                            tolerance_change=1e-9, line_search_fn="strong_wolfe")
-    onehot = F.one_hot(y, num_classes).to(x.dtype)
-
-    def closure():
-        loss, w.grad = softmax_loss_and_grad(x, onehot, w.detach(), l2)
-        return loss
-
-    opt.step(closure)
-    return w.detach()
+    (softmax_fit.py), from ``w`` (warm start) or zeros. Returns (D+1, C), bias last."""
+    return fit_softmax(x, y, num_classes, l2, w, max_iter)
 
 
-@torch.no_grad()
-def softmax_loss_and_grad(x: torch.Tensor, onehot: torch.Tensor, w: torch.Tensor, l2: float):
-    """The probe's objective mean_i CE(x_i W + b, y_i) + l2/2 ||W||^2 and its gradient, by hand:
-    G = (softmax - Y) / n, dW = x^T G + l2 W, db = sum_i G_i.
-
-    This is the probe's inner loop, and on a CPU its two GEMMs have a skinny side of C (10)
-    columns, which MKL runs slowly: autograd's backward, x^T G as a transposed GEMM, took 70 ms
-    a call on CIFAR-10 pixels (8,000 x 3,072, 2 cores), the forward x W 19 ms. Both are run here
-    with the class side zero-padded to a multiple of 16 and kept contiguous, 12-17 ms each, the
-    same numbers (the padding only adds zero rows and columns)."""
-    n, c = onehot.shape
-    padded = -(-c // 16) * 16
-    w_rows = torch.zeros(padded, w.shape[0] - 1, dtype=w.dtype, device=w.device)
-    w_rows[:c] = w[:-1].T
-    logits = F.linear(x, w_rows)[:, :c] + w[-1]
-    logp = logits.log_softmax(1)
-    loss = -(logp * onehot).sum() / n + 0.5 * l2 * w[:-1].pow(2).sum()
-    g_rows = torch.zeros(padded, n, dtype=w.dtype, device=w.device)
-    g_rows[:c] = (logp.exp_() - onehot).T / n
-    grad = torch.empty_like(w)
-    grad[:-1] = (g_rows @ x)[:c].T + l2 * w[:-1]
-    grad[-1] = g_rows[:c].sum(1)
-    return loss, grad
+def softmax_loss_and_grad(x: FixedRows | torch.Tensor, onehot: torch.Tensor, w: torch.Tensor, l2: float):
+    """The probe's objective mean_i CE(x_i W + b, y_i) + l2/2 ||W||^2 and its gradient by hand
+    (softmax_fit.py), as the fit computes them."""
+    return loss_and_grad(x if isinstance(x, FixedRows) else FixedRows(x), onehot, w, l2)
 
 
 def _logits(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -282,7 +254,7 @@ def linear_probe(train_f, train_y, test_f, test_y, seed: int = 0, l2_grid=L2_GRI
     else:
         fit, val = (torch.as_tensor(i, device=x.device) for i in split)
         fits, losses, accs = [None], [], []
-        x_fit, y_fit = x[fit], y[fit]
+        x_fit, y_fit = FixedRows(x[fit]), y[fit]
         for l2 in l2_grid:  # each fit starts from the previous, stronger one's solution
             fits.append(_fit_softmax(x_fit, y_fit, num_classes, l2, fits[-1], max_iter))
             logits = _logits(x[val], fits[-1])
@@ -295,7 +267,7 @@ def linear_probe(train_f, train_y, test_f, test_y, seed: int = 0, l2_grid=L2_GRI
         # ties often and then favoured the strongest L2 (on digits pixels 0.925 against C = 1's 0.955)
         i = int(np.argmin(losses))
         best, val_top1, val_loss, start = l2_grid[i], accs[i], losses[i], fits[i + 1]
-    w = _fit_softmax(x, y, num_classes, best, start, max_iter)
+    w = _fit_softmax(FixedRows(x), y, num_classes, best, start, max_iter)
     return {"top1": int((_predict(xt, w) == yt).sum()) / len(yt), "l2": float(best), "val_top1": val_top1,
             "val_log_loss": val_loss}
 
