@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine: install, check, measure. Run from the repo root with `.whl`
 # (webdataset, braceexpand, umap-learn, pynndescent wheels) and `.devdata/cifar10` (the CIFAR-10
-# shards) carried. RUNS picks the measurements (default: all).
+# shards) carried. RUNS picks the measurements (default: simclr mae vae; eval times `reprlearn eval`).
 set -euo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD/src REPRLEARN_CACHE=/tmp/rl-cache PYTHONUNBUFFERED=1
@@ -25,5 +25,14 @@ for run in ${RUNS:-simclr mae vae}; do
              python3 -c "from reprlearn.api import reconstruct_images as r; r('/tmp/bench-mae', '.devdata/cifar10/test-000000.tar.gz', '$OUT/mae_reconstructions.png')" 2>&1 | tail -1 ;;
         vae) bench vae --method vae --backbone cnn --batch-size 512 --precision 32 --epochs "${VAE_EPOCHS:-30}" --linear --eval
              cp /tmp/bench-vae/reconstructions.png /tmp/bench-vae/samples.png "$OUT/" 2>/dev/null || true ;;
+        eval)  # issue 10: `reprlearn eval` of eval_speed.py's run (one epoch of simclr on one shard) on the GPU
+             python3 -m reprlearn.cli train simclr --data .devdata/cifar10/train-000000.tar.gz \
+                 --eval-data .devdata/cifar10/test-000000.tar.gz --epochs 1 --no-eval --backbone cnn --no-progress \
+                 --out /tmp/bench-eval > "$OUT/eval-train.log" 2>&1 || echo "eval's training failed"
+             for pass in first again; do  # the second reuses the baselines' stored scores
+                 TIMEFORMAT="reprlearn eval ($pass): %R s wall, %U s user"
+                 time (python3 -m reprlearn.cli eval /tmp/bench-eval > "$OUT/eval-$pass.log" 2>&1 || echo "eval ($pass) failed")
+             done
+             cp /tmp/bench-eval/eval.json "$OUT/eval.json" 2>/dev/null || true ;;
     esac
 done
