@@ -267,6 +267,7 @@ def linear_probe(train_f, train_y, test_f, test_y, seed: int = 0, l2_grid=L2_GRI
         # ties often and then favoured the strongest L2 (on digits pixels 0.925 against C = 1's 0.955)
         i = int(np.argmin(losses))
         best, val_top1, val_loss, start = l2_grid[i], accs[i], losses[i], fits[i + 1]
+        del x_fit  # its oneDNN copies (fixed_rows.py), before the refit makes those of all of x
     w = _fit_softmax(FixedRows(x), y, num_classes, best, start, max_iter)
     return {"top1": int((_predict(xt, w) == yt).sum()) / len(yt), "l2": float(best), "val_top1": val_top1,
             "val_log_loss": val_loss}
