@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from reprlearn.errors import ReprlearnError
-from reprlearn.evaluate import probes
+from reprlearn.evaluate import probes, softmax_fit
+from reprlearn.evaluate.fixed_rows import FixedRows
 from reprlearn.evaluate.generative import anomaly_auroc, auroc
 
 
@@ -373,8 +374,8 @@ def test_linear_probe_gradient_by_hand_equals_autograds(classes):
     w = torch.tensor(rng.normal(size=(8, classes)), dtype=torch.float64, requires_grad=True)
     loss = torch.nn.functional.cross_entropy(x @ w[:-1] + w[-1], y) + 0.5 * 0.3 * w[:-1].pow(2).sum()
     loss.backward()
-    got_loss, got_grad = probes.softmax_loss_and_grad(x, torch.nn.functional.one_hot(y, classes).double(),
-                                                      w.detach(), 0.3)
+    got_loss, got_grad = softmax_fit.loss_and_grad(FixedRows(x), torch.nn.functional.one_hot(y, classes).double(),
+                                                   w.detach(), 0.3)
     assert float(got_loss) == pytest.approx(float(loss), rel=1e-12)
     assert torch.allclose(got_grad, w.grad, rtol=1e-10, atol=1e-12)
 
@@ -429,8 +430,8 @@ def test_the_sweep_stops_only_past_its_best(monkeypatch):
     xt[:, :3] += 1.5 * np.eye(3, dtype=np.float32)[yt]
     grid = (10.0, 1.0, 0.3, 1e-1, 3e-2, 1e-2, 1e-3, 1e-4, 1e-5)
     fits = []
-    inner = probes._fit_softmax
-    monkeypatch.setattr(probes, "_fit_softmax", lambda *a: fits.append(a[3]) or inner(*a))
+    inner = probes.fit_softmax
+    monkeypatch.setattr(probes, "fit_softmax", lambda *a: fits.append(a[3]) or inner(*a))
     stopped = probes.linear_probe(x, y, xt, yt, l2_grid=grid)
     n_stopped, fits[:] = len(fits), []
     monkeypatch.setattr(probes, "SWEEP_PATIENCE", None)

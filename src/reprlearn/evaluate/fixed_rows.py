@@ -6,8 +6,9 @@ member masks every step, with C = 10-100. Against so few columns MKL's float32 G
 CPU default) runs far below its peak, while oneDNN's inner-product primitive, on tensors in
 its own layout, runs the same products about 2x faster on CIFAR-10 pixels (8,001 x 3,072, 10
 rows, 2 AVX-512 cores: x W^T 11.6 -> 6.0 ms, G x 15.3 -> 7.2 ms; benchmarks/probe_fit_speed.py),
-equal within float32 rounding (tests/test_softmax_fit.py); k-means on them 3.6 -> 3.35 s. ``x`` is converted once (and its transpose, on the first
-``G x``): 0.17 s and two more copies of ``x``, paid back within a dozen products. Elsewhere (a
+equal within float32 rounding (tests/test_softmax_fit.py); k-means on them 3.6 -> 3.35 s. ``x``
+is converted once (and its transpose, on the first ``G x``): 0.17 s and two more copies of
+``x``, paid back within a dozen products. Elsewhere (a
 GPU, a torch without oneDNN, float64) the products are torch's GEMMs, with the few-row side
 zero-padded to a multiple of 16 rows, which MKL runs up to 2x faster than 10 rows.
 """

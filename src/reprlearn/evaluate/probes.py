@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ..errors import fail
 from .fixed_rows import FixedRows
-from .softmax_fit import fit_softmax, loss_and_grad
+from .softmax_fit import fit_softmax
 
 # L2 weights (on the mean cross-entropy) the torch linear probe chooses from, strongest first
 L2_GRID = (1.0, 1e-1, 1e-2, 1e-3, 1e-4)
@@ -174,21 +174,8 @@ def _faiss_index(bank: torch.Tensor):
     return index
 
 
-def _fit_softmax(x: FixedRows, y: torch.Tensor, num_classes: int, l2: float, w: torch.Tensor | None,
-                 max_iter: int) -> torch.Tensor:
-    """argmin_W mean_i CE(x_i W + b, y_i) + l2/2 ||W||^2 (bias unpenalised) by full-batch L-BFGS
-    (softmax_fit.py), from ``w`` (warm start) or zeros. Returns (D+1, C), bias last."""
-    return fit_softmax(x, y, num_classes, l2, w, max_iter)
-
-
-def softmax_loss_and_grad(x: FixedRows | torch.Tensor, onehot: torch.Tensor, w: torch.Tensor, l2: float):
-    """The probe's objective mean_i CE(x_i W + b, y_i) + l2/2 ||W||^2 and its gradient by hand
-    (softmax_fit.py), as the fit computes them."""
-    return loss_and_grad(x if isinstance(x, FixedRows) else FixedRows(x), onehot, w, l2)
-
-
 def _logits(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x W + b for the (D+1, C) weights of :func:`_fit_softmax` (bias last)."""
+    """x W + b for the (D+1, C) weights of :func:`softmax_fit.fit_softmax` (bias last)."""
     return torch.addmm(w[-1], x, w[:-1])
 
 
@@ -256,7 +243,7 @@ def linear_probe(train_f, train_y, test_f, test_y, seed: int = 0, l2_grid=L2_GRI
         fits, losses, accs = [None], [], []
         x_fit, y_fit = FixedRows(x[fit]), y[fit]
         for l2 in l2_grid:  # each fit starts from the previous, stronger one's solution
-            fits.append(_fit_softmax(x_fit, y_fit, num_classes, l2, fits[-1], max_iter))
+            fits.append(fit_softmax(x_fit, y_fit, num_classes, l2, fits[-1], max_iter))
             logits = _logits(x[val], fits[-1])
             losses.append(float(F.cross_entropy(logits, y[val])))
             accs.append(int((logits.argmax(1) == y[val]).sum()) / len(val))
@@ -268,7 +255,7 @@ def linear_probe(train_f, train_y, test_f, test_y, seed: int = 0, l2_grid=L2_GRI
         i = int(np.argmin(losses))
         best, val_top1, val_loss, start = l2_grid[i], accs[i], losses[i], fits[i + 1]
         del x_fit  # its oneDNN copies (fixed_rows.py), before the refit makes those of all of x
-    w = _fit_softmax(FixedRows(x), y, num_classes, best, start, max_iter)
+    w = fit_softmax(FixedRows(x), y, num_classes, best, start, max_iter)
     return {"top1": int((_predict(xt, w) == yt).sum()) / len(yt), "l2": float(best), "val_top1": val_top1,
             "val_log_loss": val_loss}
 

@@ -41,11 +41,17 @@ def logits_of(x: FixedRows, w: torch.Tensor) -> torch.Tensor:
     return x.times(w[:-1].T) + w[-1]
 
 
-def loss_and_grad(x: FixedRows, onehot: torch.Tensor, w: torch.Tensor, l2: float) -> tuple[torch.Tensor, torch.Tensor]:
+def loss_and_grad(x: FixedRows, onehot: torch.Tensor, w: torch.Tensor, l2: float) -> tuple[float, torch.Tensor]:
     """``f`` and its gradient (D+1, C) at ``w``."""
-    logp = logits_of(x, w).log_softmax(1)
-    loss = -(logp * onehot).sum() / len(onehot) + 0.5 * l2 * w[:-1].pow(2).sum()
-    return loss, gradient(x, logp.exp_(), onehot, w, l2)
+    loss, probs = _loss_and_probs(logits_of(x, w), onehot, w, l2)
+    return loss, gradient(x, probs, onehot, w, l2)
+
+
+def _loss_and_probs(logits: torch.Tensor, onehot: torch.Tensor, w: torch.Tensor, l2: float) -> tuple[float, torch.Tensor]:
+    """``f`` at ``w`` (its cross-entropy summed in float64) and the softmax, from ``w``'s logits."""
+    logp = logits.log_softmax(1)
+    loss = float(-(logp * onehot).sum(dtype=torch.float64)) / len(onehot) + 0.5 * l2 * float(w[:-1].pow(2).sum())
+    return loss, logp.exp_()
 
 
 def gradient(x: FixedRows, probs: torch.Tensor, onehot: torch.Tensor, w: torch.Tensor, l2: float) -> torch.Tensor:
@@ -58,21 +64,24 @@ def gradient(x: FixedRows, probs: torch.Tensor, onehot: torch.Tensor, w: torch.T
     return grad
 
 
-def inverse_hessian_times(g: torch.Tensor, s: torch.Tensor, y: torch.Tensor, gamma: float,
-                          sy: torch.Tensor | None = None, yy: torch.Tensor | None = None) -> torch.Tensor:
+def inverse_hessian_times(g: torch.Tensor, s: torch.Tensor, y: torch.Tensor, gamma: float) -> torch.Tensor:
     """H g for the L-BFGS inverse-Hessian approximation of the pairs ``s``, ``y`` (k, P), oldest
     first, with H_0 = gamma I, by the compact form: H = gamma I + [S, gamma Y] M [S, gamma Y]^T,
     M = [[R^-T (D + gamma Y^T Y) R^-1, -R^-T], [-R^-1, 0]], R the upper triangle of S^T Y and D
-    its diagonal (the pairs as the columns of S and Y). ``sy`` = S^T Y and ``yy`` = Y^T Y when
-    known (:class:`History` keeps them)."""
-    sy = s @ y.T if sy is None else sy
-    yy = y @ y.T if yy is None else yy
+    its diagonal (the pairs as the columns of S and Y)."""
+    first, p = _compact_coefficients(s @ y.T, y @ y.T, s @ g, y @ g, gamma)
+    return gamma * g + s.T @ first - gamma * (y.T @ p)
+
+
+def _compact_coefficients(sy: torch.Tensor, yy: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+                          gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The compact form's coefficients of S and of -gamma Y in H g, from S^T Y, Y^T Y, a = S^T g and
+    b = Y^T g (pairs in age order): R^-T ((D + gamma Y^T Y) R^-1 a - gamma b) and R^-1 a."""
     r = sy.triu()
-    a, b = s @ g, y @ g
     p = torch.linalg.solve_triangular(r, a[:, None], upper=True)[:, 0]
     inner = sy.diagonal() * p + gamma * (yy @ p) - gamma * b
     first = torch.linalg.solve_triangular(r.T, inner[:, None], upper=False)[:, 0]
-    return gamma * g + s.T @ first - gamma * (y.T @ p)
+    return first, p
 
 
 class History:
@@ -101,12 +110,8 @@ class History:
     def times(self, g: torch.Tensor) -> torch.Tensor:
         """H g (see :func:`inverse_hessian_times`), with the pairs in age order."""
         order = torch.tensor(self.slots, device=g.device)
-        sy, yy = self.sy[order][:, order], self.yy[order][:, order]
-        r = sy.triu()
-        a, b = (self.s @ g)[order], (self.y @ g)[order]
-        p = torch.linalg.solve_triangular(r, a[:, None], upper=True)[:, 0]
-        inner = sy.diagonal() * p + self.gamma * (yy @ p) - self.gamma * b
-        first = torch.linalg.solve_triangular(r.T, inner[:, None], upper=False)[:, 0]
+        first, p = _compact_coefficients(self.sy[order][:, order], self.yy[order][:, order], (self.s @ g)[order],
+                                         (self.y @ g)[order], self.gamma)
         first_slots, p_slots = torch.zeros_like(self.s[:, 0]), torch.zeros_like(self.s[:, 0])
         first_slots[order], p_slots[order] = first, p
         return self.gamma * g + self.s.T @ first_slots - self.gamma * (self.y.T @ p_slots)
@@ -120,9 +125,8 @@ def fit_softmax(x: FixedRows, y: torch.Tensor, num_classes: int, l2: float, w: t
     w = torch.zeros(features.shape[1] + 1, num_classes, dtype=features.dtype, device=features.device) \
         if w is None else w.detach().clone()
     logits = logits_of(x, w)
-    logp = logits.log_softmax(1)
-    loss = float(-(logp * onehot).sum(dtype=torch.float64)) / len(onehot) + 0.5 * l2 * float(w[:-1].pow(2).sum())
-    grad = gradient(x, logp.exp_(), onehot, w, l2)
+    loss, probs = _loss_and_probs(logits, onehot, w, l2)
+    grad = gradient(x, probs, onehot, w, l2)
     history = History(HISTORY, w.numel(), w.device)
     for _ in range(max_iter):
         if float(grad.abs().max()) <= tolerance_grad:
