@@ -3,8 +3,8 @@ classifier before and after, the critic's W1; --align marginal and joint.
 
     python benchmarks/domain_shift.py --seeds 0 1 2 --align marginal joint --out /tmp/domain-shift
     python benchmarks/domain_shift.py --labelled-per-class 5 --align joint --out /tmp/domain-multi   # multi-domain
-    python benchmarks/domain_shift.py --data cifar10 --subset 1500 --image-size 16 --epochs 6 --batch-size 64 \
-        --lambda-warmup 1 --align marginal --out /tmp/domain-cifar
+    python benchmarks/domain_shift.py --data cifar10 --subset 8000 --image-size 16 --epochs 20 --batch-size 64 \
+        --lambda-warmup 2.5 --align marginal joint --out /tmp/domain-cifar
 
 Each run is the method's defaults (``reprlearn train domain-invariant --seed S --align A``) plus
 the options given here; the references (source only, λ = 0, target oracle) are trained beside it
@@ -55,8 +55,11 @@ def cifar_subset(out: Path, n: int) -> dict[str, str]:
                  "target_data": (shift_images(train.images[n:2 * n]), train.labels[n:2 * n]),
                  "eval_data": (test.images[:n // 2], test.labels[:n // 2]),
                  "target_eval_data": (shift_images(test.images[:n // 2]), test.labels[:n // 2])}
-        for k, (images, labels) in parts.items():
-            np.savez(paths[k], images=images, labels=labels)
+        for k, (images, labels) in parts.items():  # atomically: two runs started together may both build them
+            tmp = paths[k].with_suffix(f".{os.getpid()}.tmp")
+            with open(tmp, "wb") as f:
+                np.savez(f, images=images, labels=labels)
+            os.replace(tmp, paths[k])
     return {k: str(p) for k, p in paths.items()}
 
 
