@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 import reprlearn
+from reprlearn.files import atomic_write
 
 ROWS = [("target_top1", "target top-1, adapted"), ("source_only_top1", "target top-1, source only (source images alone)"),
         ("lambda0_top1", "target top-1, λ = 0 on the same batches"),
@@ -56,10 +57,8 @@ def cifar_subset(out: Path, n: int) -> dict[str, str]:
                  "eval_data": (test.images[:n // 2], test.labels[:n // 2]),
                  "target_eval_data": (shift_images(test.images[:n // 2]), test.labels[:n // 2])}
         for k, (images, labels) in parts.items():  # atomically: two runs started together may both build them
-            tmp = paths[k].with_suffix(f".{os.getpid()}.tmp")
-            with open(tmp, "wb") as f:
+            with atomic_write(paths[k]) as f:
                 np.savez(f, images=images, labels=labels)
-            os.replace(tmp, paths[k])
     return {k: str(p) for k, p in paths.items()}
 
 

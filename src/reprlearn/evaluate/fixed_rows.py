@@ -39,6 +39,11 @@ class FixedRows:
         self._x = x.contiguous().to_mkldnn() if self.onednn else None
         self._xt = None
 
+    @classmethod
+    def of(cls, x: FixedRows | torch.Tensor, onednn: bool | None = None) -> FixedRows:
+        """``x`` itself when it is held already, else ``FixedRows(x, onednn)``."""
+        return x if isinstance(x, FixedRows) else cls(x, onednn)
+
     def __len__(self) -> int:
         return len(self.x)
 

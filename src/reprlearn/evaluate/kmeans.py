@@ -30,7 +30,7 @@ from .fixed_rows import FixedRows
 
 def squared_distances(x: FixedRows | torch.Tensor, x_sq: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     """(N, m) squared Euclidean distances of the rows of ``x`` (norms ``x_sq``) to ``centres`` (m, D)."""
-    dots = (x if isinstance(x, FixedRows) else FixedRows(x, onednn=False)).times(centres)
+    dots = FixedRows.of(x, onednn=False).times(centres)  # a fresh subset of rows: no copy to amortise
     return (x_sq[:, None] - 2 * dots + centres.pow(2).sum(1)[None]).clamp_(min=0)
 
 
@@ -41,7 +41,7 @@ def kmeans_plusplus(x: FixedRows | torch.Tensor, x_sq: torch.Tensor, k: int, sta
     The first centre is uniform; each next one is the best (lowest potential, the summed squared
     distance to the nearest centre) of ``trials`` candidates drawn with probability proportional
     to that squared distance (D^2 sampling). ``trials`` defaults to 2 + floor(ln k), scikit-learn's."""
-    fixed = x if isinstance(x, FixedRows) else FixedRows(x)
+    fixed = FixedRows.of(x)
     x, n = fixed.x, len(fixed)
     trials = trials or 2 + int(math.log(k))
     picks = [torch.randint(n, (starts,), generator=generator, device=x.device)]
@@ -99,7 +99,7 @@ def lloyd(x: FixedRows | torch.Tensor, centres: torch.Tensor, max_iter: int = 30
     squared shift); its labels are then those of its final centres. Each cluster's sum is kept
     in float64 and, once few points move, updated by the points that moved alone. Returns
     (labels (starts, N), inertia (starts,) float64)."""
-    fixed = x if isinstance(x, FixedRows) else FixedRows(x)
+    fixed = FixedRows.of(x)
     x = fixed.x
     centres = centres.clone()
     starts, k, _ = centres.shape
