@@ -1,0 +1,233 @@
+"""The documentation works: the site builds, its Python examples run, its commands name real options.
+
+- the MkDocs site builds with ``--strict`` (a broken link, a missing page or a docstring the API
+  reference cannot render fails it);
+- every fenced ``python`` block of README.md and docs/ runs on small data in a fresh folder (holding a
+  copy of examples/*.py), unless
+  its first line is a tag ``# docs: gpu`` (needs a GPU), ``# docs: long`` (minutes of CPU) or
+  ``# docs: skip`` (needs files or libraries a test machine does not have);
+- every ``reprlearn ...`` line of a fenced ``bash`` block is parsed by the CLI's own parsers (for
+  ``train METHOD``, the parser with that method's options), so a page cannot name an option the CLI
+  does not have;
+- the repository speaks of the project only (no words about how it was built).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SKIP_TAGS = ("gpu", "long", "skip")
+SHELL_SEPARATORS = {"|", "||", "&&", ";", "&"}
+
+
+def _doc_files() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def fenced_blocks(text: str, language: str) -> list[tuple[int, str]]:
+    """(first line number, body) of every block fenced with ```language (at any indentation)."""
+    blocks, body, start, inside = [], [], 0, False
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not inside and stripped.startswith("```") and stripped[3:].strip().split(" ")[0] == language:
+            inside, body, start, indent = True, [], number + 1, len(line) - len(line.lstrip())
+        elif inside and stripped.startswith("```"):
+            inside = False
+            blocks.append((start, "\n".join(body)))
+        elif inside:
+            body.append(line[indent:] if line[:indent].strip() == "" else line)
+    return blocks
+
+
+def skip_tag(code: str) -> str | None:
+    """The tag of a block whose first line is ``# docs: TAG``, else None."""
+    first = code.lstrip().splitlines()[0] if code.strip() else ""
+    match = re.fullmatch(r"#\s*docs:\s*(\w+).*", first.strip())
+    return match.group(1) if match else None
+
+
+# ---------------------------------------------------------------------------------------------- site
+
+
+def test_site_builds_strict(tmp_path):
+    pytest.importorskip("mkdocs", reason="mkdocs is not installed (pip install -e '.[dev]')")
+    pytest.importorskip("material", reason="mkdocs-material is not installed (pip install -e '.[dev]')")
+    pytest.importorskip("mkdocstrings", reason="mkdocstrings is not installed (pip install -e '.[dev]')")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+           "NO_MKDOCS_2_WARNING": "1"}
+    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(ROOT / "mkdocs.yml"),
+                           "-d", str(tmp_path / "site")], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (tmp_path / "site" / "api" / "index.html").read_text().count('id="reprlearn.api.train"') == 1
+
+
+def test_every_nav_page_exists():
+    yaml = pytest.importorskip("yaml")
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
+
+    def pages(node):
+        if isinstance(node, str):
+            yield node
+        elif isinstance(node, list):
+            for item in node:
+                yield from pages(item)
+        elif isinstance(node, dict):
+            for value in node.values():
+                yield from pages(value)
+
+    listed = list(pages(config["nav"]))
+    assert listed and all((ROOT / "docs" / page).is_file() for page in listed), listed
+
+
+# ------------------------------------------------------------------------------------ python examples
+
+
+def _python_blocks():
+    for path in _doc_files():
+        for line, code in fenced_blocks(path.read_text(), "python"):
+            name = f"{path.relative_to(ROOT)}:{line}"
+            tag = skip_tag(code)
+            marks = [pytest.mark.skip(reason=f"tagged '# docs: {tag}'")] if tag in SKIP_TAGS else []
+            yield pytest.param(code, id=name, marks=marks)
+
+
+@pytest.mark.parametrize("code", list(_python_blocks()))
+def test_python_example_runs(code, tmp_path):
+    for example in (ROOT / "examples").glob("*.py"):  # pages import them as from the examples/ folder
+        shutil.copy(example, tmp_path / example.name)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, f"example failed:\n{code}\n--- stderr ---\n{done.stderr[-3000:]}"
+
+
+def test_skip_tag_is_read_from_the_first_line():
+    assert skip_tag("# docs: gpu\nimport reprlearn") == "gpu"
+    assert skip_tag("\n#docs: long (CIFAR-10)\nx = 1") == "long"
+    assert skip_tag("import reprlearn\n# docs: gpu") is None
+
+
+# ------------------------------------------------------------------------------------ command lines
+
+
+def command_lines(script: str) -> list[list[str]]:
+    """The argument lists after ``reprlearn`` in a bash block: continuations joined, comments dropped,
+    ``$(which reprlearn)`` read as ``reprlearn``, placeholders (``$DATA``) kept as plain words, and a
+    synopsis line (``[--k 8]``, ``[--max-steps N | --samples-seen N]``) read with its options present."""
+    script = script.replace("\\\n", " ").replace("$(which reprlearn)", "reprlearn")
+    commands = []
+    for line in script.splitlines():
+        try:
+            words = shlex.split(line, comments=True)
+        except ValueError:  # an unbalanced quote in prose-like lines: not a command we can check
+            words = line.split("#")[0].split()
+        if any(w.startswith("[-") for w in words):  # a synopsis: optional parts in brackets, alternatives
+            words = [w.strip("[]") for w in words if w not in ("|", "...", "[", "]")]
+        for i, word in enumerate(words):
+            if word == "reprlearn" and (i == 0 or words[i - 1] in SHELL_SEPARATORS or words[i - 1] in
+                                        ("time", "srun", "exec") or re.fullmatch(r"\w+=\S*", words[i - 1])
+                                        or words[i - 1].startswith("-") or words[i - 1].isdigit()):
+                rest = words[i + 1:]
+                end = next((j for j, w in enumerate(rest) if w in SHELL_SEPARATORS or w.startswith(">")), len(rest))
+                commands.append([w if not w.startswith("$") else "PLACEHOLDER" for w in rest[:end]])
+    return commands
+
+
+class _Parsed(Exception):
+    """Raised instead of running a command once its arguments have parsed."""
+
+
+def check_command(argv: list[str]) -> str | None:
+    """None when the CLI's own parser accepts ``reprlearn ARGV``, else its one-line error."""
+    from reprlearn import cli
+
+    if not argv or argv[0] in ("--version", "-V", "-h", "--help"):
+        return None
+    if argv[0] not in cli.COMMANDS:
+        return f"unknown command {argv[0]!r}"
+    if argv[0] == "methods":
+        return None if len(argv) == 1 else f"reprlearn methods takes no arguments: {argv[1:]}"
+    real_parse = cli._Parser.parse_args
+
+    def parse_then_stop(parser, args=None, namespace=None):
+        real_parse(parser, args, namespace)
+        raise _Parsed
+
+    err, out = io.StringIO(), io.StringIO()
+    cli._Parser.parse_args = parse_then_stop
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+            cli.COMMANDS[argv[0]](argv[1:])
+    except _Parsed:
+        return None
+    except SystemExit as stop:  # argparse: 0 after --help, 2 after an error
+        return None if stop.code in (0, None) else (err.getvalue().strip() or f"exit {stop.code}")
+    finally:
+        cli._Parser.parse_args = real_parse
+    return "the command ran without parsing its arguments"
+
+
+def _documented_commands():
+    for path in _doc_files():
+        for line, script in fenced_blocks(path.read_text(), "bash"):
+            for argv in command_lines(script):
+                yield f"{path.relative_to(ROOT)}:{line}", argv
+
+
+def test_every_documented_command_parses(monkeypatch):
+    monkeypatch.chdir(ROOT)  # examples/… method files are named relative to the repository root
+    commands = list(_documented_commands())
+    assert len(commands) > 50, "the checker found too few commands: is the block parser broken?"
+    bad = [f"{where}: reprlearn {shlex.join(argv)}\n    {error}" for where, argv in commands
+           if (error := check_command(argv))]
+    assert not bad, "documented commands the CLI rejects:\n" + "\n".join(bad)
+
+
+def test_checker_catches_an_option_the_cli_does_not_have(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    (argv,) = command_lines("reprlearn train simclr --epochs 1 --no-such-option 3   # a made-up flag")
+    error = check_command(argv)
+    assert error is not None and "--no-such-option" in error
+    (argv,) = command_lines("OMP_NUM_THREADS=1 reprlearn embed runs/x --data digits:test --out f.npy --no-such-option")
+    assert "--no-such-option" in check_command(argv)
+    # a method's own option is accepted for that method only
+    assert check_command(["train", "simclr", "--temperature", "0.2"]) is None
+    assert check_command(["train", "byol", "--temperature", "0.2"]) is not None
+    # placeholders, continuations and a wrapped launcher are read as the shell would
+    (argv,) = command_lines("torchrun --nproc-per-node 8 $(which reprlearn) train simclr \\\n"
+                            "    --data $DATA --devices 8")
+    assert argv == ["train", "simclr", "--data", "PLACEHOLDER", "--devices", "8"] and check_command(argv) is None
+    assert check_command(["curate", "filter", "s/", "--keep", "none", "--out", "k.parquet", "--bogus"]) is not None
+
+
+# ------------------------------------------------------------------------------------ own words only
+
+SELF_REFERENCE = re.compile(r"\bstop [0-9]|\bsession|issue [0-9]|\blent\b|lecture", re.IGNORECASE)
+TEXT_SUFFIXES = {".md", ".py", ".sh", ".yml", ".yaml", ".txt", ".toml", ".cfg", ".json", ".csv"}
+
+
+def test_the_project_speaks_of_itself_only():
+    files = [ROOT / "README.md"] + [p for d in ("docs", "src", "benchmarks", "tests") for p in (ROOT / d).rglob("*")
+                                     if p.is_file() and p.suffix in TEXT_SUFFIXES and "__pycache__" not in p.parts]
+    this_file = Path(__file__).resolve()
+    hits = []
+    for path in files:
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            if path.resolve() == this_file and line.startswith("SELF_REFERENCE = "):
+                continue
+            if SELF_REFERENCE.search(line):
+                hits.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()[:120]}")
+    assert not hits, "words about how the project was built, not about the project:\n" + "\n".join(hits)
