@@ -1,5 +1,5 @@
 """domain-invariant, single-seed variants and a look at what the alignment matched: why the adapted
-model does or does not beat λ = 0 on digits -> digits-m (benchmarks/RESULTS.md, issue 14).
+model does or does not beat λ = 0 on digits -> digits-m (benchmarks/RESULTS.md).
 
     python benchmarks/domain_diagnose.py --epochs 20 --variant '{}' --variant '{"lam": 0.01}'
     python benchmarks/domain_diagnose.py --epochs 40 --variant '{"align": "joint", "pseudo_threshold": 0.95}'

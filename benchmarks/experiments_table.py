@@ -26,7 +26,7 @@ def main() -> None:
         path = root / name / "result.json"
         margin = f"; needs > {exp.margin:g}" if exp.margin else ""
         if not path.is_file():
-            print(f"| `{name}` | {exp.claim} | {exp.effect_text}{margin} | — | not run this session "
+            print(f"| `{name}` | {exp.claim} | {exp.effect_text}{margin} | — | not run "
                   f"| `reprlearn experiment {name} --out DIR` | {exp.cost} |")
             continue
         r = json.loads(path.read_text())

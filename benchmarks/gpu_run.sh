@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine: install, check, measure. Run from the repo root with `.whl`
+# One call on a GPU machine: install, check, measure. Run from the repo root with `.whl`
 # (webdataset, braceexpand, umap-learn, pynndescent wheels) and `.devdata/cifar10` (the CIFAR-10
 # shards) carried. RUNS picks the measurements (default: simclr mae vae; eval times `reprlearn eval`).
 set -euo pipefail
@@ -25,7 +25,7 @@ for run in ${RUNS:-simclr mae vae}; do
              python3 -c "from reprlearn.api import reconstruct_images as r; r('/tmp/bench-mae', '.devdata/cifar10/test-000000.tar.gz', '$OUT/mae_reconstructions.png')" 2>&1 | tail -1 ;;
         vae) bench vae --method vae --backbone cnn --batch-size 512 --precision 32 --epochs "${VAE_EPOCHS:-30}" --linear --eval
              cp /tmp/bench-vae/reconstructions.png /tmp/bench-vae/samples.png "$OUT/" 2>/dev/null || true ;;
-        eval)  # issue 10: `reprlearn eval` of eval_speed.py's run (one epoch of simclr on one shard) on the GPU
+        eval)  # `reprlearn eval` of eval_speed.py's run (one epoch of simclr on one shard) on the GPU
              python3 -m reprlearn.cli train simclr --data .devdata/cifar10/train-000000.tar.gz \
                  --eval-data .devdata/cifar10/test-000000.tar.gz --epochs 1 --no-eval --backbone cnn --no-progress \
                  --out /tmp/bench-eval > "$OUT/eval-train.log" 2>&1 || echo "eval's training failed"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The SimCLR race (benchmarks/simclr_race.py) in one call on a lent GPU machine: install, check, measure.
+# The SimCLR race (benchmarks/simclr_race.py) in one call on a GPU machine: install, check, measure.
 # Prepare here, then carry `.whl` and `.devdata`:
 #   pip download --no-deps -d .whl lightly webdataset braceexpand umap-learn pynndescent faiss-cpu
 #   mkdir -p .devdata && cp -r ../shared/data/cifar10 .devdata/

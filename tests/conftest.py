@@ -1,4 +1,4 @@
-"""Test-session settings.
+"""Settings for the whole test run.
 
 pytest-xdist runs two workers on a 2-core machine; each torch process defaults to one
 thread per core, and four spinning OpenMP threads on two cores made training steps up to

@@ -199,8 +199,8 @@ def test_clip_exports_both_towers_and_the_tokenizer(clip_run, tmp_path):
 
     for path, inputs, want in ((tmp_path / "clip.onnx", x, want_image),
                                (tmp_path / "clip.text.onnx", tokens, want_text)):
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        (got,) = session.run(None, {session.get_inputs()[0].name: inputs.numpy()})
+        runtime = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        (got,) = runtime.run(None, {runtime.get_inputs()[0].name: inputs.numpy()})
         assert np.abs(got - want.numpy()).max() <= 1e-4
     meta = json.loads((tmp_path / "clip.onnx.json").read_text())
     assert meta["context_length"] == 24 and meta["tokenizer"] == "clip.tokenizer.json"

@@ -12,7 +12,7 @@
     reprlearn curate score POOL --model RUN_DIR --out DIR      CLIP score of every pair of a pool
     reprlearn curate filter SCORES --keep RULE ... --out KEPT  keep the pairs the rules keep
     reprlearn curate experiment [POOL] --out DIR               filter, train at a fixed budget, compare
-    reprlearn experiment NAME [--data SOURCE] [--seeds 3] --out DIR   re-measure a lecture's claim
+    reprlearn experiment NAME [--data SOURCE] [--seeds 3] --out DIR   measure a published claim
     reprlearn experiment --list          the experiments, with the data and time each needs
     reprlearn methods                    list the registered methods
 """
@@ -349,7 +349,7 @@ def _cmd_experiment(argv: list[str]) -> int:
     # experiments are protocols on top of the API (a layer above it, as this CLI is)
     from .experiments import experiment_list, run_experiment
 
-    p = _Parser(prog="reprlearn experiment", description="Re-measure a lecture's claim with a small fixed protocol "
+    p = _Parser(prog="reprlearn experiment", description="Measure a published claim with a small fixed protocol "
                 "over seeds; writes table.csv, chart.png and summary.md with the effect, its spread and the verdict.")
     p.add_argument("name", nargs="?", help="the experiment (see --list)")
     p.add_argument("--list", action="store_true", help="list the experiments, their data and time on 2 CPU cores")

@@ -162,12 +162,12 @@ def onnx_max_error(path: Path, module: nn.Module, example: torch.Tensor) -> floa
         import onnxruntime as ort
     except ImportError:
         return None
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    batch = session.get_inputs()[0].shape[0]
+    runtime = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    batch = runtime.get_inputs()[0].shape[0]
     if isinstance(batch, int):  # the exporter kept a fixed batch size: the graph is of no general use
         raise fail(f"the ONNX graph {path} has a fixed batch size of {batch} (the exporter could not keep it free "
                    "for this backbone); use --format torchscript")
-    (got,) = session.run(None, {session.get_inputs()[0].name: example.numpy()})
+    (got,) = runtime.run(None, {runtime.get_inputs()[0].name: example.numpy()})
     with torch.no_grad():
         want = module.eval()(example).numpy()
     return float(np.abs(got - want).max())

@@ -1,4 +1,4 @@
-"""The lectures' claims, re-measured: one fixed protocol each (``reprlearn experiment NAME``).
+"""Published claims about the methods, measured: one fixed protocol each (``reprlearn experiment NAME``).
 
 Each module defines one :class:`~reprlearn.experiments.base.Experiment` and registers it; the
 runner (runner.py) repeats it over seeds, writes table.csv, chart.png and summary.md, and

@@ -21,7 +21,7 @@ class Experiment:
     """One claim and its fixed protocol; subclasses fill the class attributes and two methods."""
 
     name: ClassVar[str] = ""
-    claim: ClassVar[str] = ""  # the lecture's claim, one sentence
+    claim: ClassVar[str] = ""  # the claim under test, one sentence
     protocol: ClassVar[str] = ""  # what is trained and measured, one sentence
     effect_text: ClassVar[str] = ""  # how the effect is computed from the arms, in words
     metric: ClassVar[str] = "linear_top1"  # the metric the chart shows per arm

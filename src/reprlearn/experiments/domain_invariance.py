@@ -5,7 +5,7 @@ Protocol: ``reprlearn train domain-invariant`` with its defaults (source digits,
 digits-m), read from its evaluation, which trains the references beside it from the same
 initialisation and batches (benchmarks/domain_shift.py reports the same): target top-1 and the
 domain classifier's accuracy on the features of the adapted model, of source only, which is
-λ = 0 as issue 14 defines it (the same batches, so BatchNorm sees the target images too, and
+λ = 0 as the method's evaluation defines it (the same batches, so BatchNorm sees the target images too, and
 no critic: the comparison isolates the critic), and of the source images alone (reported
 beside, not in the effect). Effect: the smaller of the two claimed gains, min(target top-1
 adapted - λ = 0, domain-classifier accuracy λ = 0 - adapted): both halves of the claim must show.

@@ -1,4 +1,4 @@
-"""Sparse autoencoder (Ng 2011, "Sparse autoencoder" lecture notes; Lee et al. 2008).
+"""Sparse autoencoder (Ng 2011, "Sparse autoencoder" course notes; Lee et al. 2008).
 
 The code h = sigmoid(W · features + b) lives in (0, 1); each unit is asked to fire
 rarely: its mean activation over the batch, ρ̂_j, is pulled to a small target ρ by
