@@ -7,7 +7,7 @@ RGB one and ``self.encoder`` evaluates colour images unchanged), and a decoder
 ``chroma-size`` x ``chroma-size`` grid: the target is the chroma average-pooled to that grid
 (chroma varies slowly; Zhang et al. also predict it at a quarter of the resolution). The coarse
 grid keeps the decoder a small MLP: a transposed-conv decoder up to 32x32 cost about seven times
-the small CNN encoder's compute and learnt less (README). The decoder reads the pooled features,
+the small CNN encoder's compute and learnt less (docs/methods/pretext.md). The decoder reads the pooled features,
 the ones evaluated; a per-location decoder on the feature map before the pool was tried and
 gave worse features (local colour cues rather than image-level ones).
 

@@ -89,7 +89,7 @@ class IBOTConfig:
 @METHODS.register("ibot")
 class IBOT(Method):
     Config = IBOTConfig
-    # tuned for 8x8 digits on a CPU (see README); --backbone vit-tiny for larger images
+    # tuned for 8x8 digits on a CPU (see docs/methods/self-distillation.md); --backbone vit-tiny for larger images
     run_defaults = {"backbone": "vit-micro", "epochs": 12, "batch_size": 256, "lr": 5e-4, "warmup_epochs": 5}
 
     def __init__(self, config: IBOTConfig, encoder, info, view_spec):
