@@ -135,7 +135,7 @@ def command_lines(script: str) -> list[list[str]]:
         except ValueError:  # an unbalanced quote in prose-like lines: not a command we can check
             words = line.split("#")[0].split()
         if any(w.startswith("[-") for w in words):  # a synopsis: optional parts in brackets, alternatives
-            words = [w.strip("[]") for w in words if w not in ("|", "...", "[", "]")]
+            words = [w for w in (w.strip("[]") for w in words) if w not in ("|", "...", "")]
         for i, word in enumerate(words):
             if word == "reprlearn" and (i == 0 or words[i - 1] in SHELL_SEPARATORS or words[i - 1] in
                                         ("time", "srun", "exec") or re.fullmatch(r"\w+=\S*", words[i - 1])
@@ -150,8 +150,27 @@ class _Parsed(Exception):
     """Raised instead of running a command once its arguments have parsed."""
 
 
+PLACEHOLDER_VALUE = re.compile(r"[A-Z][A-Z0-9_]*|PLACEHOLDER|.*\|.*")  # N, RUN_DIR, $DATA, adamw|sgd
+BAD_VALUE = re.compile(r"argument (--[\w-]+): invalid (?:(int|float) value|choice): '([^']*)'"
+                       r"(?: \(choose from '([^']*)')?")
+
+
 def check_command(argv: list[str]) -> str | None:
-    """None when the CLI's own parser accepts ``reprlearn ARGV``, else its one-line error."""
+    """None when the CLI's own parser accepts ``reprlearn ARGV``, else its one-line error. Options are
+    checked by name: a placeholder value (``--epochs N``, ``--format jpg|png``) stands for a valid one."""
+    argv = list(argv)
+    for _ in range(len(argv) + 1):
+        error = _parse_error(argv)
+        bad = BAD_VALUE.search(error or "")
+        if not bad or not PLACEHOLDER_VALUE.fullmatch(bad.group(3)):
+            return error
+        option, kind, value, first_choice = bad.groups()
+        i = next(i for i in range(1, len(argv)) if argv[i - 1] == option and argv[i] == value)
+        argv[i] = {"int": "1", "float": "1.0"}.get(kind, first_choice)
+    return error
+
+
+def _parse_error(argv: list[str]) -> str | None:
     from reprlearn import cli
 
     if not argv or argv[0] in ("--version", "-V", "-h", "--help"):
@@ -211,6 +230,13 @@ def test_checker_catches_an_option_the_cli_does_not_have(monkeypatch):
                             "    --data $DATA --devices 8")
     assert argv == ["train", "simclr", "--data", "PLACEHOLDER", "--devices", "8"] and check_command(argv) is None
     assert check_command(["curate", "filter", "s/", "--keep", "none", "--out", "k.parquet", "--bogus"]) is not None
+    # a placeholder value stands for a valid one; a real value is checked as the CLI checks it
+    assert check_command(["eval", "RUN_DIR", "--labels-per-class", "N", "--knn-temperature", "T"]) is None
+    assert check_command(["export", "RUN_DIR", "--format", "safetensors|onnx", "--out", "PATH"]) is None
+    assert "invalid int value" in check_command(["eval", "RUN_DIR", "--labels-per-class", "five"])
+    assert "invalid choice" in check_command(["export", "RUN_DIR", "--format", "pickle", "--out", "PATH"])
+    (argv,) = command_lines("reprlearn sample RUN [--n 64] [--class C] [--no-such-option N] --out F.png")
+    assert "--no-such-option" in check_command(argv)
 
 
 # ------------------------------------------------------------------------------------ own words only
