@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import os
@@ -23,6 +24,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -179,23 +181,21 @@ def _parse_error(argv: list[str]) -> str | None:
         return f"unknown command {argv[0]!r}"
     if argv[0] == "methods":
         return None if len(argv) == 1 else f"reprlearn methods takes no arguments: {argv[1:]}"
-    real_parse = cli._Parser.parse_args
+    real_parse = argparse.ArgumentParser.parse_args
 
-    def parse_then_stop(parser, args=None, namespace=None):
+    def parse_then_stop(parser, args=None, namespace=None):  # every parser stops once it has parsed
         real_parse(parser, args, namespace)
         raise _Parsed
 
     err, out = io.StringIO(), io.StringIO()
-    cli._Parser.parse_args = parse_then_stop
     try:
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        with mock.patch.object(argparse.ArgumentParser, "parse_args", parse_then_stop), \
+                contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
             cli.COMMANDS[argv[0]](argv[1:])
     except _Parsed:
         return None
     except SystemExit as stop:  # argparse: 0 after --help, 2 after an error
         return None if stop.code in (0, None) else (err.getvalue().strip() or f"exit {stop.code}")
-    finally:
-        cli._Parser.parse_args = real_parse
     return "the command ran without parsing its arguments"
 
 
