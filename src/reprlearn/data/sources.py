@@ -137,6 +137,19 @@ def resize_set(images: ImageSet, image_size: int | None) -> ImageSet:
     return ImageSet(resized, images.labels, images.class_names, images.name, list(images.skipped), images.keys)
 
 
+def fit_to(images: ImageSet, image_size: int, channels: int, where: str) -> ImageSet:
+    """``images`` as a run trained at ``image_size`` px on ``channels`` channels takes them: resized
+    (when they are not at that size already), grey replicated to RGB; colour for a grey run is refused."""
+    images = resize_set(images, image_size)
+    if images.channels == channels:
+        return images
+    if channels == 3:
+        return ImageSet(np.repeat(images.images, 3, axis=-1), images.labels, images.class_names, images.name,
+                        list(images.skipped), images.keys)
+    raise fail(f"{where} has colour images but the run was trained on grey ({channels} channel) ones; "
+               "give grey images, or use a run trained on colour")
+
+
 def with_index_keys(images: ImageSet) -> ImageSet:
     """A named or in-memory source's keys: NAME/INDEX (``digits:test/17``), stable because its order is."""
     images.keys = [f"{images.name}/{i}" for i in range(len(images))]
