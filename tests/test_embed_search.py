@@ -199,3 +199,16 @@ def test_a_cache_entry_without_keys_still_loads(tmp_path):
     with np.load(tmp_path / "old.npz") as f:
         restored = image_set_from(f)
     assert restored.keys is None and len(restored) == 2
+
+
+def test_fit_to_replicates_grey_for_a_colour_run_and_refuses_the_reverse():
+    from reprlearn.data.imageset import ImageSet
+    from reprlearn.data.sources import fit_to
+    from reprlearn.errors import ReprlearnError
+
+    grey = ImageSet(np.arange(2 * 4 * 4, dtype=np.uint8).reshape(2, 4, 4, 1), name="g", keys=["a", "b"])
+    rgb = fit_to(grey, 4, 3, "g")
+    assert rgb.images.shape == (2, 4, 4, 3) and rgb.keys == ["a", "b"]
+    assert all(np.array_equal(rgb.images[..., c], grey.images[..., 0]) for c in range(3))
+    with pytest.raises(ReprlearnError, match="3-channel images but the run was trained on 1-channel"):
+        fit_to(rgb, 4, 1, "c")

@@ -139,15 +139,15 @@ def resize_set(images: ImageSet, image_size: int | None) -> ImageSet:
 
 def fit_to(images: ImageSet, image_size: int, channels: int, where: str) -> ImageSet:
     """``images`` as a run trained at ``image_size`` px on ``channels`` channels takes them: resized
-    (when they are not at that size already), grey replicated to RGB; colour for a grey run is refused."""
+    (when they are not at that size already), grey replicated to RGB; any other channel change refused."""
     images = resize_set(images, image_size)
     if images.channels == channels:
         return images
-    if channels == 3:
+    if (images.channels, channels) == (1, 3):
         return ImageSet(np.repeat(images.images, 3, axis=-1), images.labels, images.class_names, images.name,
                         list(images.skipped), images.keys)
-    raise fail(f"{where} has colour images but the run was trained on grey ({channels} channel) ones; "
-               "give grey images, or use a run trained on colour")
+    raise fail(f"{where} has {images.channels}-channel images but the run was trained on {channels}-channel ones; "
+               f"give {channels}-channel images, or use a run trained on these")
 
 
 def with_index_keys(images: ImageSet) -> ImageSet:
