@@ -177,13 +177,15 @@ def read_embeddings(path: str | Path) -> tuple[np.ndarray, list[str], dict]:
         try:
             features = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as e:
-            raise fail(f"{path} is not a readable .npy file ({str(e)[:60]}); give one written by `reprlearn embed`") from None
+            raise fail(f"{path} is not a readable .npy file ({str(e)[:60]}); "
+                       "give one written by `reprlearn embed`") from None
     elif table is None or "embedding" not in table.column_names:
         raise fail(f"{path} has no embedding column; give a .parquet written by `reprlearn embed`")
     else:
         features = np.stack(table["embedding"].to_numpy(zero_copy_only=False))
     if features.ndim != 2 or not np.issubdtype(features.dtype, np.floating):
-        raise fail(f"{path} holds {features.dtype} {features.shape}, not (N, D) features; give a file from `reprlearn embed`")
+        raise fail(f"{path} holds {features.dtype} {features.shape}, not (N, D) features; "
+                   "give a file from `reprlearn embed`")
     if table is not None and table.num_rows != len(features):
         raise fail(f"{table_path} has {table.num_rows} rows but {path} {len(features)} features; write both again "
                    "with `reprlearn embed`")
@@ -247,7 +249,8 @@ def file_index(space: Space, info, run_dir: Path, spec: str) -> Indexed:
         raise fail(f"{spec} was embedded at {meta['image_size']} px but {run_dir} was trained at {info.image_size} px; "
                    "embed again with this run")
     st = Path(spec).stat()
-    path = run_dir / "search" / f"{index_key(run_dir, str(Path(spec).resolve()), 'file', st.st_size, st.st_mtime_ns)}.faiss"
+    key = index_key(run_dir, str(Path(spec).resolve()), "file", st.st_size, st.st_mtime_ns)
+    path = run_dir / "search" / f"{key}.faiss"
     index = saved_index(path, lambda: unit(features))
     return Indexed(index, keys, FileImages(keys, meta.get("source"), info.image_size, bool(meta.get("skip_bad"))))
 
@@ -296,13 +299,13 @@ def search(method, info, run_dir: str | Path, index_source: str, queries: list[s
         raise fail(f"{index_source} holds encoder features from `reprlearn embed`; text queries need an index "
                    "embedded by the image tower: give --index SOURCE (the images)")
     query_batch = query_image_batch(query_images, info) if query_images else None  # bad paths named first
-    from .methods import EmbedsText
-
     if from_file:
         indexed = file_index(space, info, run_dir, index_source)
     else:
         from .data.pairs import is_pair_source
+        from .methods import EmbedsText
 
+        # an image-text run indexes a caption source's test split, with the captions beside its hits
         pairs = isinstance(method, EmbedsText) and is_pair_source(index_source)
         indexed = source_index(space, info, run_dir, index_source, pairs, skip_bad)
     vectors = []
@@ -355,7 +358,7 @@ def contact_sheet(titles: list[str], hits: list[list[Hit]], images, path: str | 
                 ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None)
             else:
                 ax.text(0.5, 0.5, "(no image)", ha="center", va="center", fontsize=6, transform=ax.transAxes)
-            ax.set_title(f"{hit.score:.2f}", fontsize=7)
+            ax.set_title(f"{hit.score:.3f}", fontsize=7)
             ax.text(0.5, -0.04, _short(hit.key), transform=ax.transAxes, ha="center", va="top", fontsize=5)
         axes[row, 0].text(-0.1, 0.5, title, transform=axes[row, 0].transAxes, ha="right", va="center", fontsize=8,
                           wrap=True)

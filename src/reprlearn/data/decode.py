@@ -120,7 +120,8 @@ class Collector:
         messages when that reads better than the key (a table's row and line)."""
         if self.images and array.shape[:2] != self.images[0].shape[:2]:
             first = self.images[0].shape
-            self.bad(f"{where or key} is {array.shape[1]}x{array.shape[0]} but earlier images are {first[1]}x{first[0]} "
+            self.bad(f"{where or key} is {array.shape[1]}x{array.shape[0]} but earlier images are "
+                     f"{first[1]}x{first[0]} "
                      "(pass --image-size N to resize all)")
             return
         self.images.append(array)
