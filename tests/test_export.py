@@ -146,7 +146,7 @@ def test_embed_writes_parquet_beside_npy(run, tmp_path):
     features = np.load(out)
     table = pq.read_table(tmp_path / "f.parquet")
     assert table.column_names == ["key", "embedding", "label"]
-    assert table["key"].to_pylist() == list(range(len(features)))
+    assert table["key"].to_pylist() == [f"digits:test/{i}" for i in range(len(features))]
     assert np.array_equal(np.stack(table["embedding"].to_numpy(zero_copy_only=False)), features)
     assert table["label"].to_pylist()[:5] == reprlearn.api.load_source("digits:test").labels[:5].tolist()
     # the exported file embeds the same (reprlearn embed takes it in place of the run)

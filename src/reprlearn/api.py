@@ -95,12 +95,17 @@ def load(run_dir: str | Path, method_file: str | Path | None = None) -> Encoder:
 
 
 def embed(run_or_encoder: str | Path | torch.nn.Module, source: str | ImageSet, batch_size: int = 1024,
-          device: str | None = None) -> np.ndarray:
+          device: str | None = None, image_size: int | None = None, skip_bad: bool = False,
+          method_file: str | Path | None = None) -> np.ndarray:
     """(N, D) features of every image of ``source`` (a data spec or an ImageSet); for a text run (mlm),
-    the pooled features of every text of ``source`` (a text spec, its training split)."""
-    from .evaluate import extract
+    the pooled features of every text of ``source`` (a text spec, its training split).
 
-    encoder = run_or_encoder if isinstance(run_or_encoder, torch.nn.Module) else load(run_or_encoder)
+    Images are stored as the run stored its training images: at its image size (a source's files are
+    decoded straight to it; an ImageSet of another size is resized) and channel count, and the
+    encoder applies the run's normalisation. ``image_size`` other than the run's is refused;
+    ``skip_bad`` skips unreadable files and counts them instead of stopping.
+    """
+    encoder = _encoder(run_or_encoder, method_file)
     if getattr(getattr(encoder, "data_info", None), "channels", None) == 0:  # a text run (mlm): embed texts
         from .data.texts import load_texts
         from .evaluate.text import text_features
@@ -110,10 +115,43 @@ def embed(run_or_encoder: str | Path | torch.nn.Module, source: str | ImageSet, 
         if device:
             encoder = encoder.to(device)
         return text_features(encoder, encoder.tokenize(load_texts(source)[0].texts), next(encoder.parameters()).device)
-    images = load_source(source) if isinstance(source, str) else source
+    return _embed_images(encoder, run_images(encoder, source, image_size, skip_bad), batch_size, device)
+
+
+def _encoder(run_or_encoder: str | Path | torch.nn.Module, method_file: str | Path | None = None) -> torch.nn.Module:
+    return run_or_encoder if isinstance(run_or_encoder, torch.nn.Module) else load(run_or_encoder, method_file)
+
+
+def _embed_images(encoder: torch.nn.Module, images: ImageSet, batch_size: int, device: str | None) -> np.ndarray:
+    from .evaluate import extract
+
     if device:
         encoder = encoder.to(device)
     return extract(encoder, images.tensor(), batch_size)
+
+
+def trained_shape(encoder: torch.nn.Module) -> tuple[int, int] | None:
+    """(image side, channels) an encoder was trained on: a run's DataInfo, or an export's metadata;
+    None for a module that records neither."""
+    info = getattr(encoder, "data_info", None)
+    if info is not None:
+        return int(info.image_size), int(info.channels)
+    meta = getattr(encoder, "export_info", None)
+    return (int(meta["image_size"]), int(meta["in_channels"])) if meta else None
+
+
+def run_images(encoder: torch.nn.Module, source: str | ImageSet, image_size: int | None = None,
+               skip_bad: bool = False) -> ImageSet:
+    """``source``'s images as the encoder's run stored its own: at its image size and channel count."""
+    from .data.sources import fit_to, resize_set
+
+    shape = trained_shape(encoder)
+    if shape and image_size is not None and image_size != shape[0]:
+        raise fail(f"--image-size {image_size} differs from the run's {shape[0]} px; the run's features are only "
+                   f"right at its own size: leave --image-size out (or pass {shape[0]})")
+    size = shape[0] if shape else image_size
+    images = load_source(source, size, skip_bad) if isinstance(source, str) else resize_set(source, size)
+    return fit_to(images, *shape, source if isinstance(source, str) else images.name) if shape else images
 
 
 def export(run_dir: str | Path, format: str, out: str | Path, method_file: str | Path | None = None) -> list[Path]:
@@ -128,15 +166,22 @@ def export(run_dir: str | Path, format: str, out: str | Path, method_file: str |
 
 
 def write_embeddings(run_or_encoder: str | Path | torch.nn.Module, source: str, out: str | Path,
-                     method_file: str | Path | None = None) -> tuple[np.ndarray, list[Path]]:
-    """Embed every image of ``source``; write ``out`` (.npy) and the same features as Parquet beside it
-    (key, embedding[, label]). Returns (features, files written)."""
+                     method_file: str | Path | None = None, image_size: int | None = None,
+                     skip_bad: bool = False) -> tuple[np.ndarray, list[Path]]:
+    """Embed every image of ``source`` as :func:`embed` does; write ``out`` (.npy) and the same features
+    as Parquet beside it (key, embedding[, label]; key = each image's path, SHARD_FILE_NAME/KEY or
+    NAME:SPLIT/INDEX). Returns (features, files written)."""
     from .export import write_features
 
-    encoder = run_or_encoder if isinstance(run_or_encoder, torch.nn.Module) else load(run_or_encoder, method_file)
-    images = load_source(source)
-    features = embed(encoder, images)
-    return features, write_features(features, out, images.labels)
+    encoder = _encoder(run_or_encoder, method_file)
+    images = run_images(encoder, source, image_size, skip_bad)
+    if images.skipped:
+        print(f"skipped {len(images.skipped)} unreadable items (first: {images.skipped[0]})")
+    features = _embed_images(encoder, images, 1024, None)
+    shape = trained_shape(encoder)
+    meta = {"run": None if isinstance(run_or_encoder, torch.nn.Module) else str(run_or_encoder), "source": source,
+            "image_size": shape[0] if shape else images.image_size, "skip_bad": skip_bad}
+    return features, write_features(features, out, images.labels, images.keys, meta)
 
 
 EVAL_OPTIONS = {"labels_per_class", "finetune", "knn_k", "knn_temperature", "probe_backend", "linear_c",
@@ -173,23 +218,26 @@ def evaluate_run(run_dir: str | Path, *, method: Method | None = None, cfg: RunC
 
 
 def search(run_dir: str | Path, index: str, queries: list[str] | None = None,
-           query_images: list[str] | None = None, k: int = 8):
-    """Semantic search of an image-text run: the top-``k`` images of source ``index`` per query
-    (see :func:`reprlearn.search.search`); returns (hits per query, the index's uint8 images).
-    A text run (mlm) returns the top-``k`` texts of ``index`` per text query, and None for images."""
+           query_images: list[str] | None = None, k: int = 8, query_keys: list[str] | None = None,
+           skip_bad: bool = False):
+    """The top-``k`` images of ``index`` (a data source, or a .npy/.parquet written by :func:`write_embeddings`)
+    per query: image queries (``query_images`` paths, ``query_keys`` rows of the index) with any image
+    run, text queries with an image-text run (see :func:`reprlearn.search.search`); returns (hits per
+    query, the index's images). A text run (mlm) returns the top-``k`` texts of ``index`` per text
+    query, and None for images."""
     from . import search as semantic
 
-    if not (queries or query_images):
-        raise fail("nothing to search for; give --query TEXT or --query-image PATH")
+    if not (queries or query_images or query_keys):
+        raise fail("nothing to search for; give --query TEXT, --query-image PATH or --query-key KEY")
     method, cfg, info = load_method(run_dir)
     if isinstance(method, ModelsText):  # a text run: the nearest texts of the index source, no images
-        if query_images:
-            raise fail(f"{run_dir} is a {cfg.method} run (text only); --query-image needs an image-text run")
+        if query_images or query_keys:
+            raise fail(f"{run_dir} is a {cfg.method} run (text only); --query-image and --query-key need an image run")
         return semantic.search_texts(method, run_dir, index, queries, k), None
-    if not isinstance(method, EmbedsText):
-        raise fail(f"{run_dir} is a {cfg.method} run; search needs an image-text run (clip or siglip) "
-                   "or a text run (mlm)")
-    return semantic.search(method, info, run_dir, index, queries, query_images, k)
+    if queries and not isinstance(method, EmbedsText):
+        raise fail(f"{run_dir} is a {cfg.method} run; a text query needs an image-text run (clip or siglip) "
+                   "or a text run (mlm); search its images with --query-image PATH or --query-key KEY")
+    return semantic.search(method, info, run_dir, index, queries, query_images, k, query_keys, skip_bad)
 
 
 def zeroshot(run_dir: str | Path, data: str | None = None, classes: str | list[str] | None = None,

@@ -147,13 +147,20 @@ def _cmd_embed(argv: list[str]) -> int:
     from .api import write_embeddings
 
     p = _Parser(prog="reprlearn embed", description="Write the (N, D) features of a data source to a .npy file "
-                "and, beside it, a Parquet table (key, embedding[, label]) for pandas, pyarrow or DuckDB.")
+                "and, beside it, a Parquet table (key, embedding[, label]; key = each image's path, "
+                "SHARD_FILE_NAME/KEY or NAME:SPLIT/INDEX) for pandas, pyarrow or DuckDB. Images are stored at the "
+                "run's own image size, as in training.")
     p.add_argument("run_dir", help="a run directory, or a .safetensors file written by `reprlearn export`")
     p.add_argument("--data", required=True, help="images to embed (any data source)")
     p.add_argument("--out", required=True, metavar="FILE.npy")
+    p.add_argument("--image-size", type=int, metavar="N", help="the run's image size (the default); another size "
+                   "is refused, since the run's features are only right at its own")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images and count them")
     p.add_argument("--method-file", metavar="FILE.py", help="a run of a method in a user file: import it from here")
     a = p.parse_args(argv)
-    features, paths = write_embeddings(a.run_dir, a.data, a.out, a.method_file)
+    if a.image_size is not None and a.image_size < 1:
+        p.error(f"--image-size must be >= 1, got {a.image_size}")
+    features, paths = write_embeddings(a.run_dir, a.data, a.out, a.method_file, a.image_size, a.skip_bad)
     print(f"wrote {features.shape[0]} x {features.shape[1]} features to {' and '.join(map(str, paths))}")
     return 0
 
@@ -251,22 +258,30 @@ def _cmd_search(argv: list[str]) -> int:
     from .api import search
     from .search import contact_sheet
 
-    p = _Parser(prog="reprlearn search", description="Semantic search: the images of --index closest to a text "
-                "or image query, from a FAISS index saved in RUN_DIR/search/ and reused.")
+    p = _Parser(prog="reprlearn search", description="Search with any run: the images of --index closest (cosine) to "
+                "a query image or a row of the index (every image run), or to a text (clip, siglip); an index of "
+                "a source is saved in RUN_DIR/search/ and reused. A text run (mlm) searches texts.")
     p.add_argument("run_dir")
-    p.add_argument("--index", required=True, metavar="SOURCE", help="images to search (any data source); for a "
-                   "text run (mlm), texts (scenes, caption shards, .txt, .csv)")
-    p.add_argument("--query", action="append", default=[], metavar="TEXT", help="a text query (repeatable)")
+    p.add_argument("--index", required=True, metavar="SOURCE", help="images to search (any data source), or a "
+                   ".npy/.parquet written by `reprlearn embed` with this run (not embedded again); for a text run "
+                   "(mlm), texts (scenes, caption shards, .txt, .csv)")
+    p.add_argument("--query", action="append", default=[], metavar="TEXT", help="a text query (repeatable; "
+                   "clip, siglip, mlm)")
     p.add_argument("--query-image", action="append", default=[], metavar="PATH", help="an image query (repeatable)")
+    p.add_argument("--query-key", action="append", default=[], metavar="KEY", help="the index's row with this key "
+                   "(a path as `search` prints it) as the query, by its stored feature (repeatable)")
     p.add_argument("--k", type=int, default=8, help="results per query (default 8)")
-    p.add_argument("--out", metavar="SHEET.png", help="also draw the results as a contact sheet")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images of --index and count them")
+    p.add_argument("--out", metavar="SHEET.png", help="also draw the results as a contact sheet, paths under images")
     a = p.parse_args(argv)
-    hits, images = search(a.run_dir, a.index, a.query, a.query_image, k=a.k)
-    titles = [*a.query, *a.query_image]
+    hits, images = search(a.run_dir, a.index, a.query, a.query_image, k=a.k, query_keys=a.query_key,
+                          skip_bad=a.skip_bad)
+    titles = [*a.query, *a.query_image, *a.query_key]
     for title, row in zip(titles, hits):
         print(f"query: {title}")
         for h in row:
-            print(f"  {h.rank:3d}. item {h.index:6d}  score {h.score:.3f}" + (f"  {h.caption}" if h.caption else ""))
+            where = h.key if h.key is not None else f"item {h.index}"
+            print(f"  {h.rank:3d}. score {h.score:.3f}  {where}" + (f"  {h.caption}" if h.caption else ""))
     if a.out and images is None:
         print("no contact sheet: a text run's results are texts (listed above)")
     elif a.out:

@@ -258,23 +258,35 @@ def export_method(method, cfg, info, fmt: str, out: str | Path, batch: int = 2) 
     return [*written, _sidecar(out)]
 
 
-def write_features(features: np.ndarray, out: str | Path, labels: np.ndarray | None = None) -> list[Path]:
-    """``out`` as .npy and, beside it, .parquet with columns key (the image's position in the source),
-    embedding (a fixed-size float32 list) and label when the source has labels."""
+def write_features(features: np.ndarray, out: str | Path, labels: np.ndarray | None = None,
+                   keys: list[str] | None = None, meta: dict | None = None) -> list[Path]:
+    """``out`` as .npy and, beside it, .parquet with columns key, embedding (a fixed-size float32 list)
+    and label when the source has labels.
+
+    ``key`` is each row's key (the image's path, SHARD_FILE_NAME/KEY or NAME:SPLIT/INDEX), or its
+    position in the source (int64) when no keys are given; ``meta`` (what made the features: the run,
+    the source, the image size) is kept as JSON under the table's ``reprlearn`` metadata.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     out = Path(out)
     npy = out if out.suffix == ".npy" else out.with_suffix(".npy")
     features = np.ascontiguousarray(features, dtype=np.float32)
+    n, d = features.shape
+    if keys is not None and len(keys) != n:
+        raise fail(f"{len(keys)} keys for {n} feature rows; give one key per row")
     with atomic_write(npy) as f:
         np.save(f, features)
-    n, d = features.shape
-    columns = {"key": pa.array(np.arange(n, dtype=np.int64)),
+    columns = {"key": pa.array([str(k) for k in keys], pa.string()) if keys is not None
+               else pa.array(np.arange(n, dtype=np.int64)),
                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(features.reshape(-1)), d)}
     if labels is not None:
         columns["label"] = pa.array(np.asarray(labels, dtype=np.int64))
+    table = pa.table(columns)
+    if meta:
+        table = table.replace_schema_metadata({"reprlearn": json.dumps(meta)})
     parquet = npy.with_suffix(".parquet")
     with atomic_write(parquet) as f:
-        pq.write_table(pa.table(columns), f)
+        pq.write_table(table, f)
     return [npy, parquet]

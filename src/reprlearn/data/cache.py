@@ -19,7 +19,7 @@ from ..errors import ReprlearnError
 from ..files import atomic_write
 from .imageset import ImageSet
 
-CACHE_VERSION = 2  # bump when decoding changes, so stale entries are not reused
+CACHE_VERSION = 3  # bump when decoding changes, so stale entries are not reused (3: images carry keys)
 
 
 def cache_dir() -> Path:
@@ -38,14 +38,17 @@ def image_set_arrays(images: ImageSet) -> dict[str, np.ndarray]:
             "labels": images.labels if images.labels is not None else np.zeros(0, np.int64),
             "has_labels": images.labels is not None,
             "class_names": np.asarray(images.class_names or [], dtype=str),
-            "skipped": np.asarray(images.skipped, dtype=str), "name": images.name}
+            "skipped": np.asarray(images.skipped, dtype=str), "name": images.name,
+            "has_keys": images.keys is not None, "keys": np.asarray(images.keys or [], dtype=str)}
 
 
 def image_set_from(f) -> ImageSet:
     """Inverse of :func:`image_set_arrays` on an opened .npz."""
     labels = f["labels"] if f["has_labels"] else None
+    # an entry written before images had keys (or by a source without them) restores keys as None
+    keys = [str(k) for k in f["keys"]] if "has_keys" in f.files and f["has_keys"] else None
     return ImageSet(f["images"], labels, [str(n) for n in f["class_names"]] or None, str(f["name"]),
-                    [str(s) for s in f["skipped"]])
+                    [str(s) for s in f["skipped"]], keys)
 
 
 def cached(key: str, decode: Callable[[], Any], encode: Callable[[Any], dict] = image_set_arrays,

@@ -115,10 +115,13 @@ class Collector:
             raise fail(f"{message}; fix or remove it, or pass --skip-bad to skip unreadable items")
         self.skipped.append(message)
 
-    def add(self, key: str, array: np.ndarray, label: int | None) -> None:
+    def add(self, key: str, array: np.ndarray, label: int | None, where: str | None = None) -> None:
+        """Keep ``array`` under ``key`` (what leads a user back to the item); ``where`` names it in
+        messages when that reads better than the key (a table's row and line)."""
         if self.images and array.shape[:2] != self.images[0].shape[:2]:
             first = self.images[0].shape
-            self.bad(f"{key} is {array.shape[1]}x{array.shape[0]} but earlier images are {first[1]}x{first[0]} "
+            self.bad(f"{where or key} is {array.shape[1]}x{array.shape[0]} but earlier images are "
+                     f"{first[1]}x{first[0]} "
                      "(pass --image-size N to resize all)")
             return
         self.images.append(array)

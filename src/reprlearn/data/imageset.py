@@ -19,6 +19,7 @@ class ImageSet:
     class_names: list[str] | None = None
     name: str = ""
     skipped: list[str] = field(default_factory=list)  # "what: why" for each skipped item
+    keys: list[str] | None = None  # where each image came from (a file path, SHARD/KEY, NAME:SPLIT/INDEX)
 
     def __post_init__(self) -> None:
         if self.images.ndim == 3:  # (N, H, W) grayscale
@@ -57,8 +58,9 @@ class ImageSet:
         return int(self.labels.max()) + 1 if self.labels is not None else 0
 
     def subset(self, index: np.ndarray, name: str | None = None) -> "ImageSet":
+        keys = None if self.keys is None else np.asarray(self.keys, dtype=object)[index].tolist()
         return ImageSet(self.images[index], None if self.labels is None else self.labels[index],
-                        self.class_names, name or self.name, list(self.skipped))
+                        self.class_names, name or self.name, list(self.skipped), keys)
 
     def tensor(self, device: torch.device | str = "cpu") -> torch.Tensor:
         """The images as a uint8 (N, C, H, W) tensor on ``device``."""

@@ -15,6 +15,14 @@ A spec is one of
 
 Decoded images are cached as uint8 arrays keyed by the files' content, so no run
 decodes the same data twice.
+
+Every image carries a key that leads back to it (``ImageSet.keys``):
+  a folder's file          its path, the folder as given joined with the file's path under it
+  a .csv/.tsv row          the image's path (resolved against the table's folder or ?base=)
+  a WebDataset sample      SHARD_FILE_NAME/KEY, e.g. train-000003.tar/000123 (the sample's
+                           members are KEY.jpg, KEY.cls ... inside that shard)
+  digits, cifar10, digits-m, cifar10-shifted, FILE.npz
+                           NAME:SPLIT/INDEX (FILE.npz/INDEX): the INDEX-th image of that source
 """
 
 from __future__ import annotations
@@ -53,9 +61,9 @@ def load_source(spec: str, image_size: int | None = None, skip_bad: bool = False
     if name in ("digits", "cifar10") and split in ("", "train", "test"):
         split = split or "train"
         images = _digits(split) if name == "digits" else _cifar10(split, skip_bad)
-        return resize_set(images, image_size)
+        return resize_set(with_index_keys(images), image_size)
     if is_domain_source(name) and split in ("", "train", "test"):
-        return resize_set(_shifted_domain(name, split or "train", skip_bad), image_size)
+        return resize_set(with_index_keys(_shifted_domain(name, split or "train", skip_bad)), image_size)
     if re.search(r"\.(csv|tsv)(\?|$)", spec, re.IGNORECASE):
         return load_image_table(spec, image_size, skip_bad)
     paths = expand_spec(spec)
@@ -66,7 +74,7 @@ def load_source(spec: str, image_size: int | None = None, skip_bad: bool = False
             return load_shards(shards, image_size, skip_bad, name=str(folder))
         return load_folder(folder, image_size, skip_bad)
     if len(paths) == 1 and paths[0].suffix == ".npz":
-        return resize_set(load_npz(paths[0]), image_size)
+        return resize_set(with_index_keys(load_npz(paths[0])), image_size)
     not_shards = [p for p in paths if not p.name.endswith(SHARD_SUFFIXES)]
     if not_shards:
         raise fail(f"{not_shards[0]} is not a shard (.tar, .tar.gz), folder or .npz file; "
@@ -126,7 +134,26 @@ def resize_set(images: ImageSet, image_size: int | None) -> ImageSet:
     x = torch.from_numpy(images.images).permute(0, 3, 1, 2).float()
     x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
     resized = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    return ImageSet(resized, images.labels, images.class_names, images.name)
+    return ImageSet(resized, images.labels, images.class_names, images.name, list(images.skipped), images.keys)
+
+
+def fit_to(images: ImageSet, image_size: int, channels: int, where: str) -> ImageSet:
+    """``images`` as a run trained at ``image_size`` px on ``channels`` channels takes them: resized
+    (when they are not at that size already), grey replicated to RGB; any other channel change refused."""
+    images = resize_set(images, image_size)
+    if images.channels == channels:
+        return images
+    if (images.channels, channels) == (1, 3):
+        return ImageSet(np.repeat(images.images, 3, axis=-1), images.labels, images.class_names, images.name,
+                        list(images.skipped), images.keys)
+    raise fail(f"{where} has {images.channels}-channel images but the run was trained on {channels}-channel ones; "
+               f"give {channels}-channel images, or use a run trained on these")
+
+
+def with_index_keys(images: ImageSet) -> ImageSet:
+    """A named or in-memory source's keys: NAME/INDEX (``digits:test/17``), stable because its order is."""
+    images.keys = [f"{images.name}/{i}" for i in range(len(images))]
+    return images
 
 
 # ---------------------------------------------------------------- digits
@@ -193,13 +220,18 @@ def load_folder(folder: Path, image_size: int | None, skip_bad: bool) -> ImageSe
         out = Collector(str(folder), skip_bad)
         for path, label in files:
             try:
-                out.add(str(path), decode_image(path.read_bytes(), str(path), image_size), label)
+                image = decode_image(path.read_bytes(), str(path), image_size)
             except BadItem as e:
                 out.bad(str(e))
+                continue
+            out.add(str(path.relative_to(folder)), image, label, where=str(path))
         images, labels = out.arrays()
-        return ImageSet(images, labels, classes or None, str(folder), out.skipped)
+        return ImageSet(images, labels, classes or None, str(folder), out.skipped, out.keys)
 
-    return cached(key, decode)
+    # the cache holds paths under the folder (its key does too); the key is the path as the user gave the folder
+    images = cached(key, decode)
+    images.keys = [str(folder / k) for k in images.keys or []] or None
+    return images
 
 
 # ---------------------------------------------------------------- CSV / TSV lists of image paths
@@ -245,11 +277,13 @@ def load_image_table(spec: str, image_size: int | None, skip_bad: bool) -> Image
         for where, path, value in entries:
             label = None if value is None else (int(value) if numeric else names.index(value))
             try:
-                out.add(where, decode_image(path.read_bytes(), f"{where}: {path.name}", image_size), label)
+                image = decode_image(path.read_bytes(), f"{where}: {path.name}", image_size)
             except BadItem as e:
                 out.bad(str(e))
+                continue
+            out.add(str(path), image, label, where=where)
         images, labels = out.arrays()
-        return ImageSet(images, labels, classes, str(table), out.skipped)
+        return ImageSet(images, labels, classes, str(table), out.skipped, out.keys)
 
     return cached(key, decode)
 
@@ -258,7 +292,8 @@ def load_image_table(spec: str, image_size: int | None, skip_bad: bool) -> Image
 
 
 def load_shards(paths: list[Path], image_size: int | None, skip_bad: bool, name: str) -> ImageSet:
-    key = content_key("shards", [file_digest(p) for p in paths], image_size, skip_bad)
+    # the names are in the key too: an image's key is SHARD_FILE_NAME/KEY
+    key = content_key("shards", [(p.name, file_digest(p)) for p in paths], image_size, skip_bad)
 
     def decode() -> ImageSet:
         out = Collector(name, skip_bad)
@@ -267,7 +302,7 @@ def load_shards(paths: list[Path], image_size: int | None, skip_bad: bool, name:
                 out.add(k, img, label)
             out.skipped.extend(part["skipped"])
         images, labels = out.arrays()
-        return ImageSet(images, labels, class_names_beside(paths[0].parent), name, out.skipped)
+        return ImageSet(images, labels, class_names_beside(paths[0].parent), name, out.skipped, out.keys)
 
     return cached(key, decode)
 
@@ -276,7 +311,8 @@ def decode_shards(paths: list[Path], image_size: int | None, skip_bad: bool,
                   read_extra: Callable[[dict, str], Any] | None = None) -> list[dict]:
     """Decode every shard, one process per shard: a list of {"items", "skipped"} per shard.
 
-    Each item is (where, image, label, extra), ``extra`` what ``read_extra(sample, where)``
+    Each item is (key, image, label, extra), ``key`` SHARD_FILE_NAME/KEY (e.g. ``train-000003.tar/000123``),
+    ``extra`` what ``read_extra(sample, where)``
     returns (e.g. captions; a module-level function, so it pickles) or None. A bad item
     stops with one line, or is skipped and counted with ``skip_bad``.
     """
@@ -314,7 +350,8 @@ def _decode_shard(job: tuple) -> dict | str:
                         raise BadItem(f"{where} has no image member (.jpg/.png)")
                     extra = read_extra(sample, where) if read_extra is not None else None
                     label = parse_label(sample["cls"], where) if "cls" in sample else None
-                    items.append((where, decode_image(data, where, image_size), label, extra))
+                    key = f"{Path(path).name}/{sample['__key__']}"
+                    items.append((key, decode_image(data, where, image_size), label, extra))
                 except BadItem as e:
                     bad(str(e))
         except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError) as e:
