@@ -287,6 +287,9 @@ def _decode(sample: dict, stream: ShardStream, bad: list | None = None) -> tuple
         if data is None:
             raise BadItem(f"{where} has no image member (.jpg/.png)")
         image = decode_image(data, where, stream.image_size)
+        if image.dtype != np.uint8 or image.shape[2] not in (1, 3):  # never cut to 8 bits or to RGB here
+            raise fail(f"{where} is a {image.dtype} image of {image.shape[2]} channel(s); the streaming loader "
+                       "carries 8-bit grey or RGB only: pass --loader memory to keep its depth and bands")
         if image.shape[2] != stream.channels:  # grey in a colour stream is replicated; colour in a grey one is luma
             image = np.repeat(image, 3, axis=2) if stream.channels == 3 else \
                 np.round(image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))[..., None].astype(np.uint8)
