@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .data.pixels import unit_float
 from .errors import fail
 from .files import atomic_write
 
@@ -114,8 +115,8 @@ def search(method, info, run_dir: str | Path, index_source: str, queries: list[s
         except BadItem as e:
             raise fail(str(e)) from None
         if img.shape[-1] != info.channels:
-            img = np.repeat(img, 3, -1) if info.channels == 3 else img.mean(-1, keepdims=True).astype(np.uint8)
-        x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
+            img = np.repeat(img, 3, -1) if info.channels == 3 else img.mean(-1, keepdims=True).astype(img.dtype)
+        x = unit_float(torch.from_numpy(img).permute(2, 0, 1)[None])
         with torch.no_grad():
             query_emb.append(method.encode_image(x).cpu().numpy())
     scores, ids = query_index(index, np.concatenate(query_emb), k)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..config import option
+from ..data.pixels import unit_float
 from ..errors import fail
 from ..nets.decoders import build_decoder
 from .base import METHODS, Method
@@ -81,7 +82,7 @@ class Colorization(Method):
         self.decoder = build_decoder(encoder.feature_dim, out, self.chroma_size)
 
     def views(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        x = images.float() / 255
+        x = unit_float(images)
         flip = torch.rand(len(x), generator=generator, device=x.device) < 0.5
         x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
         yuv = rgb_to_yuv(x)
