@@ -39,11 +39,11 @@ import numpy as np
 import torch
 
 from ..errors import ReprlearnError, fail
-from .decode import IMAGE_EXTENSIONS, BadItem, decode_image, parse_label, side_for_sizes
+from .decode import IMAGE_EXTENSIONS, NPY_MAGIC, TIFF_MAGIC, BadItem, decode_image, parse_label, side_for_sizes
 from .imageset import ImageSet
 from .pairs import shard_captions
 
-IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
+IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "npy")
 FOLDER_PART = 1000  # files of a folder per streamed part (the unit of shard-order shuffling)
 PROBE = 256  # samples read before training to learn the storage size and channels
 
@@ -201,7 +201,13 @@ def _probe_shape(samples: list[dict], image_size: int | None, name: str) -> tupl
                 sizes.append(img.size)
                 colour |= img.mode not in ("L", "LA", "1", "I", "I;16", "I;16B", "I;16L", "F")
         except Exception:  # noqa: BLE001 - named (or skipped) when it is decoded
-            continue
+            if data is not None and (data[:6] == NPY_MAGIC or data[:4] in TIFF_MAGIC):  # Pillow cannot open these
+                try:
+                    h, w, c = decode_image(data, name, None).shape
+                except BadItem:
+                    continue
+                sizes.append((w, h))
+                colour |= c != 1
     if not sizes:
         raise fail(f"{name}: none of its first {len(samples)} samples is a readable image; check the data")
     if image_size is None:  # one size: stored at its shorter side (centre-cropped if not square)
