@@ -45,7 +45,7 @@ def decode_image(data: bytes, where: str, image_size: int | None) -> np.ndarray:
             img.load()  # forces a full decode (the first frame of an animation), so a truncated JPEG fails here
             img = ImageOps.exif_transpose(img)
             if img.mode in _DEEP_GREY:  # 16-bit (or 32-bit) grey: kept deep, never cut to 8 bits
-                array = as_pixels(np.asarray(img), where)[..., None]
+                array = as_pixels(np.array(img), where)[..., None]  # a writable copy
                 return array if image_size is None else resize_center_crop_array(array, image_size)
             img = to_8bit(img)
             if image_size is not None:
