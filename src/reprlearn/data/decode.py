@@ -170,11 +170,24 @@ def storage_size(paths: list, where: str, sample: int = 256) -> int | None:
     sizes = []
     for path in pick:
         try:
+            if str(path).lower().endswith(".npy"):
+                sizes.append(_npy_size(path))
+                continue
             with Image.open(path) as img:  # reads the header only
                 sizes.append(img.size)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
             continue  # named (or skipped) when it is decoded
     return side_for_sizes(sizes, where)
+
+
+def _npy_size(path) -> tuple[int, int]:
+    """(width, height) of the image in a .npy file, from its header (the axis rule of :func:`read_npy`)."""
+    shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+    if len(shape) == 3 and shape[0] < shape[-1]:  # (C, H, W)
+        shape = shape[1:]
+    if len(shape) < 2:
+        raise ValueError(f"shape {shape}")
+    return int(shape[1]), int(shape[0])
 
 
 def side_for_sizes(sizes: list[tuple[int, int]], where: str) -> int | None:
