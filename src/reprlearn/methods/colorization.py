@@ -75,7 +75,7 @@ class Colorization(Method):
     def __init__(self, config, encoder, info, view_spec):
         if info.channels != 3:
             raise fail(f"colorization needs colour images; the training data has {info.channels} channel"
-                       f"{'s' if info.channels != 1 else ''} (grayscale); give --data with RGB images, e.g. cifar10")
+                       f"{'s' if info.channels != 1 else ' (grayscale)'}; give --data with RGB images, e.g. cifar10")
         super().__init__(config, encoder, info, view_spec)
         out = 2 if config.target == "l2" else config.num_bins ** 2
         self.chroma_size = min(config.chroma_size, info.image_size)
