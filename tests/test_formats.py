@@ -81,6 +81,25 @@ def test_16_bit_tiff_bands_are_scaled_per_channel_by_65535(planar):
         np.testing.assert_array_equal(x[c].numpy(), hwc[..., c].astype(np.float32) / np.float32(65535))
 
 
+def test_photo_tiffs_and_lzw_tiffs_read_as_before_and_at_full_depth():
+    def tiff(img: Image.Image, **kw) -> bytes:
+        out = io.BytesIO()
+        img.save(out, "TIFF", **kw)
+        return out.getvalue()
+
+    rgb = np.random.default_rng(6).integers(0, 256, (5, 6, 3), dtype=np.uint8)
+    # LZW needs a codec tifffile lacks without imagecodecs: Pillow reads it, at full depth
+    np.testing.assert_array_equal(decode_image(tiff(Image.fromarray(rgb), compression="tiff_lzw"), "a.tif", None), rgb)
+    grey16 = np.array([[0, 100 * 256 + 1, 65535, 7]], np.uint16)
+    out = decode_image(tiff(Image.fromarray(grey16), compression="tiff_lzw"), "g.tif", None)
+    assert out.dtype == np.uint16
+    np.testing.assert_array_equal(out[..., 0], grey16)
+    rgba = Image.fromarray(np.array([[[255, 0, 0, 128], [0, 255, 0, 255]]], np.uint8), "RGBA")
+    np.testing.assert_array_equal(decode_image(tiff(rgba), "rgba.tif", None)[0], [[128, 0, 0], [0, 255, 0]])
+    cmyk = decode_image(tiff(Image.new("CMYK", (2, 2), (0, 255, 255, 0))), "c.tif", None)
+    np.testing.assert_array_equal(cmyk[0, 0], [255, 0, 0])  # photo layouts become RGB, not 4 bands
+
+
 def test_a_16_bit_colour_png_is_refused_not_cut_to_8_bits(tmp_path):
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "a.png").write_bytes(_png16_rgb(np.full((4, 4, 3), 1000, np.uint16)))

@@ -36,8 +36,9 @@ def decode_image(data: bytes, where: str, image_size: int | None) -> np.ndarray:
     8-bit formats; uint16 for 16-bit grey PNG; TIFF and .npy with any C and depth (:func:`as_pixels`)."""
     if not data:
         raise BadItem(f"{where} is an empty (zero-byte) file")
-    if data[:4] in TIFF_MAGIC or data[:6] == NPY_MAGIC:
-        array = read_tiff(data, where) if data[:4] in TIFF_MAGIC else read_npy(data, where)
+    array = read_npy(data, where) if data[:6] == NPY_MAGIC else read_tiff(data, where) if data[:4] in TIFF_MAGIC \
+        else None
+    if array is not None:
         return array if image_size is None else resize_center_crop_array(array, image_size)
     _refuse_deep_colour_png(data, where)
     try:
@@ -63,23 +64,45 @@ def _refuse_deep_colour_png(data: bytes, where: str) -> None:
                       "(tifffile.imwrite) or as .npy to keep its depth")
 
 
-def read_tiff(data: bytes, where: str) -> np.ndarray:
+def read_tiff(data: bytes, where: str) -> np.ndarray | None:
     """A TIFF's first image as (H, W, C): interleaved bands (YXS) as they are; bands stored as planes
-    or pages ahead of the rows (SYX, CYX, QYX...) moved last; one plane is C = 1."""
+    or pages ahead of the rows (SYX, CYX, QYX...) moved last; one plane is C = 1.
+
+    None hands it to Pillow's path: an 8-bit photo layout (palette, CMYK, YCbCr, white-is-zero,
+    alpha), which Pillow turns into grey or RGB like any photo, or a compression tifffile has no
+    codec for here (LZW, JPEG without imagecodecs) when Pillow reads the layout at full depth."""
     import tifffile
 
     try:
-        with tifffile.TiffFile(io.BytesIO(data)) as tif:
-            series = tif.series[0]
-            array, axes = series.asarray(), series.axes
+        tif = tifffile.TiffFile(io.BytesIO(data))
     except Exception as e:  # noqa: BLE001 - tifffile raises many types for a bad file; all mean the same here
         raise BadItem(f"{where} is not a readable TIFF ({' '.join(str(e).split())[:80]})") from None
+    with tif:
+        page = tif.pages[0]
+        if page.bitspersample <= 8 and _photo_layout(page):
+            return None
+        try:
+            series = tif.series[0]
+            array, axes = series.asarray(), series.axes
+        except Exception as e:  # noqa: BLE001 - as above
+            if page.samplesperpixel == 1 or (page.bitspersample <= 8 and page.samplesperpixel == 3):
+                return None  # grey at any depth, or 8-bit RGB: Pillow reads these without loss
+            hint = "; pip install imagecodecs for its compression" if "imagecodecs" in str(e) else ""
+            raise BadItem(f"{where} is not a readable TIFF ({' '.join(str(e).split())[:80]}){hint}") from None
     if axes.endswith("YXS") and array.ndim == 3:
         return as_pixels(array, where)
     if axes.endswith("YX") and array.ndim in (2, 3):
         return as_pixels(array[..., None] if array.ndim == 2 else np.moveaxis(array, 0, -1), where)
     raise BadItem(f"{where} is a TIFF of shape {array.shape} (axes {axes}); give one image per file: "
                   "(H, W), (H, W, bands) or (bands, H, W)")
+
+
+def _photo_layout(page) -> bool:
+    """Whether a TIFF page is laid out as a photo Pillow converts (anything but plain grey or RGB bands)."""
+    from tifffile import EXTRASAMPLE, PHOTOMETRIC
+
+    alpha = any(e in (EXTRASAMPLE.ASSOCALPHA, EXTRASAMPLE.UNASSALPHA) for e in page.extrasamples)
+    return alpha or page.photometric not in (PHOTOMETRIC.MINISBLACK, PHOTOMETRIC.RGB)
 
 
 def read_npy(data: bytes, where: str) -> np.ndarray:
