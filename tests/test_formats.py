@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 import reprlearn
-from fakedata import one_line_error
+from fakedata import one_line_error, write_shard
 from reprlearn.augment import augment, preset
 from reprlearn.data import load_source
 from reprlearn.data.decode import decode_image
@@ -273,6 +273,23 @@ def test_the_stream_refuses_16_bit_members_with_the_fix(tmp_path):
         Image.fromarray(np.full((6, 6), 1000 + i, np.uint16)).save(tmp_path / f"{i}.png")
     stream = open_stream([tmp_path], None, False, str(tmp_path))
     one_line_error(lambda: read_subset(stream, 2, 0), "uint16", "--loader memory")
+
+
+def test_shards_of_deep_members_load_deep_and_deep_sets_are_not_written_as_shards(tmp_path):
+    from reprlearn.data.shards import write_shards
+
+    tile = np.arange(2 * 4 * 4, dtype=np.uint16).reshape(2, 4, 4) * 2000 + 1  # two bands, low bits set
+    grey = np.full((4, 4), 513, np.uint16)
+    write_shard(tmp_path / "deep.tar", [("a.npy", _npy(tile)), ("a.cls", b"0"), ("b.npy", _npy(tile + 1)),
+                                        ("b.cls", b"1")])
+    write_shard(tmp_path / "grey.tar", [("a.png", _png(Image.fromarray(grey)))])
+    deep = load_source(str(tmp_path / "deep.tar"))
+    assert deep.images.dtype == np.uint16 and deep.images.shape == (2, 4, 4, 2)
+    np.testing.assert_array_equal(deep.images[1], np.moveaxis(tile + 1, 0, -1))
+    np.testing.assert_array_equal(load_source(str(tmp_path / "grey.tar")).images[0, ..., 0], grey)
+    one_line_error(lambda: write_shards(str(tmp_path / "deep.tar"), tmp_path / "out", progress=False),
+                   "uint16", "2 channel(s)", "--loader memory")
+    assert not list((tmp_path / "out").glob("*.tar"))
 
 
 # ------------------------------------------------------------------ the 8-bit path as it was

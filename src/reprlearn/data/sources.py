@@ -41,7 +41,8 @@ from .decode import (BadItem, Collector, IMAGE_EXTENSIONS, as_pixels, decode_ima
                      storage_size)
 from .imageset import ImageSet, stratified_split
 
-IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp", "bmp")  # a shard sample's image member, by extension
+# a shard sample's image member, by extension (16-bit PNG, TIFF and .npy members decode at full depth)
+IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "npy")
 
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
