@@ -123,11 +123,17 @@ def test_resizing_a_16_bit_image_keeps_its_depth(tmp_path):
     np.testing.assert_array_equal(np.unique(images.images[1]), [40003])
 
 
-def test_npy_arrays_of_two_sizes_are_stored_at_the_median_side(tmp_path):
-    np.save(tmp_path / "a.npy", np.full((3, 10, 14), 7, np.uint16))  # channels first, 14 x 10
-    np.save(tmp_path / "b.npy", np.full((12, 12, 3), 9, np.uint16))  # channels last, 12 x 12
+@pytest.mark.parametrize("kind", ["npy", "tif"])
+def test_arrays_and_tiles_of_two_sizes_are_stored_at_the_median_side(tmp_path, kind):
+    first, second = np.full((5, 10, 14), 7, np.uint16), np.full((12, 12, 5), 9, np.uint16)  # 14 x 10, 12 x 12
+    if kind == "npy":
+        np.save(tmp_path / "a.npy", first)  # channels first
+        np.save(tmp_path / "b.npy", second)  # channels last
+    else:  # band-separate, then interleaved (which Pillow cannot open to read its size)
+        tifffile.imwrite(tmp_path / "a.tif", first)
+        tifffile.imwrite(tmp_path / "b.tif", second, photometric="minisblack", planarconfig="contig")
     images = load_source(str(tmp_path))
-    assert images.images.shape == (2, 11, 11, 3) and images.images.dtype == np.uint16  # median of 10 and 12
+    assert images.images.shape == (2, 11, 11, 5) and images.images.dtype == np.uint16  # median of 10 and 12
     assert [np.unique(a).tolist() for a in images.images] == [[7], [9]]
 
 

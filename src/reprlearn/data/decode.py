@@ -192,15 +192,27 @@ def storage_size(paths: list, where: str, sample: int = 256) -> int | None:
     pick = [paths[i] for i in np.linspace(0, len(paths) - 1, min(sample, len(paths))).round().astype(int)]
     sizes = []
     for path in pick:
+        suffix = str(path).lower().rpartition(".")[2]
         try:
-            if str(path).lower().endswith(".npy"):
-                sizes.append(_npy_size(path))
+            if suffix in _HEADER_SIZE:  # formats Pillow cannot open (.npy, many-band TIFF)
+                sizes.append(_HEADER_SIZE[suffix](path))
                 continue
             with Image.open(path) as img:  # reads the header only
                 sizes.append(img.size)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, IndexError):
             continue  # named (or skipped) when it is decoded
     return side_for_sizes(sizes, where)
+
+
+def _tiff_size(path) -> tuple[int, int]:
+    """(width, height) of a TIFF's first page, from its tags."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return int(tif.pages[0].imagewidth), int(tif.pages[0].imagelength)
+    except Exception as e:  # noqa: BLE001 - tifffile raises many types for a bad file
+        raise ValueError(str(e)) from None
 
 
 def _npy_size(path) -> tuple[int, int]:
@@ -211,6 +223,9 @@ def _npy_size(path) -> tuple[int, int]:
     if len(shape) < 2:
         raise ValueError(f"shape {shape}")
     return int(shape[1]), int(shape[0])
+
+
+_HEADER_SIZE = {"npy": _npy_size, "tif": _tiff_size, "tiff": _tiff_size}
 
 
 def side_for_sizes(sizes: list[tuple[int, int]], where: str) -> int | None:
