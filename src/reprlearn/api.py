@@ -295,7 +295,9 @@ def reconstruct_images(run_dir: str | Path, source: str, out: str | Path, n: int
         raise fail(f"{cfg.method} does not reconstruct images; use an autoencoder run (ae, vae, mae, ...)")
     images = load_source(source, info.image_size)
     info.check_images(images, source)
-    x = images.tensor()[:n].float() / 255
+    from .data.pixels import unit_float
+
+    x = unit_float(images.tensor()[:n])
     labels = None
     if method.needs_labels:
         if images.labels is None:

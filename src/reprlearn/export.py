@@ -30,13 +30,15 @@ from .nets.interop import key_mapping, layout_of, to_reference
 
 FORMATS = ("safetensors", "torchscript", "onnx")
 FORMAT_VERSION = 1
+# what the encoder takes, for users of the files: C = in_channels, any band count
+INPUT = "float images in [0, 1], (N, C, H, W): 8-bit pixels / 255, 16-bit / 65535, float data as given in [0, 1]"
 
 
 def encoder_meta(encoder: Encoder, backbone: str, info, method: str) -> dict:
     """What rebuilds ``encoder`` from its weights alone (and what a user of another tool needs to know)."""
     return {"format": "reprlearn-encoder", "version": FORMAT_VERSION, "method": method, "backbone": backbone,
             "backbone_options": {}, "in_channels": int(info.channels), "image_size": int(info.image_size),
-            "feature_dim": int(encoder.feature_dim), "input": "float images in [0, 1], (N, C, H, W)",
+            "feature_dim": int(encoder.feature_dim), "input": INPUT,
             "mean": [float(v) for v in encoder.mean.flatten()], "std": [float(v) for v in encoder.std.flatten()]}
 
 
@@ -103,7 +105,11 @@ def load_safetensors(path: str | Path) -> Encoder:
     if meta.get("layout"):
         main = path.name.removesuffix(f".{meta['layout']}.safetensors") + ".safetensors"
         raise fail(f"{path} is the {meta['layout']} copy of an export; load {main}, or this one with {meta['layout']}")
-    backbone = create_backbone(meta["backbone"], in_channels=meta["in_channels"], image_size=meta["image_size"],
+    channels = meta["in_channels"]
+    if not len(meta["mean"]) == len(meta["std"]) == channels:  # a per-channel mismatch would broadcast silently
+        raise fail(f"{path} records {channels} input channels but a normalisation of {len(meta['mean'])} mean and "
+                   f"{len(meta['std'])} std values; export the run again")
+    backbone = create_backbone(meta["backbone"], in_channels=channels, image_size=meta["image_size"],
                                **meta.get("backbone_options", {}))
     load_strict(backbone, tensors, str(path))
     encoder = Encoder(backbone, meta["mean"], meta["std"])

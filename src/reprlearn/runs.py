@@ -47,7 +47,7 @@ def data_info(train) -> DataInfo:
     from .data.stream import held
 
     sample = held(train)
-    x = sample.images.reshape(-1, train.channels).astype(np.float64) / 255
+    x = sample.images.reshape(-1, train.channels).astype(np.float64) / sample.max_value  # the model's [0, 1]
     std = np.maximum(x.std(axis=0), 1e-3)
     return DataInfo(channels=train.channels, image_size=train.image_size, num_classes=train.num_classes,
                     mean=[float(v) for v in x.mean(axis=0)], std=[float(v) for v in std])

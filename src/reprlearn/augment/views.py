@@ -1,8 +1,10 @@
 """Random views of a batch, made in one pass on the batch's device.
 
-The dataset sits on the training device as a uint8 tensor (N, C, H, W); a batch
-is an index into it, and :func:`augment` turns the batch into float views in
-[0, 1]. Every sample draws its own crop, flip, angle, shift, jitter factors and
+The dataset sits on the training device as a uint8 tensor (N, C, H, W) (float in
+[0, 1] for 16-bit and float sources); a batch is an index into it, and :func:`augment`
+turns the batch into float views in [0, 1]. Colour jitter and grayscale are for grey
+and RGB images; on other channel counts (multispectral bands) they are skipped, said
+once. Every sample draws its own crop, flip, angle, shift, jitter factors and
 coin flips from the ``generator`` you pass (on the images' device), so the same
 seed gives the same views. The order of the four jitter ops is drawn once per
 call (as kornia's ColorJitter does), not per sample.
@@ -15,27 +17,44 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..data.pixels import unit_float
 from ..errors import fail
 from . import ops
 from .spec import ViewSpec, local_crop, preset
 
-_EXPECTED = "(N, C, H, W) with C = 1 or 3, dtype uint8 (0-255) or float (0-1)"
+_EXPECTED = "(N, C, H, W) with C >= 1 channels, dtype uint8 (0-255), uint16 (0-65535) or float (0-1)"
+_colour_skip_said: set[int] = set()  # channel counts whose colour-op skip was already said
 
 
 def _as_float(images: Any, who: str) -> Tensor:
     if not isinstance(images, Tensor):
         raise fail(f"{who} expects a torch.Tensor shaped {_EXPECTED}; got {type(images).__name__}")
     shape = tuple(images.shape)
-    if images.dim() != 4 or images.shape[1] not in (1, 3) or min(shape[2:] or (0,)) < 1:
-        hint = " (channels-last? use images.permute(0, 3, 1, 2))" if images.dim() == 4 and shape[-1] in (1, 3) else ""
+    # square images stored channels-last, (N, H, H, C) with C < H, are refused rather than read as H bands
+    channels_last = images.dim() == 4 and shape[-1] < shape[1] == shape[2]
+    if images.dim() != 4 or min(shape[1:] or (0,)) < 1 or channels_last:
+        hint = " (channels-last? use images.permute(0, 3, 1, 2))" if channels_last else ""
         raise fail(f"{who} expects images shaped {_EXPECTED}; got shape {shape}{hint}")
-    if images.dtype == torch.uint8:
-        return images.float().div_(255)
+    if images.dtype in (torch.uint8, torch.uint16):
+        return unit_float(images)
     if images.dtype in (torch.float32, torch.float64):
         return images
     if images.is_floating_point():
         return images.float()
     raise fail(f"{who} expects images shaped {_EXPECTED}; got dtype {images.dtype}")
+
+
+def _colour_ops_for(spec: ViewSpec, channels: int) -> bool:
+    """Whether colour jitter and grayscale apply: grey and RGB images only. Scaling or mixing the bands
+    of a multispectral tile is not the photometric change these ops model, so they are skipped (said
+    once per channel count, so a run's log shows it)."""
+    if channels in (1, 3):
+        return True
+    if (spec.jitter_p > 0 or spec.grayscale_p > 0) and channels not in _colour_skip_said:
+        _colour_skip_said.add(channels)
+        print(f"augment: images have {channels} channels; colour jitter and grayscale apply to grey or RGB "
+              "only and are skipped (crops, flips, blur and the rest still apply)")
+    return False
 
 
 def _check_generator(generator: torch.Generator | None, device: torch.device, who: str) -> None:
@@ -86,6 +105,7 @@ def _views(x: Tensor, spec: ViewSpec, generator: torch.Generator | None, copies:
 
     # Colour jitter: every sample its own factors, one shared random order per call.
     rgb = c == 3
+    colour = _colour_ops_for(spec, c)
     jitter = []
     if spec.brightness > 0:
         jitter.append((ops.adjust_brightness, max(0.0, 1 - spec.brightness), 1 + spec.brightness))
@@ -95,7 +115,7 @@ def _views(x: Tensor, spec: ViewSpec, generator: torch.Generator | None, copies:
         jitter.append((ops.adjust_saturation, max(0.0, 1 - spec.saturation), 1 + spec.saturation))
     if rgb and spec.hue > 0:
         jitter.append((ops.adjust_hue, -spec.hue, spec.hue))
-    if spec.jitter_p > 0 and jitter:
+    if colour and spec.jitter_p > 0 and jitter:
         mask = ops.bernoulli(n, spec.jitter_p, g, dev)
         factors = [ops.uniform(n, lo, hi, g, dev) for _, lo, hi in jitter]
         order = torch.randperm(len(jitter), generator=g, device=dev).tolist() if len(jitter) > 1 else [0]
@@ -114,7 +134,8 @@ def _views(x: Tensor, spec: ViewSpec, generator: torch.Generator | None, copies:
 
 
 def augment(images: Tensor, spec: ViewSpec, generator: torch.Generator | None = None) -> Tensor:
-    """One random view of every image: (N, C, H, W) uint8 or [0, 1] float -> (N, C, size, size) float in [0, 1].
+    """One random view of every image: (N, C, H, W) uint8, uint16 or [0, 1] float -> (N, C, size, size) float
+    in [0, 1].
 
     ``generator`` (on the images' device) supplies every random number; None uses torch's default one.
     uint8 input gives float32; float32/float64 input keeps its dtype.

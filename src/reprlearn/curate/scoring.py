@@ -26,6 +26,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from ..data.pixels import unit_float
 from ..errors import fail
 from ..files import atomic_write
 from .noisy import CORRUPTED_LIST
@@ -96,7 +97,7 @@ def caption_stats(captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
 def score_batch(method, images: torch.Tensor, captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(scores (B,), image embeddings (B, D)) of uint8 images and their captions."""
     device = next(method.parameters()).device
-    image = method.encode_image(images.to(device).float() / 255)
+    image = method.encode_image(unit_float(images.to(device)))
     text = method.embed_texts(captions)
     return (image * text).sum(-1).float().cpu().numpy(), image.float().cpu().numpy()
 

@@ -1,4 +1,5 @@
-"""Data sources: every source yields an :class:`ImageSet` of decoded uint8 images."""
+"""Data sources: every source yields an :class:`ImageSet` of decoded images (uint8, uint16 or float32
+in [0, 1], any channel count; data/pixels.py says what each depth means)."""
 
 from .imageset import ImageSet, stratified_split
 from .pairs import is_pair_source, load_pairs

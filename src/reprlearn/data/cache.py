@@ -1,4 +1,4 @@
-"""A cache of decoded sources: uint8 arrays in an .npz, keyed by the input's content.
+"""A cache of decoded sources: arrays (uint8, uint16 or float32) in an .npz, keyed by the input's content.
 
 Decoding 50,000 JPEGs takes tens of seconds; reading the cached arrays back takes
 well under one. Entries are written atomically (temporary file, then rename), so
@@ -19,7 +19,7 @@ from ..errors import ReprlearnError
 from ..files import atomic_write
 from .imageset import ImageSet
 
-CACHE_VERSION = 3  # bump when decoding changes, so stale entries are not reused (3: images carry keys)
+CACHE_VERSION = 4  # bump when decoding changes, so stale entries are not reused (4: keys; 16-bit and TIFF kept deep)
 
 
 def cache_dir() -> Path:

@@ -1,9 +1,12 @@
-"""Decoding encoded images to uint8 arrays, as people have them, with errors that name the file.
+"""Decoding encoded images to arrays, as people have them, with errors that name the file.
 
-JPEG, PNG, WebP, BMP, GIF (first frame) and TIFF of any size: EXIF orientation is applied;
-palette, RGBA/LA (composited on black), CMYK, 16-bit and float images become 8-bit grey or RGB.
-A set that mixes grey and colour images is stored as RGB (grey replicated), so no photo is
-refused for its mode.
+JPEG, PNG, WebP, BMP, GIF (first frame): EXIF orientation is applied; palette, RGBA/LA
+(composited on black) and CMYK images become 8-bit grey or RGB. 16-bit grey PNGs stay 16-bit
+(uint16); a 16-bit colour PNG is refused (Pillow would cut it to 8 bits: save it as TIFF).
+TIFF is read with tifffile: any number of bands, uint8/uint16 kept, other integers kept as
+uint16 when they fit 0..65535, floats kept as given when in [0, 1]. ``.npy`` files hold one
+array each, read the same way. A set that mixes grey and colour images is stored as RGB (grey
+replicated), and one that mixes depths at the deepest (see :func:`common_depth`).
 """
 
 from __future__ import annotations
@@ -15,8 +18,13 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import fail
+from .pixels import full_scale
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".npy")
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
+NPY_MAGIC = b"\x93NUMPY"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_DEEP_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # PIL modes deeper than 8 bits
 
 
 class BadItem(Exception):
@@ -24,13 +32,23 @@ class BadItem(Exception):
 
 
 def decode_image(data: bytes, where: str, image_size: int | None) -> np.ndarray:
-    """Bytes -> (H, W, C) uint8 with C = 1 (grey) or 3 (RGB), upright (EXIF orientation applied)."""
+    """Bytes -> (H, W, C), upright (EXIF orientation applied): uint8 with C = 1 (grey) or 3 (RGB) for
+    8-bit formats; uint16 for 16-bit grey PNG; TIFF and .npy with any C and depth (:func:`as_pixels`)."""
     if not data:
         raise BadItem(f"{where} is an empty (zero-byte) file")
+    array = read_npy(data, where) if data[:6] == NPY_MAGIC else read_tiff(data, where) if data[:4] in TIFF_MAGIC \
+        else None
+    if array is not None:
+        return array if image_size is None else resize_center_crop_array(array, image_size)
+    _refuse_deep_colour_png(data, where)
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()  # forces a full decode (the first frame of an animation), so a truncated JPEG fails here
-            img = to_8bit(ImageOps.exif_transpose(img))
+            img = ImageOps.exif_transpose(img)
+            if img.mode in _DEEP_GREY:  # 16-bit (or 32-bit) grey: kept deep, never cut to 8 bits
+                array = as_pixels(np.array(img), where)[..., None]  # a writable copy
+                return array if image_size is None else resize_center_crop_array(array, image_size)
+            img = to_8bit(img)
             if image_size is not None:
                 img = _resize_center_crop(img, image_size)
             array = np.asarray(img, dtype=np.uint8)
@@ -39,14 +57,118 @@ def decode_image(data: bytes, where: str, image_size: int | None) -> np.ndarray:
     return array[..., None] if array.ndim == 2 else array
 
 
+def _refuse_deep_colour_png(data: bytes, where: str) -> None:
+    """Pillow decodes 16-bit RGB(A)/LA PNGs to 8 bits without a word: refuse them instead."""
+    if data[:8] == PNG_MAGIC and len(data) > 25 and data[24] == 16 and data[25] in (2, 4, 6):
+        raise BadItem(f"{where} is a 16-bit colour PNG, which would be cut to 8 bits; save it as a 16-bit TIFF "
+                      "(tifffile.imwrite) or as .npy to keep its depth")
+
+
+def read_tiff(data: bytes, where: str) -> np.ndarray | None:
+    """A TIFF's first image as (H, W, C): interleaved bands (YXS) as they are; bands stored as planes
+    or pages ahead of the rows (SYX, CYX, QYX...) moved last; one plane is C = 1.
+
+    None hands it to Pillow's path: an 8-bit photo layout (palette, CMYK, YCbCr, white-is-zero,
+    alpha), which Pillow turns into grey or RGB like any photo, or a compression tifffile has no
+    codec for here (LZW, JPEG without imagecodecs) when Pillow reads the layout at full depth."""
+    import tifffile
+
+    try:
+        tif = tifffile.TiffFile(io.BytesIO(data))
+    except Exception as e:  # noqa: BLE001 - tifffile raises many types for a bad file; all mean the same here
+        raise BadItem(f"{where} is not a readable TIFF ({' '.join(str(e).split())[:80]})") from None
+    with tif:
+        page = tif.pages[0]
+        if page.bitspersample <= 8 and _photo_layout(page):
+            return None
+        try:
+            series = tif.series[0]
+            array, axes = series.asarray(), series.axes
+        except Exception as e:  # noqa: BLE001 - as above
+            if page.samplesperpixel == 1 or (page.bitspersample <= 8 and page.samplesperpixel == 3):
+                return None  # grey at any depth, or 8-bit RGB: Pillow reads these without loss
+            hint = "; pip install imagecodecs for its compression" if "imagecodecs" in str(e) else ""
+            raise BadItem(f"{where} is not a readable TIFF ({' '.join(str(e).split())[:80]}){hint}") from None
+    if axes.endswith("YXS") and array.ndim == 3:
+        return as_pixels(array, where)
+    if axes.endswith("YX") and array.ndim in (2, 3):
+        return as_pixels(array[..., None] if array.ndim == 2 else np.moveaxis(array, 0, -1), where)
+    raise BadItem(f"{where} is a TIFF of shape {array.shape} (axes {axes}); give one image per file: "
+                  "(H, W), (H, W, bands) or (bands, H, W)")
+
+
+def _photo_layout(page) -> bool:
+    """Whether a TIFF page is laid out as a photo Pillow converts (anything but plain grey or RGB bands)."""
+    from tifffile import EXTRASAMPLE, PHOTOMETRIC
+
+    alpha = any(e in (EXTRASAMPLE.ASSOCALPHA, EXTRASAMPLE.UNASSALPHA) for e in page.extrasamples)
+    return alpha or page.photometric not in (PHOTOMETRIC.MINISBLACK, PHOTOMETRIC.RGB)
+
+
+def read_npy(data: bytes, where: str) -> np.ndarray:
+    """One image from a .npy file: (H, W) is one channel; of a 3-D array the smaller of the first and
+    last axes holds the channels (a tie: the last), so (13, 64, 64) and (64, 64, 13) are both 13 bands."""
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise BadItem(f"{where} is not a readable .npy file ({' '.join(str(e).split())[:80]})") from None
+    if array.ndim == 2:
+        return as_pixels(array[..., None], where)
+    if array.ndim == 3:
+        return as_pixels(np.moveaxis(array, 0, -1) if array.shape[0] < array.shape[-1] else array, where)
+    raise BadItem(f"{where} holds an array of shape {array.shape}; save one image per file, "
+                  "(H, W), (H, W, C) or (C, H, W)")
+
+
+def as_pixels(array: np.ndarray, where: str) -> np.ndarray:
+    """An image array as a stored pixel type, or refused in one line (never clipped or wrapped):
+    uint8 and uint16 as they are; bool as 0/255; other integers as uint16 when all lie in 0..65535;
+    floats as float32 when finite and in [0, 1]."""
+    if array.dtype in (np.uint8, np.uint16):
+        return np.ascontiguousarray(array)
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8) * np.uint8(255)
+    if array.size == 0:
+        raise BadItem(f"{where} is an empty array")
+    if np.issubdtype(array.dtype, np.integer):
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high > 65535:
+            raise BadItem(f"{where} is {array.dtype} with values {low}..{high}, outside 0..65535; rescale it "
+                          "to uint16, or to float32 in [0, 1]")
+        return array.astype(np.uint16)
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise BadItem(f"{where} holds NaN or infinite values; replace them (e.g. np.nan_to_num) first")
+        low, high = float(array.min()), float(array.max())
+        if low < 0.0 or high > 1.0:
+            raise BadItem(f"{where} is {array.dtype} in [{low:.4g}, {high:.4g}]; float images must lie in [0, 1]: "
+                          "scale them first, e.g. per channel (x - min) / (max - min)")
+        return array.astype(np.float32)
+    raise BadItem(f"{where} has pixel type {array.dtype}; store uint8, uint16 or float32 in [0, 1]")
+
+
+def resize_center_crop_array(array: np.ndarray, size: int) -> np.ndarray:
+    """A deep or many-band (H, W, C) array resized (shorter side to ``size``, bicubic, antialiased, as
+    Pillow does for 8-bit images) and centre-cropped square, kept in its type and range."""
+    import torch
+    import torch.nn.functional as F
+
+    h, w = array.shape[:2]
+    if (h, w) == (size, size):
+        return array
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    x = torch.from_numpy(array.astype(np.float32)).permute(2, 0, 1)[None]
+    x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)[0]
+    left, top = (nw - size) // 2, (nh - size) // 2
+    out = x[:, top:top + size, left:left + size].permute(1, 2, 0).clamp_(0, full_scale(array.dtype))
+    if array.dtype == np.float32:
+        return np.ascontiguousarray(out.numpy())
+    return out.round_().numpy().astype(array.dtype)
+
+
 def to_8bit(img: Image.Image) -> Image.Image:
-    """Any PIL mode -> "L" (grey) or "RGB", keeping the full range of 16-bit and float images."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):  # 16-bit grey (PNG/TIFF): 0..65535 -> 0..255
-        return Image.fromarray((np.asarray(img, dtype=np.float64) / 257.0).round().clip(0, 255).astype(np.uint8))
-    if img.mode == "F":  # float grey: 0..1 when it fits there, else taken as 0..255
-        a = np.asarray(img, dtype=np.float64)
-        a = a * 255.0 if a.size and np.nanmax(a) <= 1.0 else a
-        return Image.fromarray(np.nan_to_num(a).round().clip(0, 255).astype(np.uint8))
+    """An 8-bit PIL mode -> "L" (grey) or "RGB" (deeper grey modes are kept deep by decode_image)."""
     if img.mode == "P":  # palette: its transparency (if any) decides between RGBA and RGB
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):  # composite on black: what a viewer shows on a dark page
@@ -70,12 +192,40 @@ def storage_size(paths: list, where: str, sample: int = 256) -> int | None:
     pick = [paths[i] for i in np.linspace(0, len(paths) - 1, min(sample, len(paths))).round().astype(int)]
     sizes = []
     for path in pick:
+        suffix = str(path).lower().rpartition(".")[2]
         try:
+            if suffix in _HEADER_SIZE:  # formats Pillow cannot open (.npy, many-band TIFF)
+                sizes.append(_HEADER_SIZE[suffix](path))
+                continue
             with Image.open(path) as img:  # reads the header only
                 sizes.append(img.size)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, IndexError):
             continue  # named (or skipped) when it is decoded
     return side_for_sizes(sizes, where)
+
+
+def _tiff_size(path) -> tuple[int, int]:
+    """(width, height) of a TIFF's first page, from its tags."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return int(tif.pages[0].imagewidth), int(tif.pages[0].imagelength)
+    except Exception as e:  # noqa: BLE001 - tifffile raises many types for a bad file
+        raise ValueError(str(e)) from None
+
+
+def _npy_size(path) -> tuple[int, int]:
+    """(width, height) of the image in a .npy file, from its header (the axis rule of :func:`read_npy`)."""
+    shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+    if len(shape) == 3 and shape[0] < shape[-1]:  # (C, H, W)
+        shape = shape[1:]
+    if len(shape) < 2:
+        raise ValueError(f"shape {shape}")
+    return int(shape[1]), int(shape[0])
+
+
+_HEADER_SIZE = {"npy": _npy_size, "tif": _tiff_size, "tiff": _tiff_size}
 
 
 def side_for_sizes(sizes: list[tuple[int, int]], where: str) -> int | None:
@@ -139,8 +289,25 @@ class Collector:
                 raise fail(f"{missing} has no label while other images do; give every image a label or none")
             labels = np.asarray(self.labels, dtype=np.int64)
         if len({a.shape[2] for a in self.images}) > 1:  # grey and colour photos mixed: all RGB
+            if {a.shape[2] for a in self.images} != {1, 3}:
+                counts = sorted({a.shape[2] for a in self.images})
+                raise fail(f"{self.source} mixes images of {', '.join(map(str, counts))} channels; "
+                           "give every image the same bands")
             self.images = [a if a.shape[2] == 3 else np.repeat(a, 3, axis=2) for a in self.images]
+        self.images = common_depth(self.images)
         return np.stack(self.images), labels
+
+
+def common_depth(images: list[np.ndarray]) -> list[np.ndarray]:
+    """Images of mixed depths at the deepest one, exactly: uint8 -> uint16 as v * 257 (255 -> 65535);
+    integers -> float32 as v / full scale. A set of one depth is returned as it is."""
+    dtypes = {a.dtype for a in images}
+    if len(dtypes) <= 1:
+        return images
+    if np.dtype(np.float32) in dtypes:
+        return [a if a.dtype == np.float32 else a.astype(np.float32) / np.float32(full_scale(a.dtype))
+                for a in images]
+    return [a.astype(np.uint16) * np.uint16(257) if a.dtype == np.uint8 else a for a in images]
 
 
 def parse_label(raw: bytes | str, where: str) -> int:

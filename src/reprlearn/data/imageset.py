@@ -1,4 +1,4 @@
-"""The one thing every source yields: decoded uint8 images, optional labels."""
+"""The one thing every source yields: decoded images (uint8, uint16 or float32), optional labels."""
 
 from __future__ import annotations
 
@@ -8,11 +8,16 @@ import numpy as np
 import torch
 
 from ..errors import fail
+from .pixels import FULL_SCALE, full_scale
 
 
 @dataclass
 class ImageSet:
-    """Decoded images (N, H, W, C) uint8, labels (N,) int64 or None, class names."""
+    """Decoded images (N, H, W, C), labels (N,) int64 or None, class names.
+
+    Images are uint8 (0..255), uint16 (0..65535: 16-bit PNG/TIFF) or float32 in [0, 1], with any
+    number of channels C >= 1 (1 grey, 3 RGB, others as bands: multispectral tiles, stacked scans).
+    """
 
     images: np.ndarray
     labels: np.ndarray | None = None
@@ -24,13 +29,15 @@ class ImageSet:
     def __post_init__(self) -> None:
         if self.images.ndim == 3:  # (N, H, W) grayscale
             self.images = self.images[..., None]
-        if self.images.ndim != 4 or self.images.dtype != np.uint8:
-            raise fail(f"{self.name or 'images'}: expected uint8 images shaped (N, H, W[, C]), "
+        if self.images.ndim != 4 or self.images.dtype not in FULL_SCALE:
+            raise fail(f"{self.name or 'images'}: expected uint8, uint16 or float32 images shaped (N, H, W[, C]), "
                        f"got {self.images.dtype} {tuple(self.images.shape)}")
         if len(self.images) == 0:
             raise fail(f"{self.name or 'source'} holds no images; point --data at a source with images")
-        if self.images.shape[-1] not in (1, 3):
-            raise fail(f"{self.name}: images have {self.images.shape[-1]} channels; expected 1 (gray) or 3 (RGB)")
+        if self.images.shape[-1] < 1:
+            raise fail(f"{self.name}: images have no channels; store them (N, H, W) or (N, H, W, C)")
+        if self.images.dtype == np.float32:
+            check_unit_range(self.images, self.name or "images")
         if self.labels is not None:
             self.labels = np.asarray(self.labels)
             if self.labels.shape != (len(self.images),):
@@ -48,6 +55,11 @@ class ImageSet:
         return int(self.images.shape[-1])
 
     @property
+    def max_value(self) -> float:
+        """The stored value that means 1.0: 255 for uint8, 65535 for uint16, 1 for float32."""
+        return full_scale(self.images.dtype)
+
+    @property
     def image_size(self) -> int:
         return int(self.images.shape[1])
 
@@ -63,8 +75,22 @@ class ImageSet:
                         self.class_names, name or self.name, list(self.skipped), keys)
 
     def tensor(self, device: torch.device | str = "cpu") -> torch.Tensor:
-        """The images as a uint8 (N, C, H, W) tensor on ``device``."""
-        return torch.from_numpy(np.ascontiguousarray(self.images)).permute(0, 3, 1, 2).contiguous().to(device)
+        """The images as an (N, C, H, W) tensor on ``device``: uint8 as stored, other depths as float32
+        in [0, 1] (value / :attr:`max_value`; torch indexes and moves float on every device)."""
+        x = torch.from_numpy(np.ascontiguousarray(self.images)).permute(0, 3, 1, 2).contiguous()
+        if self.images.dtype != np.uint8:
+            x = x.float().div_(self.max_value)
+        return x.to(device)
+
+
+def check_unit_range(images: np.ndarray, name: str) -> None:
+    """Float images must be finite and in [0, 1]: anything else is refused, never clipped."""
+    if not np.isfinite(images).all():
+        raise fail(f"{name}: float images hold NaN or infinite values; replace them (e.g. np.nan_to_num) first")
+    low, high = float(images.min()), float(images.max())
+    if low < 0.0 or high > 1.0:
+        raise fail(f"{name}: float images span [{low:.4g}, {high:.4g}] but must lie in [0, 1]; scale them first, "
+                   "e.g. per channel (x - min) / (max - min)")
 
 
 def stratified_split(labels: np.ndarray | None, n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -73,6 +73,9 @@ def write_shards(source: str, out: str | Path, image_size: int | None = None, sh
         images, captions = pairs.images, pairs.captions
     else:
         images = load_source(source, image_size, skip_bad)
+    if images.images.dtype != np.uint8 or images.channels not in (1, 3):  # JPEG/PNG members would cut them
+        raise fail(f"{source} holds {images.images.dtype} images of {images.channels} channel(s); shards carry 8-bit "
+                   "grey or RGB JPEG/PNG: train on the source itself (--loader memory) to keep its depth and bands")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if images.class_names:

@@ -8,13 +8,16 @@ A spec is one of
                           else the official archive, downloaded once and checksum-verified
   PATH or GLOB            WebDataset shards (.tar/.tar.gz with KEY.jpg|png [+ KEY.cls]);
                           several may be joined with commas
-  FOLDER                  an image folder, one sub-folder per class (or flat, unlabelled)
-  FILE.npz                arrays 'images' (N,H,W[,C] uint8) and optional 'labels'
+  FOLDER                  an image folder, one sub-folder per class (or flat, unlabelled); its
+                          files images (16-bit PNG and TIFF of any band count kept deep) or .npy
+                          arrays, one image each (data/decode.py)
+  FILE.npz                arrays 'images' (N,H,W[,C]: uint8, uint16, other integers in 0..65535,
+                          or floats in [0, 1]) and optional 'labels'
   FILE.csv | FILE.tsv     a header naming an image column (paths relative to the file, or to
                           ?base=FOLDER) and optionally a label column
 
-Decoded images are cached as uint8 arrays keyed by the files' content, so no run
-decodes the same data twice.
+Decoded images are cached as arrays (uint8, uint16 or float32) keyed by the files' content, so
+no run decodes the same data twice.
 
 Every image carries a key that leads back to it (``ImageSet.keys``):
   a folder's file          its path, the folder as given joined with the file's path under it
@@ -42,10 +45,12 @@ import numpy as np
 from ..errors import fail
 from .cache import cached, content_key
 from .domains import cifar10_shifted, digits_m, is_domain_source, patch_shard
-from .decode import BadItem, Collector, IMAGE_EXTENSIONS, decode_image, parse_label, storage_size
+from .decode import (BadItem, Collector, IMAGE_EXTENSIONS, as_pixels, decode_image, parse_label,
+                     storage_size)
 from .imageset import ImageSet, stratified_split
 
-IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp", "bmp")  # a shard sample's image member, by extension
+# a shard sample's image member, by extension (16-bit PNG, TIFF and .npy members decode at full depth)
+IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "npy")
 
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -133,7 +138,9 @@ def resize_set(images: ImageSet, image_size: int | None) -> ImageSet:
 
     x = torch.from_numpy(images.images).permute(0, 3, 1, 2).float()
     x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
-    resized = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    x = x.clamp(0, images.max_value).permute(0, 2, 3, 1)
+    dtype = images.images.dtype
+    resized = np.ascontiguousarray(x.numpy()) if dtype == np.float32 else x.round().numpy().astype(dtype)
     return ImageSet(resized, images.labels, images.class_names, images.name, list(images.skipped), images.keys)
 
 
@@ -193,8 +200,10 @@ def load_npz(path: Path) -> ImageSet:
             labels = f["labels"] if "labels" in f else None
     except (OSError, ValueError, zlib.error) as e:
         raise fail(f"{path} is not a readable .npz file ({str(e)[:60]})") from None
-    if images.dtype != np.uint8:
-        raise fail(f"{path}: 'images' is {images.dtype}; store uint8 pixel values 0..255")
+    try:
+        images = as_pixels(images, f"{path}: 'images'")
+    except BadItem as e:
+        raise fail(str(e)) from None
     return ImageSet(images, labels, None, str(path))
 
 

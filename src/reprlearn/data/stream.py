@@ -39,11 +39,11 @@ import numpy as np
 import torch
 
 from ..errors import ReprlearnError, fail
-from .decode import IMAGE_EXTENSIONS, BadItem, decode_image, parse_label, side_for_sizes
+from .decode import IMAGE_EXTENSIONS, NPY_MAGIC, TIFF_MAGIC, BadItem, decode_image, parse_label, side_for_sizes
 from .imageset import ImageSet
 from .pairs import shard_captions
 
-IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
+IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "npy")
 FOLDER_PART = 1000  # files of a folder per streamed part (the unit of shard-order shuffling)
 PROBE = 256  # samples read before training to learn the storage size and channels
 
@@ -201,7 +201,13 @@ def _probe_shape(samples: list[dict], image_size: int | None, name: str) -> tupl
                 sizes.append(img.size)
                 colour |= img.mode not in ("L", "LA", "1", "I", "I;16", "I;16B", "I;16L", "F")
         except Exception:  # noqa: BLE001 - named (or skipped) when it is decoded
-            continue
+            if data is not None and (data[:6] == NPY_MAGIC or data[:4] in TIFF_MAGIC):  # Pillow cannot open these
+                try:
+                    h, w, c = decode_image(data, name, None).shape
+                except BadItem:
+                    continue
+                sizes.append((w, h))
+                colour |= c != 1
     if not sizes:
         raise fail(f"{name}: none of its first {len(samples)} samples is a readable image; check the data")
     if image_size is None:  # one size: stored at its shorter side (centre-cropped if not square)
@@ -287,6 +293,9 @@ def _decode(sample: dict, stream: ShardStream, bad: list | None = None) -> tuple
         if data is None:
             raise BadItem(f"{where} has no image member (.jpg/.png)")
         image = decode_image(data, where, stream.image_size)
+        if image.dtype != np.uint8 or image.shape[2] not in (1, 3):  # never cut to 8 bits or to RGB here
+            raise fail(f"{where} is a {image.dtype} image of {image.shape[2]} channel(s); the streaming loader "
+                       "carries 8-bit grey or RGB only: pass --loader memory to keep its depth and bands")
         if image.shape[2] != stream.channels:  # grey in a colour stream is replicated; colour in a grey one is luma
             image = np.repeat(image, 3, axis=2) if stream.channels == 3 else \
                 np.round(image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))[..., None].astype(np.uint8)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..data import ImageSet, stratified_split
+from ..data.pixels import unit_float
 from .harness import extract
 
 MAX_POINTS = 1000  # per domain, in the UMAP figure
@@ -34,7 +35,7 @@ def top1(predict, images: ImageSet, device, batch_size: int = 1024) -> float | N
     if images.labels is None:
         return None
     x = images.tensor()
-    preds = [predict(x[s:s + batch_size].to(device).float() / 255).argmax(1).cpu() for s in range(0, len(x), batch_size)]
+    preds = [predict(unit_float(x[s:s + batch_size].to(device))).argmax(1).cpu() for s in range(0, len(x), batch_size)]
     return float((torch.cat(preds).numpy() == images.labels).mean())
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.pixels import unit_float
 from ..errors import fail
 from ..methods.base import HasDensity, Interpolates, Samples
 
@@ -194,7 +195,7 @@ def generative_metrics(method, cfg, info, eval_set, run_dir: Path, anomaly_class
     samples for ``Samples``; interpolation and a 2-D latent grid for ``Interpolates``), the
     density bounds for ``HasDensity``, and the anomaly AUROC of ``anomaly_class``."""
     torch.manual_seed(cfg.seed)
-    x = eval_set.tensor(device).float() / 255
+    x = unit_float(eval_set.tensor(device))
     labels = torch.from_numpy(eval_set.labels).to(device) if eval_set.labels is not None else None
     cond = labels if method.needs_labels else None
     out: dict = {}

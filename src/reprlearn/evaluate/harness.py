@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..data import ImageSet, stratified_split
+from ..data.pixels import to_unit_array, unit_float
 from ..data.stream import ShardStream, eval_batches, read_subset
 from ..errors import fail
 from .probes import BACKENDS, L2_GRID, cluster_scores, few_label, finetune_top1, knn_top1, linear_probe, linear_top1
@@ -24,7 +25,7 @@ METRICS = ("knn_top1", "linear_top1", "knn_top1_few", "linear_top1_few", "nmi", 
 
 @torch.no_grad()
 def extract(encoder: torch.nn.Module, images: torch.Tensor, batch_size: int | None = None) -> np.ndarray:
-    """uint8 (N, C, H, W) -> features (N, D) float32, the encoder in eval mode.
+    """uint8 (N, C, H, W) (or float in [0, 1]) -> features (N, D) float32, the encoder in eval mode.
 
     ``batch_size`` None is 64 images a batch on a CPU, and 1,024 elsewhere. On a CPU a small CNN's
     activations then stay in cache and below glibc's mmap threshold, so no batch page-faults its
@@ -38,7 +39,7 @@ def extract(encoder: torch.nn.Module, images: torch.Tensor, batch_size: int | No
     net = folded_for_inference(encoder)
     out = []
     for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size].to(device).float() / 255
+        x = unit_float(images[start:start + batch_size].to(device))
         out.append(net(x).float().cpu())
     encoder.train(was_training)
     return torch.cat(out).numpy()
@@ -107,7 +108,8 @@ def encode(images, encoders: list[torch.nn.Module], device) -> Encoded:
     """Features of ``images`` (an ImageSet, or a stream read once batch by batch) under each encoder."""
     if not isinstance(images, ShardStream):
         x = images.tensor(device)
-        pixels = torch.from_numpy(images.images.reshape(len(images), -1))
+        flat = images.images.reshape(len(images), -1)  # 8-bit pixels as bytes (the exact kNN), deeper ones as [0, 1]
+        pixels = torch.from_numpy(flat if flat.dtype == np.uint8 else to_unit_array(flat))
         return Encoded([extract(e, x) for e in encoders], images.labels, pixels, images.labels)
     modes = [e.training for e in encoders]
     for e in encoders:
@@ -116,7 +118,7 @@ def encode(images, encoders: list[torch.nn.Module], device) -> Encoded:
     feats: list[list[torch.Tensor]] = [[] for _ in encoders]
     labels, pixels, pixel_labels, seen = [], [], [], 0
     for batch in eval_batches(images):
-        x = batch["images"].to(device, non_blocking=True).float() / 255
+        x = unit_float(batch["images"].to(device, non_blocking=True))
         for out, e in zip(feats, encoders):
             out.append(e(x).float().cpu())
         labels.append(batch["labels"])
@@ -222,7 +224,7 @@ def evaluate(encoder: torch.nn.Module, random_encoder: torch.nn.Module, train: I
         return scores
 
     pixel_bytes = (tr.pixels.to(on), te.pixels.to(on))
-    pix_train, pix_test = (p.float() / 255 for p in pixel_bytes)
+    pix_train, pix_test = (unit_float(p) for p in pixel_bytes)
     pixel_score = lambda a, b, **knn: score(a, b, tr.pixel_labels, te.pixel_labels, **knn)  # noqa: E731
     pixel_inputs = (tr.pixels, tr.pixel_labels, te.pixels, te.pixel_labels)
     raw_pixels = lambda: pixel_score(pix_train, pix_test, knn_features=pixel_bytes)  # noqa: E731

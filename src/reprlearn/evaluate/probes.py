@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.pixels import unit_float
 from ..errors import fail
 from .fixed_rows import FixedRows
 from .softmax_fit import fit_softmax
@@ -400,5 +401,5 @@ def finetune_top1(encoder: torch.nn.Module, train_x: torch.Tensor, train_y: np.n
     preds = []
     with torch.no_grad():
         for start in range(0, len(test_x), 1024):
-            preds.append(head(net(test_x[start:start + 1024].float() / 255)).argmax(1).cpu())
+            preds.append(head(net(unit_float(test_x[start:start + 1024]))).argmax(1).cpu())
     return float((torch.cat(preds).numpy() == test_y).mean())

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import option
+from ..data.pixels import unit_float
 from ..nets.decoders import build_decoder
 from .base import Interpolates, Method, Reconstructs
 
@@ -52,7 +53,7 @@ class AutoencoderMethod(Method, Reconstructs, Interpolates):
 
     # ---------------------------------------------------------------- the networks
     def views(self, images: Tensor, generator: torch.Generator) -> Tensor:
-        return images.float() / 255  # autoencoders see the data itself, no augmentation
+        return unit_float(images)  # autoencoders see the data itself, no augmentation
 
     def encode(self, x: Tensor) -> Tensor:
         """g_φ(x): the code."""

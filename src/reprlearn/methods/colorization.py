@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..config import option
+from ..data.pixels import unit_float
 from ..errors import fail
 from ..nets.decoders import build_decoder
 from .base import METHODS, Method
@@ -74,14 +75,14 @@ class Colorization(Method):
     def __init__(self, config, encoder, info, view_spec):
         if info.channels != 3:
             raise fail(f"colorization needs colour images; the training data has {info.channels} channel"
-                       f"{'s' if info.channels != 1 else ''} (grayscale); give --data with RGB images, e.g. cifar10")
+                       f"{'s' if info.channels != 1 else ' (grayscale)'}; give --data with RGB images, e.g. cifar10")
         super().__init__(config, encoder, info, view_spec)
         out = 2 if config.target == "l2" else config.num_bins ** 2
         self.chroma_size = min(config.chroma_size, info.image_size)
         self.decoder = build_decoder(encoder.feature_dim, out, self.chroma_size)
 
     def views(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        x = images.float() / 255
+        x = unit_float(images)
         flip = torch.rand(len(x), generator=generator, device=x.device) < 0.5
         x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
         yuv = rgb_to_yuv(x)

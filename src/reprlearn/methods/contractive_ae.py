@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ..config import option
+from ..data.pixels import unit_float
 from ..losses import contractive_penalty_estimate, contractive_penalty_exact
 from .autoencoder import AutoencoderConfig, AutoencoderMethod, reconstruction_error
 from .base import METHODS
@@ -42,7 +43,7 @@ class ContractiveAutoencoder(AutoencoderMethod):
 
     def views(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, torch.Generator]:
         # the estimate's projections are drawn from the engine's generator (reproducible runs)
-        return images.float() / 255, generator
+        return unit_float(images), generator
 
     def use_exact(self) -> bool:
         c, info = self.config, self.info

@@ -49,6 +49,7 @@ import torch
 from torch import Tensor
 
 from ..config import option
+from ..data.pixels import require_8bit
 from ..errors import fail
 from ..losses import discretized_gaussian_log_prob, gaussian_kl, gaussian_kl_between, pixel_levels
 from ..nets.unet import UNet
@@ -167,6 +168,7 @@ class DDPM(Method, Reconstructs, Samples, HasDensity):
     # ---------------------------------------------------------------- training
     def views(self, images: Tensor, generator: torch.Generator):
         """(x_0, t ~ U{1..T}, ε ~ N(0, I)) from the uint8 batch."""
+        require_8bit(images, "ddpm")
         x0 = self.encoder.normalize((images.float() + 0.5) / 256)
         t = torch.randint(1, self.config.timesteps + 1, (len(x0),), generator=generator, device=x0.device)
         return x0, t, torch.randn(x0.shape, generator=generator, device=x0.device)

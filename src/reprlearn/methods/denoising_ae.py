@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ..config import option
+from ..data.pixels import unit_float
 from .autoencoder import AutoencoderConfig, AutoencoderMethod, reconstruction_error
 from .base import METHODS
 
@@ -33,7 +34,7 @@ class DenoisingAutoencoder(AutoencoderMethod):
 
     def views(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """(clean, noisy); the noise comes from the engine's generator, so runs are reproducible."""
-        x = images.float() / 255
+        x = unit_float(images)
         c = self.config
         if c.noise == "gaussian":
             delta = torch.randn(x.shape, generator=generator, device=x.device) * c.noise_std

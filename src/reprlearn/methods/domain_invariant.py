@@ -58,6 +58,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import option
+from ..data.pixels import unit_float
 from ..data.run_data import RunData
 from ..distributed import world_and_rank
 from ..errors import fail
@@ -212,7 +213,7 @@ class DomainInvariant(Method, AdaptsDomains):
         n, device = len(images), images.device
         j = torch.randint(len(target), (n,), generator=generator, device=device)  # a target batch of the same size
         alpha = torch.rand((self.config.critic_steps + 1, n, 1), generator=generator, device=device)
-        return {"source": images.float() / 255, "labels": labels, "target": target[j].float() / 255,
+        return {"source": unit_float(images), "labels": labels, "target": unit_float(target[j]),
                 "target_known": target_known[j], "target_truth": target_truth[j], "alpha": alpha}
 
     # ------------------------------------------------------------------ the critic

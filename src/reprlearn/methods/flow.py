@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from ..config import option
+from ..data.pixels import require_8bit
 from ..errors import fail
 from ..losses import LEVELS, gaussian_log_prob, pixel_levels
 from ..nets.realnvp import RealNVP
@@ -96,6 +97,7 @@ class Flow(Method, Reconstructs, Samples, HasDensity):
 
     # ---------------------------------------------------------------- training
     def views(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        require_8bit(images, "flow")
         return dequantize(images, generator, self.levels)
 
     def loss(self, y: Tensor) -> dict[str, Tensor]:

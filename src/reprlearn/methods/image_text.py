@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from ..augment import ViewSpec, augment
 from ..config import option
+from ..data.pixels import unit_float
 from ..distributed import is_distributed
 from ..errors import fail
 from ..nets.text import TextTransformer
@@ -209,7 +210,7 @@ class ImageTextMethod(Method, EmbedsText):
         if self.config.image_aug == "crop":
             x = augment(images, CROP, generator)
         else:
-            x = images.float() / 255
+            x = unit_float(images)
         return x, text
 
     def loss(self, views):

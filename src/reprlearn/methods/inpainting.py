@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ..config import option
+from ..data.pixels import unit_float
 from ..errors import fail
 from ..nets.decoders import build_decoder
 from .base import METHODS, Method
@@ -95,7 +96,7 @@ class Inpainting(Method):
                 nn.LeakyReLU(0.2, inplace=True), nn.Linear(config.disc_hidden, 1))
 
     def views(self, images: Tensor, generator: torch.Generator):
-        x = images.float() / 255
+        x = unit_float(images)
         mask, top, left = random_square(len(x), self.info.image_size, self.side, generator, x.device)
         masked = torch.where(mask, self.fill.to(x.dtype), x)
         return masked, x, mask, top, left

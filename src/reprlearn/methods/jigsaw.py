@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..config import option
+from ..data.pixels import unit_float
 from ..errors import fail
 from ..nets import MLPHead
 from .base import METHODS, Method
@@ -119,7 +120,7 @@ class Jigsaw(Method):
         self.head = MLPHead(tiles * encoder.feature_dim, config.head_hidden, count)
 
     def views(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        x = images.float() / 255
+        x = unit_float(images)
         label = torch.randint(0, len(self.perms), (len(x),), generator=generator, device=x.device)
         tiles = shuffle_tiles(to_tiles(x, self.grid), self.perms.to(x.device)[label])
         return tiles, label

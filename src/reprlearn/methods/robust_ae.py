@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import option
+from ..data.pixels import unit_float
 from .autoencoder import AutoencoderConfig, AutoencoderMethod, reconstruction_error
 from .base import METHODS
 
@@ -50,7 +51,7 @@ class RobustAutoencoder(AutoencoderMethod):
 
     def views(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """(x, δ₀): the PGD start, uniform in the ε ball, from the engine's generator (reproducible)."""
-        x = images.float() / 255
+        x = unit_float(images)
         eps = self.config.epsilon
         delta = (torch.rand(x.shape, generator=generator, device=x.device) * 2 - 1) * eps
         return x, (x + delta).clamp(0.0, 1.0) - x

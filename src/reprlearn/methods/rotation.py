@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ..augment import augment
 from ..config import option
+from ..data.pixels import unit_float
 from ..nets import MLPHead
 from .base import METHODS, Method
 
@@ -54,7 +55,7 @@ class Rotation(Method):
             self.head = torch.nn.Linear(encoder.feature_dim, 4)
 
     def views(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        x = augment(images, self.view_spec, generator) if self.config.augment_views else images.float() / 255
+        x = augment(images, self.view_spec, generator) if self.config.augment_views else unit_float(images)
         n = len(x)
         if self.config.all_rotations:
             k = torch.arange(4, device=x.device).repeat_interleave(n)

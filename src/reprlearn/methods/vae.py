@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from ..config import option
+from ..data.pixels import require_8bit
 from ..errors import fail
 from ..losses import (bernoulli_log_prob, discretized_gaussian_log_prob, discretized_logistic_log_prob,
                       gaussian_kl, gaussian_log_prob)
@@ -167,6 +168,7 @@ class VAEMethod(AutoencoderMethod, Samples, HasDensity):
     # ---------------------------------------------------------------- training
     def views(self, images: Tensor, generator: torch.Generator, labels: Tensor | None = None):
         """The data itself, no augmentation: dequantised 8-bit pixels, or a binarisation."""
+        require_8bit(images, "vae")
         x = images.float()
         if self.config.binarize == "static":
             x = (x / 255 > 0.5).float()
