@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..data import ImageSet, stratified_split
+from ..data.run_data import labelled
 from ..data.stream import ShardStream, eval_batches, read_subset
 from ..errors import fail
 from .probes import BACKENDS, L2_GRID, cluster_scores, few_label, finetune_top1, knn_top1, linear_probe, linear_top1
@@ -69,8 +70,9 @@ def probe_split(train, test, max_train: int | None, seed: int):
     """The labelled sets the probes fit and score on. A streamed training set is decoded as a
     random subset of ``max_train`` (or whole, when smaller); with ``max_train`` None it stays a
     stream, and its features are extracted batch by batch."""
-    if not labelled(test):
-        raise fail(f"evaluation data {test.name} has no labels; give --eval-data with labels, or pass --no-eval")
+    if not labelled(test):  # evaluate/run.py scores unlabelled data label-free instead (evaluate/labelfree.py)
+        raise fail(f"evaluation data {test.name} has no labels, which the probes need; give labelled evaluation "
+                   "data, or score it with reprlearn.evaluate.labelfree.label_free_report")
     if not labelled(train):  # unlabelled training data: the probes split the labelled test set
         if isinstance(test, ShardStream):
             test = read_subset(test, min(len(test), 2 * (max_train or 20000)), seed)
@@ -82,10 +84,6 @@ def probe_split(train, test, max_train: int | None, seed: int):
         keep = np.sort(np.random.default_rng(seed).choice(len(train), max_train, replace=False))
         train = train.subset(keep)
     return train, test
-
-
-def labelled(images) -> bool:
-    return images.has_labels if isinstance(images, ShardStream) else images.labels is not None
 
 
 PIXEL_BASELINE_MAX = 20000  # streamed sets: the pixel baselines fit on at most this many images (spread evenly)
@@ -270,17 +268,22 @@ def _probe_record(result: dict, opts: dict) -> dict:
 
 def format_table(result: dict) -> str:
     """The learned encoder beside each baseline, one metric per row."""
+    from .labelfree import format_label_free, label_free_notes
+
     if "masked_token_accuracy" in result:  # a text method (evaluate/text.py)
         from .text import format_text_table
 
         return format_text_table(result)
-    columns = [result.get("method") or "encoder", *result.get("baselines", {})]
+    label_free_only = result.get("evaluation") == "label-free"
+    columns = [result.get("method") or "encoder", *(["random_init"] if label_free_only else result.get("baselines", {}))]
     rows = [m for m in METRICS if m in result]
     width = max(12, *(len(c) + 2 for c in columns))
     lines = ["metric".ljust(18) + "".join(c.rjust(width) for c in columns)]
     for m in rows:
         cells = [result[m]] + [result["baselines"][b].get(m) for b in columns[1:]]
         lines.append(m.ljust(18) + "".join(("-" if v is None else f"{v:.4f}").rjust(width) for v in cells))
+    lines += format_label_free(result, columns, width)
+    lines += label_free_notes(result)
     probes = result.get("probes")
     if isinstance(probes, dict):
         lin = probes["linear"]

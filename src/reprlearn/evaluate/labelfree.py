@@ -1,0 +1,309 @@
+"""Label-free evaluation: how good are an encoder's features when the images carry no labels?
+
+Every figure is computed for the trained encoder and for the random-init encoder beside it (the
+same architecture, the weights training started from), on the same images and the same views:
+
+- ``rankme`` (Garrido et al. 2023): exp of the entropy of the normalised singular values of the
+  (N, D) feature matrix, p_k = sigma_k / ||sigma||_1 + 1e-7. Between 1 and min(N, D); within a
+  method, a higher RankMe went with a better downstream probe in the paper's study. Estimated
+  on at most 25,600 training images (:data:`RANKME_ROWS`), the paper's sample size.
+- ``alignment`` (Wang & Isola 2020): E ||f(x) - f(x+)||^2 over two augmented views of the same
+  image (the run's own augmentation), features L2-normalised. 0 when the views map to one point
+  (lower: more invariant to the augmentation); at most 4.
+- ``uniformity`` (Wang & Isola 2020): log E exp(-2 ||f(x) - f(y)||^2) over pairs of distinct
+  images, features L2-normalised. 0 when every image maps to one point; lower (more negative) is
+  spread more evenly over the sphere. Both on at most :data:`PAIR_ROWS` images.
+- ``embedding_std`` and ``effective_rank``: the collapse watch's two figures (monitor.py).
+
+Beside the figures, three pictures for a person to judge: each of 16 held-out images with its 8
+nearest training images (cosine), k-means clusters of the training features (a row of the members
+closest to each centre), and the UMAP of the training features coloured by cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+RANKME_ROWS = 25_600  # Garrido et al. 2023 estimate RankMe on 25,600 images of the training set
+RANKME_EPS = 1e-7  # the paper's epsilon, added to each normalised singular value
+PAIR_ROWS = 4_096  # alignment / uniformity images: torch.pdist over 8.4 M pairs (34 MB)
+ALIGNMENT_ALPHA = 2  # Wang & Isola 2020's alpha
+UNIFORMITY_T = 2  # Wang & Isola 2020's t
+QUERIES, NEIGHBOURS = 16, 8  # the neighbour sheet: rows, and neighbours per row
+CLUSTERS, MEMBERS = 8, 10  # the cluster sheet: rows, and members per row
+FIGURES = ("rankme", "alignment", "uniformity", "embedding_std", "effective_rank")
+
+
+# ---------------------------------------------------------------- the figures
+
+
+def rankme(features, eps: float = RANKME_EPS) -> float:
+    """RankMe (Garrido et al. 2023) of an (N, D) feature matrix, in float64."""
+    sigma = torch.linalg.svdvals(torch.as_tensor(features, dtype=torch.float64))
+    p = sigma / sigma.sum() + eps
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+def alignment(a, b, alpha: float = ALIGNMENT_ALPHA) -> float:
+    """Wang & Isola 2020's alignment: mean ||a_i - b_i||_2^alpha of the L2-normalised rows (positive pairs)."""
+    a, b = (F.normalize(torch.as_tensor(v, dtype=torch.float64), dim=1) for v in (a, b))
+    return float((a - b).norm(dim=1).pow(alpha).mean())
+
+
+def uniformity(features, t: float = UNIFORMITY_T) -> float:
+    """Wang & Isola 2020's uniformity: log of the mean exp(-t ||z_i - z_j||^2) over pairs i < j of
+    the L2-normalised rows (the paper's torch.pdist form)."""
+    z = F.normalize(torch.as_tensor(features, dtype=torch.float64), dim=1)
+    return float(torch.pdist(z, p=2).pow(2).mul(-t).exp().mean().log())
+
+
+@torch.no_grad()
+def view_features(encoder: torch.nn.Module, images: torch.Tensor, views: Callable, seed: int,
+                  batch_size: int = 256) -> torch.Tensor:
+    """Features of one augmented view of every uint8 image (N, C, H, W), drawn batch by batch from one
+    generator seeded with ``seed``: the same seed gives the same views for every encoder."""
+    was_training = encoder.training
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    out = [encoder(views(images[s:s + batch_size].to(device), generator)).float().cpu()
+           for s in range(0, len(images), batch_size)]
+    encoder.train(was_training)
+    return torch.cat(out)
+
+
+def encoder_figures(features: torch.Tensor, view_a: torch.Tensor, view_b: torch.Tensor) -> dict:
+    """Every label-free figure of one encoder: its features of the sample, and of two views of the
+    sample's first images (the alignment's and uniformity's)."""
+    from ..monitor import collapse_report
+
+    figures = {"rankme": rankme(features), "alignment": alignment(view_a, view_b),
+               "uniformity": uniformity(features[:len(view_a)])}
+    figures.update(collapse_report(features)[0])
+    return figures
+
+
+def label_free_figures(encoders: dict[str, torch.nn.Module], images: torch.Tensor, views: Callable,
+                       seed: int) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The figures of each named encoder on the uint8 ``images`` (already a random sample, at most
+    :data:`RANKME_ROWS`), the views drawn alike for each. Returns (figures by name, features by name)."""
+    from .harness import extract
+
+    pairs = images[:PAIR_ROWS]
+    figures, features = {}, {}
+    for name, encoder in encoders.items():
+        z = torch.from_numpy(extract(encoder, images))
+        a, b = view_features(encoder, pairs, views, seed), view_features(encoder, pairs, views, seed + 1)
+        figures[name], features[name] = encoder_figures(z, a, b), z
+    return figures, features
+
+
+# ---------------------------------------------------------------- neighbours and clusters
+
+
+def nearest_neighbours(queries, pool, k: int) -> np.ndarray:
+    """(Q, k) indices of each query's ``k`` nearest rows of ``pool`` by cosine similarity, nearest first."""
+    q = F.normalize(torch.as_tensor(queries, dtype=torch.float32), dim=1)
+    p = F.normalize(torch.as_tensor(pool, dtype=torch.float32), dim=1)
+    return (q @ p.T).topk(min(k, len(p)), dim=1).indices.numpy()
+
+
+def cluster_labels(features, clusters: int = CLUSTERS, seed: int = 0) -> np.ndarray:
+    """k-means (evaluate/kmeans.py, 10 starts) on the L2-normalised features, as the clustering probe;
+    the clusters numbered by size, largest first (so the sheet's rows and the UMAP's colours agree)."""
+    from .kmeans import kmeans
+
+    x = F.normalize(torch.as_tensor(features, dtype=torch.float32), dim=1)
+    labels = kmeans(x, min(clusters, len(x)), starts=10, seed=seed)[0].cpu().numpy()
+    by_size = np.argsort(-np.bincount(labels), kind="stable")
+    return np.argsort(by_size)[labels]
+
+
+def cluster_members(features, labels: np.ndarray, members: int) -> list[np.ndarray]:
+    """Per cluster of ``labels`` (in label order), the indices of its ``members`` points closest to its
+    centre (the mean of its L2-normalised features), closest first."""
+    x = F.normalize(torch.as_tensor(features, dtype=torch.float32), dim=1)
+    labels = torch.as_tensor(labels)
+    rows = []
+    for c in range(int(labels.max()) + 1):
+        idx = torch.nonzero(labels == c).flatten()
+        if len(idx):
+            distance = (x[idx] - x[idx].mean(0)).norm(dim=1)
+            rows.append(idx[distance.argsort()[:members]].numpy())
+    return rows
+
+
+def caption(images, index: int) -> str:
+    """What a thumbnail is called: its source's file name when the set keeps keys, else its index."""
+    keys = getattr(images, "keys", None)
+    return Path(str(keys[index])).name if keys is not None else f"#{index}"
+
+
+@dataclass
+class Sheet:
+    """A written sheet: where, and the grid of captions drawn (rows of thumbnails, first column first)."""
+
+    path: Path
+    captions: list[list[str]]
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return len(self.captions), max((len(r) for r in self.captions), default=0)
+
+
+def image_sheet(rows: list[list[tuple[np.ndarray, str]]], path: Path, title: str,
+                row_labels: list[str] | None = None) -> Sheet:
+    """A PNG of thumbnails, one list of (uint8 image (H, W, C), caption) a row, the caption under each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.2 * n_cols + 0.6, 1.35 * n_rows + 0.5), dpi=100,
+                             squeeze=False)
+    for r, row in enumerate(rows):
+        for c in range(n_cols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(row):
+                ax.axis("off")
+                continue
+            image, text = row[c]
+            array, options = _displayable(image)
+            ax.imshow(array, **options)
+            ax.set_xlabel(_short(text), fontsize=6, labelpad=1)
+        if row_labels:
+            axes[r, 0].set_ylabel(row_labels[r], fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Sheet(Path(path), [[text for _, text in row] for row in rows])
+
+
+def _displayable(image: np.ndarray) -> tuple[np.ndarray, dict]:
+    """(array, imshow options): RGB for 3+ channels (the first three), grey for one or two."""
+    if image.shape[-1] >= 3:
+        return image[..., :3], {}
+    return image[..., 0], {"cmap": "gray", "vmin": 0, "vmax": 255}
+
+
+def _short(text: str, width: int = 16) -> str:
+    return text if len(text) <= width else text[:7] + "…" + text[-(width - 8):]
+
+
+def neighbour_sheet(query_f, pool_f, queries, pool, query_index: np.ndarray, pool_index: np.ndarray,
+                    path: Path, title: str) -> Sheet:
+    """Each query image (first column) and its :data:`NEIGHBOURS` nearest pool images (cosine).
+
+    ``queries``/``pool`` are the ImageSets the thumbnails and captions come from; ``query_index`` and
+    ``pool_index`` the rows of those sets that ``query_f`` and ``pool_f`` describe."""
+    nearest = nearest_neighbours(query_f, pool_f, NEIGHBOURS)
+    rows = [[(queries.images[qi], "query " + caption(queries, qi))]
+            + [(pool.images[pool_index[j]], caption(pool, pool_index[j])) for j in nearest[r]]
+            for r, qi in enumerate(query_index)]
+    return image_sheet(rows, path, title)
+
+
+def cluster_sheet(features, labels: np.ndarray, images, index: np.ndarray, path: Path, title: str) -> Sheet:
+    """One row per cluster (``labels`` of ``features``, rows ``index`` of ``images``): the members
+    closest to its centre, closest first."""
+    rows = cluster_members(features, labels, MEMBERS)
+    drawn = [[(images.images[index[j]], caption(images, index[j])) for j in row] for row in rows]
+    sizes = np.bincount(np.asarray(labels))
+    labels = [f"cluster {c} ({sizes[c]})" for c in range(len(rows))]
+    return image_sheet(drawn, path, title, labels)
+
+
+# ---------------------------------------------------------------- the report
+
+
+def sample(images, n: int, seed: int):
+    """(an in-memory set, the indices of its rows in ``images``): all of ``images``, or ``n`` of them drawn
+    without replacement (a stream: decoded, indices of the decoded subset)."""
+    from ..data.stream import ShardStream, read_subset
+
+    if isinstance(images, ShardStream):
+        images = read_subset(images, min(n, len(images)), seed)
+        return images, np.arange(len(images))
+    if len(images) <= n:
+        return images, np.arange(len(images))
+    keep = np.sort(np.random.default_rng(seed).choice(len(images), n, replace=False))
+    return images, keep
+
+
+def label_free_report(encoder: torch.nn.Module, random_encoder: torch.nn.Module, train, test, views: Callable,
+                      *, seed: int = 0, method: str = "", run_dir: Path | None = None) -> dict:
+    """The label-free figures of ``encoder`` and ``random_encoder`` on the training images; with
+    ``run_dir``, the neighbour sheet (held-out queries ``test``), the cluster sheet and the UMAP there."""
+    device = next(encoder.parameters()).device
+    train, index = sample(train, RANKME_ROWS, seed)
+    shuffled = index[np.random.default_rng(seed).permutation(len(index))]  # the pair images: a random subset
+    x = torch.from_numpy(np.ascontiguousarray(train.images[shuffled].transpose(0, 3, 1, 2)))
+    figures, features = label_free_figures({"encoder": encoder, "random_init": random_encoder.to(device)}, x,
+                                           views, seed)
+    result = {"images": len(x), "pair_images": min(len(x), PAIR_ROWS), "feature_dim": int(features["encoder"].shape[1]),
+              "encoder": figures["encoder"], "random_init": figures["random_init"],
+              "settings": {"rankme_eps": RANKME_EPS, "alignment_alpha": ALIGNMENT_ALPHA,
+                           "uniformity_t": UNIFORMITY_T, "rankme_max_images": RANKME_ROWS,
+                           "pair_max_images": PAIR_ROWS}}
+    if run_dir is not None:
+        result["sheets"] = write_sheets(features["encoder"], train, shuffled, encoder, test, Path(run_dir),
+                                        method, seed)
+    return result
+
+
+def write_sheets(train_f: torch.Tensor, train, train_index: np.ndarray, encoder, test, run_dir: Path,
+                 method: str, seed: int) -> dict:
+    """neighbours.png, clusters.png and umap.png of the trained encoder's features into ``run_dir``."""
+    from .figures import umap_plot
+    from .harness import extract
+
+    written = {}
+    if test is not None and len(test):
+        test, queries = sample(test, QUERIES, seed)
+        query_f = extract(encoder, torch.from_numpy(np.ascontiguousarray(test.images[queries].transpose(0, 3, 1, 2))))
+        sheet = neighbour_sheet(query_f, train_f, test, train, queries, train_index, run_dir / "neighbours.png",
+                                f"{method}: {NEIGHBOURS} nearest training images (cosine) of held-out images")
+        written["neighbours"] = sheet.path.name
+    clusters = cluster_labels(train_f, CLUSTERS, seed)
+    sheet = cluster_sheet(train_f, clusters, train, train_index, run_dir / "clusters.png",
+                          f"{method}: k-means clusters of the training features, members nearest the centre")
+    written["clusters"] = sheet.path.name
+    if len(train_f) > 2 * CLUSTERS:  # UMAP's layout needs more points than its neighbours
+        umap_plot(train_f.numpy(), clusters, [f"cluster {c}" for c in range(int(clusters.max()) + 1)],
+                  run_dir / "umap.png", title=f"{method} training embeddings (UMAP, coloured by k-means)", seed=seed)
+        written["umap"] = "umap.png"
+    return written
+
+
+def format_label_free(result: dict, columns: list[str], width: int) -> list[str]:
+    """The label-free rows of an evaluation table: the trained encoder's figure under the first column,
+    the random init's under ``random_init``, '-' under any other (the pixel baselines)."""
+    free = result.get("label_free")
+    if not free:
+        return []
+    by_column = {columns[0]: free["encoder"], "random_init": free["random_init"]}
+    return [m.ljust(18) + "".join(("-" if v is None else f"{v:.4f}").rjust(width)
+                                  for v in (by_column.get(c, {}).get(m) for c in columns)) for m in FIGURES]
+
+
+def label_free_notes(result: dict) -> list[str]:
+    """How the label-free rows were measured and how to read them, and the sheets written."""
+    free = result.get("label_free")
+    if not free:
+        return []
+    lines = [f"label-free: {free['images']} training images ({free['pair_images']} for alignment/uniformity); "
+             f"RankMe up to {min(free['images'], free['feature_dim'])} (higher: more directions used), "
+             "alignment lower = views closer, uniformity lower = more spread"]
+    if free.get("sheets"):
+        lines.append("sheets: " + ", ".join(free["sheets"].values()) + " in the run folder")
+    return lines
