@@ -17,7 +17,7 @@ from reprlearn.errors import ReprlearnError
 from reprlearn.evaluate import format_table
 from fakedata import SHARED
 from reprlearn.evaluate.labelfree import (CLUSTERS, MEMBERS, NEIGHBOURS, alignment, cluster_labels, cluster_sheet,
-                                          neighbour_sheet, rankme, uniformity)
+                                          label_free_figures, neighbour_sheet, rankme, uniformity)
 
 # ---------------------------------------------------------------- the figures against their formulas
 
@@ -92,6 +92,29 @@ def test_alignment_of_identical_views_is_zero_and_uniformity_of_one_point_is_zer
     assert alignment(z, z) == 0.0
     assert alignment(z, 3 * z) == pytest.approx(0.0, abs=1e-12)  # a scale is undone by the normalisation
     assert uniformity(np.ones((10, 5))) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_identity_views_align_exactly_and_each_encoder_gets_the_same_views():
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8)
+    encoders = {"a": torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 16)),
+                "b": torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 16))}
+    identity = lambda x, g: x.float() / 255  # noqa: E731
+    figures, features = label_free_figures(encoders, images, identity, seed=0)
+    for name in encoders:
+        assert figures[name]["alignment"] == 0.0
+        assert figures[name]["uniformity"] == pytest.approx(naive_uniformity(features[name].numpy()), rel=1e-6)
+        assert figures[name]["rankme"] == pytest.approx(naive_rankme(features[name].numpy()), rel=1e-6)
+    seen = []
+
+    def recorded(x, g):  # a random view: what it draws is recorded per encoder
+        noise = torch.rand(x.shape, generator=g)
+        seen.append(noise)
+        return x.float() / 255 + noise
+
+    label_free_figures(encoders, images, recorded, seed=0)
+    assert len(seen) == 4 and torch.equal(seen[0], seen[2]) and torch.equal(seen[1], seen[3])
+    assert not torch.equal(seen[0], seen[1])  # the two views of an image differ
 
 
 # ---------------------------------------------------------------- the sheets

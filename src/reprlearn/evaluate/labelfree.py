@@ -84,7 +84,7 @@ def encoder_figures(features: torch.Tensor, view_a: torch.Tensor, view_b: torch.
     from ..monitor import collapse_report
 
     figures = {"rankme": rankme(features), "alignment": alignment(view_a, view_b),
-               "uniformity": uniformity(features[:len(view_a)])}
+               "uniformity": uniformity(features[:len(view_a)]) if len(view_a) > 1 else None}  # needs a pair
     figures.update(collapse_report(features)[0])
     return figures
 
