@@ -124,13 +124,14 @@ def evaluation_plan(cfg, data: RunData) -> str:
     if data.eval is None:
         return (f"evaluation: none ({data.train.name} has {len(data.train)} images, too few to hold any out; "
                 "give --eval-data)")
+    source = cfg.eval_data or default_eval_spec(cfg.data) or cfg.data  # where the evaluation images come from
     if labelled(data.eval):
-        return (f"evaluation: probes (labelled: {data.eval.name} has labels): kNN, linear, few-label, k-means "
+        return (f"evaluation: probes (labelled: {source} has labels): kNN, linear, few-label, k-means "
                 "beside raw pixels, PCA and random init; RankMe, alignment/uniformity")
     if cfg.finetune:
-        raise fail(f"--finetune needs labelled evaluation data and {data.eval.name} has no labels; "
+        raise fail(f"--finetune needs labelled evaluation data and {source} has no labels; "
                    "drop --finetune or give --eval-data with labels")
-    return (f"evaluation: label-free ({data.eval.name} has no labels): RankMe, alignment/uniformity, "
+    return (f"evaluation: label-free ({source} has no labels): RankMe, alignment/uniformity, "
             "neighbour and cluster sheets, trained vs random init")
 
 
