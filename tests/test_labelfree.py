@@ -96,11 +96,11 @@ def test_alignment_of_identical_views_is_zero_and_uniformity_of_one_point_is_zer
 
 def test_identity_views_align_exactly_and_each_encoder_gets_the_same_views():
     torch.manual_seed(0)
-    images = torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8)
+    images = torch.randint(0, 256, (40, 8, 8, 3), dtype=torch.uint8).numpy()
     encoders = {"a": torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 16)),
                 "b": torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 16))}
     identity = lambda x, g: x.float() / 255  # noqa: E731
-    figures, features = label_free_figures(encoders, images, identity, seed=0)
+    figures, features = label_free_figures(encoders, images, np.arange(40), identity, seed=0)
     for name in encoders:
         assert figures[name]["alignment"] == 0.0
         assert figures[name]["uniformity"] == pytest.approx(naive_uniformity(features[name].numpy()), rel=1e-6)
@@ -112,7 +112,7 @@ def test_identity_views_align_exactly_and_each_encoder_gets_the_same_views():
         seen.append(noise)
         return x.float() / 255 + noise
 
-    label_free_figures(encoders, images, recorded, seed=0)
+    label_free_figures(encoders, images, np.arange(40), recorded, seed=0)
     assert len(seen) == 4 and torch.equal(seen[0], seen[2]) and torch.equal(seen[1], seen[3])
     assert not torch.equal(seen[0], seen[1])  # the two views of an image differ
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -63,17 +63,23 @@ def uniformity(features, t: float = UNIFORMITY_T) -> float:
     return float(torch.pdist(z, p=2).pow(2).mul(-t).exp().mean().log())
 
 
+def batches(images: np.ndarray, index: np.ndarray, size: int = 1024) -> Iterator[torch.Tensor]:
+    """uint8 (n, C, H, W) tensors of the rows ``index`` of the (N, H, W, C) ``images``, ``size`` at a time:
+    a sample of large images (25,600 at 224 px: 3.9 GB) is never held whole."""
+    for start in range(0, len(index), size):
+        yield torch.from_numpy(np.ascontiguousarray(images[index[start:start + size]].transpose(0, 3, 1, 2)))
+
+
 @torch.no_grad()
-def view_features(encoder: torch.nn.Module, images: torch.Tensor, views: Callable, seed: int,
-                  batch_size: int = 256) -> torch.Tensor:
-    """Features of one augmented view of every uint8 image (N, C, H, W), drawn batch by batch from one
-    generator seeded with ``seed``: the same seed gives the same views for every encoder."""
+def view_features(encoder: torch.nn.Module, images: Iterable[torch.Tensor], views: Callable,
+                  seed: int) -> torch.Tensor:
+    """Features of one augmented view of every uint8 image (batches of (n, C, H, W)), the views drawn
+    batch by batch from one generator seeded with ``seed``: the same seed, the same views for every encoder."""
     was_training = encoder.training
     encoder.eval()
     device = next(encoder.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
-    out = [encoder(views(images[s:s + batch_size].to(device), generator)).float().cpu()
-           for s in range(0, len(images), batch_size)]
+    out = [encoder(views(x.to(device), generator)).float().cpu() for x in images]
     encoder.train(was_training)
     return torch.cat(out)
 
@@ -89,17 +95,18 @@ def encoder_figures(features: torch.Tensor, view_a: torch.Tensor, view_b: torch.
     return figures
 
 
-def label_free_figures(encoders: dict[str, torch.nn.Module], images: torch.Tensor, views: Callable,
-                       seed: int) -> tuple[dict, dict[str, torch.Tensor]]:
-    """The figures of each named encoder on the uint8 ``images`` (already a random sample, at most
-    :data:`RANKME_ROWS`), the views drawn alike for each. Returns (figures by name, features by name)."""
+def label_free_figures(encoders: dict[str, torch.nn.Module], images: np.ndarray, index: np.ndarray,
+                       views: Callable, seed: int) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The figures of each named encoder on the rows ``index`` of the uint8 (N, H, W, C) ``images`` (a
+    random sample in random order, at most :data:`RANKME_ROWS`; its first :data:`PAIR_ROWS` make the
+    pairs), the views drawn alike for each encoder. Returns (figures by name, features by name)."""
     from .harness import extract
 
-    pairs = images[:PAIR_ROWS]
+    pairs = index[:PAIR_ROWS]
     figures, features = {}, {}
     for name, encoder in encoders.items():
-        z = torch.from_numpy(extract(encoder, images))
-        a, b = view_features(encoder, pairs, views, seed), view_features(encoder, pairs, views, seed + 1)
+        z = torch.cat([torch.from_numpy(extract(encoder, x)) for x in batches(images, index)])
+        a, b = (view_features(encoder, batches(images, pairs, 256), views, seed + view) for view in (0, 1))
         figures[name], features[name] = encoder_figures(z, a, b), z
     return figures, features
 
@@ -261,10 +268,10 @@ def label_free_report(encoder: torch.nn.Module, random_encoder: torch.nn.Module,
     device = next(encoder.parameters()).device
     train, index = sample(train, RANKME_ROWS, seed)
     shuffled = index[np.random.default_rng(seed).permutation(len(index))]  # the pair images: a random subset
-    x = torch.from_numpy(np.ascontiguousarray(train.images[shuffled].transpose(0, 3, 1, 2)))
-    figures, features = label_free_figures({"encoder": encoder, "random_init": random_encoder.to(device)}, x,
-                                           views, seed)
-    result = {"images": len(x), "pair_images": min(len(x), PAIR_ROWS), "feature_dim": int(features["encoder"].shape[1]),
+    figures, features = label_free_figures({"encoder": encoder, "random_init": random_encoder.to(device)},
+                                           train.images, shuffled, views, seed)
+    result = {"images": len(shuffled), "pair_images": min(len(shuffled), PAIR_ROWS),
+              "feature_dim": int(features["encoder"].shape[1]),
               "encoder": figures["encoder"], "random_init": figures["random_init"],
               "settings": {"rankme_eps": RANKME_EPS, "alignment_alpha": ALIGNMENT_ALPHA,
                            "uniformity_t": UNIFORMITY_T, "rankme_max_images": RANKME_ROWS,
