@@ -21,6 +21,8 @@ from ..errors import fail
 from .probes import BACKENDS, L2_GRID, cluster_scores, few_label, finetune_top1, knn_top1, linear_probe, linear_top1
 
 METRICS = ("knn_top1", "linear_top1", "knn_top1_few", "linear_top1_few", "nmi", "ari", "finetune_top1")
+# the label-free rows (evaluate/labelfree.py), of the trained encoder and its random init
+LABEL_FREE_METRICS = ("rankme", "alignment", "uniformity", "embedding_std", "effective_rank")
 
 
 @torch.no_grad()
@@ -268,22 +270,20 @@ def _probe_record(result: dict, opts: dict) -> dict:
 
 def format_table(result: dict) -> str:
     """The learned encoder beside each baseline, one metric per row."""
-    from .labelfree import format_label_free, label_free_notes
-
     if "masked_token_accuracy" in result:  # a text method (evaluate/text.py)
         from .text import format_text_table
 
         return format_text_table(result)
-    label_free_only = result.get("evaluation") == "label-free"
-    columns = [result.get("method") or "encoder", *(["random_init"] if label_free_only else result.get("baselines", {}))]
+    beside = ["random_init"] if result.get("evaluation") == "label-free" else list(result.get("baselines", {}))
+    columns = [result.get("method") or "encoder", *beside]
     rows = [m for m in METRICS if m in result]
     width = max(12, *(len(c) + 2 for c in columns))
     lines = ["metric".ljust(18) + "".join(c.rjust(width) for c in columns)]
     for m in rows:
         cells = [result[m]] + [result["baselines"][b].get(m) for b in columns[1:]]
         lines.append(m.ljust(18) + "".join(("-" if v is None else f"{v:.4f}").rjust(width) for v in cells))
-    lines += format_label_free(result, columns, width)
-    lines += label_free_notes(result)
+    lines += _label_free_rows(result, columns, width)
+    lines += _label_free_notes(result)
     probes = result.get("probes")
     if isinstance(probes, dict):
         lin = probes["linear"]
@@ -332,4 +332,29 @@ def _domain_lines(result: dict) -> list[str]:
     dc = result["domain_classifier"]
     lines.append("domain classifier  " + "  ".join(f"{k} {v:.4f}" for k, v in dc.items()) + "  (0.5: indistinguishable)")
     lines.append(f"critic W1          {result['critic_w1']:.4f}")
+    return lines
+
+
+def _label_free_rows(result: dict, columns: list[str], width: int) -> list[str]:
+    """The label-free rows of an evaluation table: the trained encoder's figure under the first column,
+    the random init's under ``random_init``, '-' under any other (the pixel baselines)."""
+    free = result.get("label_free")
+    if not free:
+        return []
+    by_column = {columns[0]: free["encoder"], "random_init": free["random_init"]}
+    cells = lambda m: (by_column.get(c, {}).get(m) for c in columns)  # noqa: E731
+    return [m.ljust(18) + "".join(("-" if v is None else f"{v:.4f}").rjust(width) for v in cells(m))
+            for m in LABEL_FREE_METRICS]
+
+
+def _label_free_notes(result: dict) -> list[str]:
+    """How the label-free rows were measured and how to read them, and the sheets written."""
+    free = result.get("label_free")
+    if not free:
+        return []
+    lines = [f"label-free: {free['images']} training images ({free['pair_images']} for alignment/uniformity); "
+             f"RankMe up to {min(free['images'], free['feature_dim'])} (higher: more directions used), "
+             "alignment lower = views closer, uniformity lower = more spread"]
+    if free.get("sheets"):
+        lines.append("sheets: " + ", ".join(free["sheets"].values()) + " in the run folder")
     return lines

@@ -37,7 +37,6 @@ ALIGNMENT_ALPHA = 2  # Wang & Isola 2020's alpha
 UNIFORMITY_T = 2  # Wang & Isola 2020's t
 QUERIES, NEIGHBOURS = 16, 8  # the neighbour sheet: rows, and neighbours per row
 CLUSTERS, MEMBERS = 8, 10  # the cluster sheet: rows, and members per row
-FIGURES = ("rankme", "alignment", "uniformity", "embedding_std", "effective_rank")
 
 
 # ---------------------------------------------------------------- the figures
@@ -304,27 +303,3 @@ def write_sheets(train_f: torch.Tensor, train, train_index: np.ndarray, encoder,
                   run_dir / "umap.png", title=f"{method} training embeddings (UMAP, coloured by k-means)", seed=seed)
         written["umap"] = "umap.png"
     return written
-
-
-def format_label_free(result: dict, columns: list[str], width: int) -> list[str]:
-    """The label-free rows of an evaluation table: the trained encoder's figure under the first column,
-    the random init's under ``random_init``, '-' under any other (the pixel baselines)."""
-    free = result.get("label_free")
-    if not free:
-        return []
-    by_column = {columns[0]: free["encoder"], "random_init": free["random_init"]}
-    return [m.ljust(18) + "".join(("-" if v is None else f"{v:.4f}").rjust(width)
-                                  for v in (by_column.get(c, {}).get(m) for c in columns)) for m in FIGURES]
-
-
-def label_free_notes(result: dict) -> list[str]:
-    """How the label-free rows were measured and how to read them, and the sheets written."""
-    free = result.get("label_free")
-    if not free:
-        return []
-    lines = [f"label-free: {free['images']} training images ({free['pair_images']} for alignment/uniformity); "
-             f"RankMe up to {min(free['images'], free['feature_dim'])} (higher: more directions used), "
-             "alignment lower = views closer, uniformity lower = more spread"]
-    if free.get("sheets"):
-        lines.append("sheets: " + ", ".join(free["sheets"].values()) + " in the run folder")
-    return lines
