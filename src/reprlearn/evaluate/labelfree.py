@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 RANKME_ROWS = 25_600  # Garrido et al. 2023 estimate RankMe on 25,600 images of the training set
 RANKME_EPS = 1e-7  # the paper's epsilon, added to each normalised singular value
-PAIR_ROWS = 4_096  # alignment / uniformity images: torch.pdist over 8.4 M pairs (34 MB)
+PAIR_ROWS = 4_096  # alignment / uniformity images: torch.pdist over 8.4 M pairs (67 MB in float64)
 ALIGNMENT_ALPHA = 2  # Wang & Isola 2020's alpha
 UNIFORMITY_T = 2  # Wang & Isola 2020's t
 QUERIES, NEIGHBOURS = 16, 8  # the neighbour sheet: rows, and neighbours per row
