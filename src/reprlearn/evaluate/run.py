@@ -37,7 +37,7 @@ def evaluate_method(method, cfg, info, data: RunData, run_dir: Path, anomaly_cla
     train_set, eval_set = data.train, data.eval
     if eval_set is None and not cfg.eval:
         raise fail(f"the run trained on every image of {cfg.data} (--no-eval), so none is held out; "
-                   "give --eval-data")
+                   "give evaluation images (reprlearn eval RUN --data SOURCE)")
     if eval_set is None:
         raise fail(f"{cfg.data} is too small to hold out evaluation images; give --data with a test set")
     device = run_device(cfg)
