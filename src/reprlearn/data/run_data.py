@@ -38,6 +38,7 @@ class RunData:
     shapes: str = ""
     artifacts: dict[str, Any] = field(default_factory=dict)  # what Method.prepare learned from the data
     loader: str = "memory, as asked"  # which data path training takes, and why (said in its first line)
+    evaluation: str = ""  # what the evaluation after training will be, and why (said before training)
 
     @property
     def streamed(self) -> bool:
@@ -104,11 +105,39 @@ def load_run_data(cfg, captions: bool) -> RunData:
         if labels is None or cfg.exclude_class not in set(labels.tolist()):
             raise fail(f"--exclude-class {cfg.exclude_class} is not a label of {data.train.name}")
         data.fit_index = np.flatnonzero(labels != cfg.exclude_class)
+    if not captions:  # image-text runs have their own evaluation (zero-shot, retrieval)
+        data.evaluation = evaluation_plan(cfg, data)
+        print(data.evaluation, flush=True)
     return data
 
 
+def labelled(images) -> bool:
+    """Whether every image of a set (in memory or streamed) carries a class label."""
+    return images.has_labels if isinstance(images, ShardStream) else images.labels is not None
+
+
+def evaluation_plan(cfg, data: RunData) -> str:
+    """One line saying which evaluation follows training (labelled probes, label-free figures, or
+    none) and why; what would make that evaluation fail is refused here, before any training step."""
+    if not cfg.eval:
+        return f"evaluation: none (--no-eval): training on all {len(data.train)} images of {data.train.name}"
+    if data.eval is None:
+        return (f"evaluation: none ({data.train.name} has {len(data.train)} images, too few to hold any out; "
+                "give --eval-data)")
+    source = cfg.eval_data or default_eval_spec(cfg.data) or cfg.data  # where the evaluation images come from
+    if labelled(data.eval):
+        return (f"evaluation: probes (labelled: {source} has labels): kNN, linear, few-label, k-means "
+                "beside raw pixels, PCA and random init; RankMe, alignment/uniformity")
+    if cfg.finetune:
+        raise fail(f"--finetune needs labelled evaluation data and {source} has no labels; "
+                   "drop --finetune or give --eval-data with labels")
+    return (f"evaluation: label-free ({source} has no labels): RankMe, alignment/uniformity, "
+            "neighbour and cluster sheets, trained vs random init")
+
+
 def _load_images(cfg) -> RunData:
-    """(training set, evaluation set); a 10% stratified hold-out when there is no test split."""
+    """(training set, evaluation set); a 10% stratified hold-out when there is no test split and the
+    run is evaluated (``--no-eval`` trains on every image)."""
     train, why = open_images(cfg.data, cfg, cfg.image_size)
     eval_spec = cfg.eval_data or default_eval_spec(cfg.data)
     if eval_spec:
@@ -120,7 +149,7 @@ def _load_images(cfg) -> RunData:
             raise fail(f"{train.name} is streamed, so no images can be held out of it for evaluation; give "
                        "--eval-data (e.g. the test shards), or --no-eval")
         return RunData(train, None, loader=why)
-    if len(train) < 20:
+    if len(train) < 20 or not cfg.eval:
         return RunData(train, None, loader=why)
     keep, held = stratified_split(train.labels, len(train), 0.1, seed=0)
     return RunData(train.subset(keep), train.subset(held, train.name + "[held-out 10%]"), loader=why)

@@ -16,11 +16,14 @@ import torch
 
 from ..data import ImageSet, stratified_split
 from ..data.pixels import to_unit_array, unit_float
+from ..data.run_data import labelled
 from ..data.stream import ShardStream, eval_batches, read_subset
 from ..errors import fail
 from .probes import BACKENDS, L2_GRID, cluster_scores, few_label, finetune_top1, knn_top1, linear_probe, linear_top1
 
 METRICS = ("knn_top1", "linear_top1", "knn_top1_few", "linear_top1_few", "nmi", "ari", "finetune_top1")
+# the label-free rows (evaluate/labelfree.py), of the trained encoder and its random init
+LABEL_FREE_METRICS = ("rankme", "alignment", "uniformity", "embedding_std", "effective_rank")
 
 
 @torch.no_grad()
@@ -70,8 +73,9 @@ def probe_split(train, test, max_train: int | None, seed: int):
     """The labelled sets the probes fit and score on. A streamed training set is decoded as a
     random subset of ``max_train`` (or whole, when smaller); with ``max_train`` None it stays a
     stream, and its features are extracted batch by batch."""
-    if not labelled(test):
-        raise fail(f"evaluation data {test.name} has no labels; give --eval-data with labels, or pass --no-eval")
+    if not labelled(test):  # evaluate/run.py scores unlabelled data label-free instead (evaluate/labelfree.py)
+        raise fail(f"evaluation data {test.name} has no labels, which the probes need; give labelled evaluation "
+                   "data, or score it with reprlearn.evaluate.labelfree.label_free_report")
     if not labelled(train):  # unlabelled training data: the probes split the labelled test set
         if isinstance(test, ShardStream):
             test = read_subset(test, min(len(test), 2 * (max_train or 20000)), seed)
@@ -83,10 +87,6 @@ def probe_split(train, test, max_train: int | None, seed: int):
         keep = np.sort(np.random.default_rng(seed).choice(len(train), max_train, replace=False))
         train = train.subset(keep)
     return train, test
-
-
-def labelled(images) -> bool:
-    return images.has_labels if isinstance(images, ShardStream) else images.labels is not None
 
 
 PIXEL_BASELINE_MAX = 20000  # streamed sets: the pixel baselines fit on at most this many images (spread evenly)
@@ -276,13 +276,16 @@ def format_table(result: dict) -> str:
         from .text import format_text_table
 
         return format_text_table(result)
-    columns = [result.get("method") or "encoder", *result.get("baselines", {})]
+    beside = ["random_init"] if result.get("evaluation") == "label-free" else list(result.get("baselines", {}))
+    columns = [result.get("method") or "encoder", *beside]
     rows = [m for m in METRICS if m in result]
     width = max(12, *(len(c) + 2 for c in columns))
     lines = ["metric".ljust(18) + "".join(c.rjust(width) for c in columns)]
     for m in rows:
         cells = [result[m]] + [result["baselines"][b].get(m) for b in columns[1:]]
         lines.append(m.ljust(18) + "".join(("-" if v is None else f"{v:.4f}").rjust(width) for v in cells))
+    lines += _label_free_rows(result, columns, width)
+    lines += _label_free_notes(result)
     probes = result.get("probes")
     if isinstance(probes, dict):
         lin = probes["linear"]
@@ -331,4 +334,29 @@ def _domain_lines(result: dict) -> list[str]:
     dc = result["domain_classifier"]
     lines.append("domain classifier  " + "  ".join(f"{k} {v:.4f}" for k, v in dc.items()) + "  (0.5: indistinguishable)")
     lines.append(f"critic W1          {result['critic_w1']:.4f}")
+    return lines
+
+
+def _label_free_rows(result: dict, columns: list[str], width: int) -> list[str]:
+    """The label-free rows of an evaluation table: the trained encoder's figure under the first column,
+    the random init's under ``random_init``, '-' under any other (the pixel baselines)."""
+    free = result.get("label_free")
+    if not free:
+        return []
+    by_column = {columns[0]: free["encoder"], "random_init": free["random_init"]}
+    cells = lambda m: (by_column.get(c, {}).get(m) for c in columns)  # noqa: E731
+    return [m.ljust(18) + "".join(("-" if v is None else f"{v:.4f}").rjust(width) for v in cells(m))
+            for m in LABEL_FREE_METRICS]
+
+
+def _label_free_notes(result: dict) -> list[str]:
+    """How the label-free rows were measured and how to read them, and the sheets written."""
+    free = result.get("label_free")
+    if not free:
+        return []
+    lines = [f"label-free: {free['images']} training images ({free['pair_images']} for alignment/uniformity); "
+             f"RankMe up to {min(free['images'], free['feature_dim'])} (higher: more directions used), "
+             "alignment lower = views closer, uniformity lower = more spread"]
+    if free.get("sheets"):
+        lines.append("sheets: " + ", ".join(free["sheets"].values()) + " in the run folder")
     return lines
