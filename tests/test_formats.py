@@ -316,3 +316,15 @@ def test_the_8_bit_path_is_unchanged_byte_for_byte(tmp_path):
     a = augment(x[:16], spec, torch.Generator().manual_seed(0))
     b = augment(x[:16].float() / 255, spec, torch.Generator().manual_seed(0))
     assert torch.equal(a, b)
+
+
+def test_pictures_show_deep_and_many_band_images_at_their_own_scale():
+    """Sheets and contact sheets draw a 16-bit or float image scaled to 0..255, not wrapped or clipped,
+    and the first three bands of a many-band one."""
+    from reprlearn.data.pixels import display_rgb
+
+    deep = np.array([[[0], [32768], [65535]]], np.uint16)  # (1, 3, 1)
+    assert display_rgb(deep).tolist() == [[[0] * 3, [128] * 3, [255] * 3]]
+    bands = np.arange(5, dtype=np.float32).reshape(1, 1, 5) / 4  # 0, .25, .5, .75, 1
+    assert display_rgb(bands).tolist() == [[[0, 64, 128]]]
+    assert display_rgb(np.full((2, 2, 3), 7, np.uint8)).tolist() == np.full((2, 2, 3), 7).tolist()

@@ -341,6 +341,8 @@ def contact_sheet(titles: list[str], hits: list[list[Hit]], images, path: str | 
     ``images[hit.index]`` gives a hit's (H, W, C) uint8 image (an array, or None to leave a blank tile)."""
     import matplotlib
 
+    from .data.pixels import display_rgb
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -355,7 +357,7 @@ def contact_sheet(titles: list[str], hits: list[list[Hit]], images, path: str | 
             hit = row_hits[col]
             img = _image_at(images, hit.index)
             if img is not None:
-                ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None)
+                ax.imshow(display_rgb(img))
             else:
                 ax.text(0.5, 0.5, "(no image)", ha="center", va="center", fontsize=6, transform=ax.transAxes)
             ax.set_title(f"{hit.score:.3f}", fontsize=7)

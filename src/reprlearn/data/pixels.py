@@ -41,6 +41,14 @@ def to_unit_array(images: np.ndarray) -> np.ndarray:
     return images.astype(np.float32) / np.float32(full_scale(images.dtype))
 
 
+def display_rgb(image: np.ndarray) -> np.ndarray:
+    """One stored image (H, W, C) as 8-bit RGB for a picture (sheets, contact sheets): any depth scaled
+    to 0..255, the first three bands of a many-band image, grey repeated into RGB."""
+    if image.dtype != np.uint8:
+        image = (np.clip(to_unit_array(image), 0, 1) * 255).round().astype(np.uint8)
+    return image[..., :3] if image.shape[-1] >= 3 else np.repeat(image[..., :1], 3, axis=-1)
+
+
 def require_8bit(images: Tensor, who: str) -> None:
     """Likelihoods over the 256 levels of 8-bit pixels (flows, discrete VAEs, diffusion's bins) mean
     nothing on deeper data: refuse it in one line rather than score it silently wrong."""

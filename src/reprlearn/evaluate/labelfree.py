@@ -205,9 +205,10 @@ def image_sheet(rows: list[list[tuple[np.ndarray, str]]], path: Path, title: str
 
 
 def _thumbnail(image: np.ndarray) -> np.ndarray:
-    """(h, w, 3) uint8 at most THUMB on a side: RGB from the first three channels, grey from the first
-    (one or two), enlarged by a whole factor (nearest neighbour) or shrunk by a stride."""
-    rgb = image[..., :3] if image.shape[-1] >= 3 else np.repeat(image[..., :1], 3, axis=-1)
+    """(h, w, 3) uint8 at most THUMB on a side (data.pixels.display_rgb: any depth, the first three bands), enlarged by a whole factor (nearest neighbour) or shrunk by a stride."""
+    from ..data.pixels import display_rgb
+
+    rgb = display_rgb(image)
     side = max(rgb.shape[:2])
     if side > THUMB:
         step = -(-side // THUMB)
