@@ -168,7 +168,7 @@ def _from_labels(images: ImageSet) -> PairSet:
     names = [" ".join(n.replace("_", " ").split()) for n in names]
     prompts = [prompts_for(n) for n in names]
     captions = [list(prompts[int(y)]) for y in images.labels]
-    images = ImageSet(images.images, images.labels, names, images.name, images.skipped)
+    images = ImageSet(images.images, images.labels, names, images.name, images.skipped, images.keys)
     return PairSet(images, captions, images.name)
 
 

@@ -302,7 +302,7 @@ def _to_shape(images: ImageSet, size: int, channels: int) -> ImageSet:
     if images.channels == channels:
         return images
     return ImageSet(np.repeat(images.images, 3, axis=-1), images.labels, images.class_names, images.name,
-                    list(images.skipped))
+                    list(images.skipped), images.keys)
 
 
 def _with_probe_labels(pairs: PairSet) -> PairSet:
