@@ -10,7 +10,7 @@ import torch
 import yaml
 
 import reprlearn
-from reprlearn import plan
+from reprlearn import engine, plan
 from reprlearn.augment.spec import auto_preset, preset
 from reprlearn.config import RunConfig, build, parse_duration
 from reprlearn.errors import ReprlearnError
@@ -174,6 +174,7 @@ def test_auto_options_are_those_not_given():
     assert plan.auto_options({"image-size": 64, "backbone": "auto"}, [{"epochs": 3}]) == {"backbone", "batch_size"}
 
 
+@pytest.mark.slow
 def test_a_224_px_folder_on_a_cpu_is_stored_smaller_and_the_plan_says_so(tmp_path, capsys, monkeypatch):
     from PIL import Image
 
@@ -185,7 +186,7 @@ def test_a_224_px_folder_on_a_cpu_is_stored_smaller_and_the_plan_says_so(tmp_pat
             Image.fromarray(pixels).save(tmp_path / "photos" / f"c{c}" / f"{i}.png")
     monkeypatch.setattr(plan, "SIZE_LADDER", (32,))  # one smaller size to try keeps the test short
     monkeypatch.setattr(plan, "PROBE_BATCH", 2)  # and timing ResNet-18 at 224 px on 2 images a step
-    monkeypatch.setattr(reprlearn.engine, "CPU_TIME_BUDGET", 1e-6)  # nothing fits: the smallest size, 1 epoch
+    monkeypatch.setattr(engine, "CPU_TIME_BUDGET", 1e-6)  # nothing fits: the smallest size, 1 epoch
     run = reprlearn.train("simclr", data=str(tmp_path / "photos"), out=tmp_path / "r", eval=False, progress=False)
     out = capsys.readouterr().out
     assert "auto: image size 224 -> 32 to fit under a second on this CPU" in out

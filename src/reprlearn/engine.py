@@ -456,6 +456,11 @@ class TimeBudget(L.Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._start = time.monotonic()
+        if self.spent >= self.budget:  # a resumed run whose budget is already spent trains no further
+            trainer.should_stop = True
+            if trainer.is_global_zero:
+                print(f"the time budget of {duration(self.budget)} is spent ({duration(self.spent)} trained); pass "
+                      "a longer --time-budget (and a larger --max-steps) to train on", flush=True)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         spent = trainer.strategy.reduce_boolean_decision(self.elapsed() >= self.budget, all=False)
@@ -792,7 +797,7 @@ def _time_module(module: TrainModule, model, cfg: RunConfig, watched: torch.Tens
         samples, fields = module._images_cpu, module._fields_cpu
     world = cfg.devices * cfg.num_nodes
     return time_steps(model, cfg, samples, fields, module._pools_cpu, device, max(1, cfg.batch_size // world),
-                      module.steps_per_epoch(), module.total_steps())
+                      module.steps_per_epoch(), module.total_steps(), "texts" if model.trains_on_text else "images")
 
 
 def _plan_length(module: TrainModule, cfg: RunConfig, auto: set[str], timing: StepTiming | None,
@@ -847,7 +852,7 @@ def _plan_lines(plan: Plan, cfg: RunConfig, data, info, module: TrainModule, tim
         if data.eval is not None:
             plan.add("evaluation", f"{data.eval.name}, {len(data.eval)} images")
         held_bytes = len(data.fit) * info.channels * info.image_size ** 2
-        plan.add("storage", f"{info.image_size} px, {cfg.loader} ({data.loader}); {_megabytes(held_bytes)} as uint8")
+        plan.add("storage", f"{info.image_size} px, {cfg.loader} ({data.loader}); {_megabytes(held_bytes)} decoded")
     plan.add("backbone", f"{cfg.backbone} ({plan.backbone_why})")
     plan.add("augment", f"{cfg.augment} ({plan.augment_why})")
     accumulate = f" x {cfg.accumulate} accumulated" if cfg.accumulate > 1 else ""
@@ -864,7 +869,9 @@ def _plan_lines(plan: Plan, cfg: RunConfig, data, info, module: TrainModule, tim
     if timing is None:
         plan.add("time", "measured after the first steps (a streamed image-text run has no warm-up)")
     else:
-        plan.add("time", f"about {duration(timing.seconds * steps)} of training, {timing.seconds:.3g} s a step "
+        total = duration(timing.seconds * steps)
+        plan.add("time", f"{total if total.startswith('under') else 'about ' + total} of training, "
+                         f"{timing.seconds:.3g} s a step "
                          f"({timing.how})")
     if budget is not None:
         plan.add("budget", f"{duration(budget.budget)}" + (f", {duration(budget.spent)} already trained"

@@ -100,7 +100,7 @@ def duration(seconds: float) -> str:
 
 
 def time_steps(method, cfg: RunConfig, samples: torch.Tensor, fields: dict, pools: dict, device: torch.device,
-               batch: int, steps_per_epoch: int, total_steps: int) -> StepTiming:
+               batch: int, steps_per_epoch: int, total_steps: int, unit: str = "images") -> StepTiming:
     """Seconds per optimiser step of ``method`` at a per-device ``batch``, from :data:`WARMUP_STEPS`
     real steps on a deep copy (the run's own weights, optimiser and random streams are left as
     they were). Steps of a large batch on a CPU are timed at :data:`PROBE_BATCH` images and scaled."""
@@ -134,7 +134,7 @@ def time_steps(method, cfg: RunConfig, samples: torch.Tensor, fields: dict, pool
         if timed < batch and scaled < FULL_BATCH_SECONDS and batch <= len(samples):
             seconds, timed = step_seconds(batch)
             scaled = seconds
-        how = (f"{WARMUP_STEPS - 1} timed warm-up steps of {timed} images" +
+        how = (f"{WARMUP_STEPS - 1} timed warm-up steps of {timed} {unit}" +
                ("" if timed == batch else f", scaled to {batch}"))
         return StepTiming(scaled, how)
     finally:
