@@ -18,6 +18,7 @@ import signal
 import threading
 import time
 import warnings
+import contextlib
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -555,6 +556,22 @@ class CollapseWatch(L.Callback):
             warn_collapse(f"epoch {trainer.current_epoch + 1}: {warning}")
 
 
+@contextlib.contextmanager
+def out_of_memory_in_one_line(batch_size: int):
+    """Running out of memory (the GPU's or the host's) in training or its warm-up, as one line that
+    names the batch and the fix."""
+    fix = (f"use a smaller --batch-size (e.g. {max(2, batch_size // 2)}), or --accumulate 2 to keep the "
+           "effective batch")
+    try:
+        yield
+    except (torch.cuda.OutOfMemoryError, MemoryError) as e:
+        raise fail(f"out of memory at batch size {batch_size} ({type(e).__name__}); {fix}") from None
+    except RuntimeError as e:
+        if "out of memory" in str(e) or "can't allocate memory" in str(e):
+            raise fail(f"out of memory at batch size {batch_size}; {fix}") from None
+        raise
+
+
 def fit(module: TrainModule, cfg: RunConfig, run_dir: Path, callbacks: list, resume_from: Path | None) -> L.Trainer:
     """Train ``module`` with Lightning, writing checkpoints into ``run_dir/checkpoints``.
 
@@ -567,20 +584,12 @@ def fit(module: TrainModule, cfg: RunConfig, run_dir: Path, callbacks: list, res
     resume_hint = f"resume with: reprlearn train {cfg.method} --out {run_dir} --resume"
     checkpointing.install_signal_handlers()
     try:
-        trainer.fit(module, ckpt_path=str(resume_from) if resume_from else None)
+        with out_of_memory_in_one_line(cfg.batch_size):
+            trainer.fit(module, ckpt_path=str(resume_from) if resume_from else None)
     except Interrupted as e:
         raise Interrupted(f"{e}; {resume_hint}", e.exit_code - 128) from None
     except FloatingPointError as e:
         raise fail(f"{e}; {resume_hint} after changing it") from None
-    except (torch.cuda.OutOfMemoryError, MemoryError) as e:
-        raise fail(f"out of memory at batch size {cfg.batch_size} ({type(e).__name__}); use a smaller "
-                   f"--batch-size (e.g. {max(2, cfg.batch_size // 2)}), or --accumulate 2 to keep the "
-                   "effective batch") from None
-    except RuntimeError as e:
-        if "out of memory" in str(e) or "can't allocate memory" in str(e):
-            raise fail(f"out of memory at batch size {cfg.batch_size}; use a smaller --batch-size "
-                       f"(e.g. {max(2, cfg.batch_size // 2)}), or --accumulate 2 to keep the effective batch") from None
-        raise
     except OSError as e:
         if e.errno == 28:  # ENOSPC: the atomic write left the previous checkpoint intact
             raise fail(f"no space left on the disk of {run_dir}; the previous checkpoint is intact; "
@@ -632,7 +641,8 @@ def train_run(cfg: RunConfig, method_cfg: Any, run_dir: Path, resume_from: Path 
     if resume_from is None:
         model.warm_start()
     module, watched = _train_module(model, cfg, data, info)
-    timing = timing or _time_module(module, model, cfg, watched)
+    with out_of_memory_in_one_line(cfg.batch_size):
+        timing = timing or _time_module(module, model, cfg, watched)
     budget = _plan_length(module, cfg, auto, timing, resume_from, plan)
     _save_config(run_dir, cfg, data, plan)
     train_set = data.train
@@ -690,7 +700,8 @@ def _sized_data(cfg: RunConfig, method_cfg, method_cls, auto: set[str], plan: Pl
         probe = data.fit.tensor()[:256]
 
         def measure(candidate: RunConfig):
-            return _time_candidate(candidate, method_cfg, info, data, probe)
+            with out_of_memory_in_one_line(candidate.batch_size):
+                return _time_candidate(candidate, method_cfg, info, data, probe)
 
         reduce_epochs = cfg.time_budget is None and length_is_auto(cfg, auto)  # a budget sets the length itself
         chosen, timing, reduced = fit_to_budget(cfg, auto, len(data.fit), native, budget, measure, reduce_epochs)
