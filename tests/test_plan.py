@@ -46,24 +46,41 @@ def test_the_plan_is_printed_before_the_first_step(tmp_path, capsys):
     assert "s a step (2 timed warm-up steps of " in before
 
 
-def test_the_warm_up_leaves_weights_optimiser_and_random_streams_as_they_were():
+def test_the_warm_up_leaves_weights_optimiser_and_random_streams_as_they_were(monkeypatch):
+    import random
+
     from reprlearn.config import merge_config
     from reprlearn.methods import DataInfo
+    from reprlearn.methods.byol import BYOL
     from reprlearn.methods.lookup import method_class
     from reprlearn.runs import build_method
+
+    original = BYOL.loss
+
+    def loss_drawing_from_the_global_streams(self, views):  # as dropout or a method's own masks would
+        torch.rand(1), np.random.rand(), random.random()
+        return original(self, views)
+
+    monkeypatch.setattr(BYOL, "loss", loss_drawing_from_the_global_streams)
 
     cfg, method_cfg = merge_config("byol", method_class("byol").Config, [{"backbone": "cnn", "augment": "digits"}])
     info = DataInfo(channels=1, image_size=8, num_classes=10, mean=[0.3], std=[0.3])
     method = build_method(cfg, method_cfg, info)
     weights = {k: v.clone() for k, v in method.state_dict().items()}
-    torch.manual_seed(5)
-    expected = torch.rand(3)  # the draws the real run would make next
-    torch.manual_seed(5)
     images = torch.randint(0, 256, (64, 1, 8, 8), dtype=torch.uint8)
-    torch.manual_seed(5)
+
+    def seed_all():
+        torch.manual_seed(5), np.random.seed(5), random.seed(5)
+
+    seed_all()
+    expected = (torch.rand(3), np.random.rand(3), random.random())  # the draws the real run would make next
+    seed_all()
     timing = plan.time_steps(method, cfg, images, {}, {}, torch.device("cpu"), 32, 2, 10)
     assert timing.seconds > 0 and "warm-up" in timing.how
-    torch.testing.assert_close(torch.rand(3), expected)
+    after = (torch.rand(3), np.random.rand(3), random.random())
+    torch.testing.assert_close(after[0], expected[0])
+    np.testing.assert_array_equal(after[1], expected[1])
+    assert after[2] == expected[2]
     for key, value in method.state_dict().items():  # the teacher's EMA included
         torch.testing.assert_close(value, weights[key], rtol=0, atol=0, msg=key)
 
@@ -93,6 +110,22 @@ def test_time_budget_ends_training_with_a_checkpoint_and_evaluates(tmp_path, cap
     assert (run / "eval.json").is_file()  # evaluated what it had
     # --epochs fixed the length: the schedule spans it, the budget only ended it early
     assert yaml.safe_load((run / "config.yaml").read_text())["max_steps"] is None
+
+
+def test_a_bare_number_of_seconds_is_a_budget_too():
+    assert build(RunConfig, {"time_budget": 90}).time_budget == "90"  # as YAML reads `time_budget: 90`
+
+
+def test_a_resumed_run_counts_the_time_already_trained(tmp_path, capsys):
+    run = reprlearn.train("simclr", out=tmp_path / "r", epochs=10_000, time_budget="3s", checkpoint_every=10_000,
+                          **FAST)
+    ended = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ended["callbacks"]["TimeBudget"]["spent"] >= 3
+    capsys.readouterr()
+    reprlearn.train("simclr", out=run, resume=True)
+    assert "time budget of 3 s is spent" in capsys.readouterr().out
+    again = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert again["global_step"] == ended["global_step"]  # nothing more trained
 
 
 def test_time_budget_plans_the_schedule_when_the_length_is_auto(tmp_path):

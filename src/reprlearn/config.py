@@ -31,12 +31,14 @@ _NONE = {"none", "null", "~", ""}
 
 
 def option(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
-           max: float | None = None, above: float | None = None) -> Any:
+           max: float | None = None, above: float | None = None, numbers_as_text: bool = False) -> Any:
     """Declare a config field: default, help text and accepted values.
 
-    ``min``/``max`` are inclusive bounds, ``above`` an exclusive lower bound.
+    ``min``/``max`` are inclusive bounds, ``above`` an exclusive lower bound; ``numbers_as_text``:
+    a text option that also takes a bare number (``time_budget: 600`` in YAML or Python).
     """
-    meta = {"help": help, "choices": choices, "min": min, "max": max, "above": above}
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "above": above,
+            "numbers_as_text": numbers_as_text}
     return field(default=default, metadata=meta)
 
 
@@ -118,6 +120,8 @@ def _coerce(name: str, value: Any, f: dataclasses.Field, typ: Any) -> Any:
             raise bad
         value = float(value)
     elif base is str:
+        if f.metadata.get("numbers_as_text") and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)
         if not isinstance(value, str):
             raise bad
     elif base is dict:
@@ -198,7 +202,8 @@ class RunConfig:
     max_steps: int | None = option(None, "a budget of optimiser steps instead of --epochs (the schedules span it)", min=1)
     time_budget: str | None = option(None, "end training after this much time, with a checkpoint, then evaluate: 30m, "
                                      "2h, 90s or seconds; the schedules span the steps a timed warm-up says fit "
-                                     "(unless --epochs, --max-steps or --samples-seen fix the length)")
+                                     "(unless --epochs, --max-steps or --samples-seen fix the length)",
+                                     numbers_as_text=True)
     samples_seen: int | None = option(None, "a budget of samples seen instead of --epochs: optimiser steps x global "
                                       "batch x accumulate, rounded up to whole steps", min=1)
     batch_size: int = option(256, "global batch size (split across devices)", min=2, max=1 << 20)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
@@ -697,7 +698,7 @@ def _sized_data(cfg: RunConfig, method_cfg, method_cls, auto: set[str], plan: Pl
     native, timing = info.image_size, None
     if _may_size_to_budget(cfg, auto, data):
         budget = time_budget_seconds(cfg) or CPU_TIME_BUDGET
-        probe = data.fit.tensor()[:256]
+        probe = data.fit.subset(np.arange(min(256, len(data.fit)))).tensor()  # the warm-ups' images
 
         def measure(candidate: RunConfig):
             with out_of_memory_in_one_line(candidate.batch_size):
