@@ -443,9 +443,9 @@ class TimeBudget(L.Callback):
     """Ends training once the run's time budget is spent, after the current batch; Checkpointing then
     writes ``last.ckpt`` (at train end) and the evaluation scores what was trained.
 
-    The time counts across resumes: the checkpoint keeps the seconds already trained and the steps
-    the schedule was planned for, and the engine reads them back before the next attempt starts
-    (the schedule is built before Lightning restores callbacks). Every rank stops together.
+    The time counts across resumes: the checkpoint keeps the seconds already trained, and the engine
+    reads them back (:func:`budget_state`) before the next attempt starts; the schedule a budget
+    planned is in config.yaml as ``max_steps``, so a resumed run keeps it. Every rank stops together.
     """
 
     def __init__(self, budget: float, spent: float = 0.0, planned_steps: int | None = None):
@@ -465,6 +465,8 @@ class TimeBudget(L.Callback):
                       "a longer --time-budget (and a larger --max-steps) to train on", flush=True)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if (batch_idx + 1) % trainer.accumulate_grad_batches:
+            return  # only after an optimiser step: an accumulated gradient half-way is not thrown away
         spent = trainer.strategy.reduce_boolean_decision(self.elapsed() >= self.budget, all=False)
         if spent and not trainer.should_stop:
             trainer.should_stop = True
@@ -473,8 +475,9 @@ class TimeBudget(L.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         if self.ended_at is not None and trainer.is_global_zero:
             planned = f" of {self.planned_steps} planned" if self.planned_steps else ""
+            then = "; evaluating what was trained" if pl_module.cfg.eval else ""
             print(f"time budget of {duration(self.budget)} reached at step {self.ended_at}{planned} "
-                  f"(epoch {trainer.current_epoch + 1}); checkpoint written; evaluating what was trained", flush=True)
+                  f"(epoch {trainer.current_epoch + 1}); checkpoint written{then}", flush=True)
 
     def state_dict(self) -> dict:
         return {"spent": self.elapsed(), "budget": self.budget, "planned_steps": self.planned_steps}
@@ -611,7 +614,6 @@ def train_run(cfg: RunConfig, method_cfg: Any, run_dir: Path, resume_from: Path 
     run, a library caller): every value as it is in ``cfg``.
     Returns (method, data info, RunData, trainer) for the evaluation that follows.
     """
-    from .data.run_data import load_run_data
     from .methods.lookup import method_class
     from .runs import build_method, resolve_backbone
 
@@ -628,7 +630,7 @@ def train_run(cfg: RunConfig, method_cfg: Any, run_dir: Path, resume_from: Path 
         info, why = text_data_info(), "a text method: its own text transformer"
         data.artifacts = method_cls.prepare(method_cfg, data, info)
     else:
-        data, info, timing = _sized_data(cfg, method_cfg, method_cls, auto, plan, load_run_data)
+        data, info, timing = _sized_data(cfg, method_cfg, method_cls, auto, plan)
         cfg.backbone, why = resolve_backbone(cfg, info)  # recorded by name: a run loads the same network anywhere
     _resolve_autos(cfg, info, data, method_cls, plan, why)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -683,10 +685,11 @@ def _check_budget_length(cfg: RunConfig, auto: set[str]) -> None:
                    "--epochs as well (the budget then ends training by time)")
 
 
-def _sized_data(cfg: RunConfig, method_cfg, method_cls, auto: set[str], plan: Plan, load_run_data):
+def _sized_data(cfg: RunConfig, method_cfg, method_cls, auto: set[str], plan: Plan):
     """The run's images at their storage size, its data info, and the warm-up timing when ``auto``
     sized the run to its budget on a CPU (see :func:`plan.fit_to_budget`), else None.
     ``cfg.image_size`` (and the batch and epochs ``auto`` reduced) are set to what was chosen."""
+    from .data.run_data import load_run_data
     from .runs import data_info
 
     data = load_run_data(cfg, captions=method_cls.trains_on_captions)
@@ -792,8 +795,6 @@ def _train_module(model, cfg: RunConfig, data, info) -> tuple[TrainModule, torch
 def _time_module(module: TrainModule, model, cfg: RunConfig, watched: torch.Tensor) -> StepTiming | None:
     """The run's own seconds per step, from a warm-up on a copy of its method (None for a streamed
     image-text run: its caption fields exist only in the streamed batches)."""
-    import os
-
     from .config import run_device
 
     if module.stream is not None and model.trains_on_captions:
@@ -857,8 +858,8 @@ def _plan_lines(plan: Plan, cfg: RunConfig, data, info, module: TrainModule, tim
         plan.add("data", f"{len(watched)} texts of at most {watched.shape[1]} tokens, vocabulary "
                          f"{info.text['vocab_size']}")
     else:
-        skipped = f"; {len(train_set.skipped)} unreadable skipped (listed in {run_dir / 'skipped.txt'})" \
-            if train_set.skipped else ""
+        skipped = (f"; {len(train_set.skipped)} unreadable skipped (listed in {run_dir / 'skipped.txt'}; first: "
+                   f"{train_set.skipped[0]})" if train_set.skipped else "")
         plan.add("data", f"{len(data.fit)} training images {info.image_size}x{info.image_size}x{info.channels}"
                          f"{skipped}" + (f"; {data.shapes}" if data.shapes else ""))
         if data.eval is not None:
