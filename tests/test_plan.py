@@ -226,3 +226,8 @@ def test_a_224_px_folder_on_a_cpu_is_stored_smaller_and_the_plan_says_so(tmp_pat
     assert "pass --image-size 224 to keep it" in out
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert (saved["image_size"], saved["backbone"], saved["epochs"], saved["batch_size"]) == (32, "cnn", 1, 16)
+
+
+def test_a_budget_on_several_devices_needs_the_length_given(tmp_path):
+    with pytest.raises(ReprlearnError, match="one device, not 2; give --max-steps or --epochs"):
+        reprlearn.train("simclr", out=tmp_path / "r", time_budget="30m", devices=2, **FAST)

@@ -842,7 +842,7 @@ def _save_config(run_dir: Path, cfg: RunConfig, data, plan: Plan) -> None:
              *plan.reduced]
     if plan.length_why:
         notes.append(f"max_steps: {cfg.max_steps} ({plan.length_why})")
-    header = "# the run's resolved options; `reprlearn train --config THIS_FILE` trains it again\n"
+    header = f"# the run's resolved options; `reprlearn train {cfg.method} --config THIS_FILE` trains it again\n"
     header += "".join(f"#   {line}\n" for line in notes)
     save_yaml(run_dir / CONFIG_FILE, dataclasses.asdict(cfg), header=header)
     for name, text in data.artifacts.items():  # e.g. tokenizer.json, beside the config
