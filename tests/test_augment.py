@@ -341,7 +341,8 @@ def test_presets():
     assert 10 <= digits.rotate_degrees <= 15 and digits.translate > 0 and digits.crop_scale[0] >= 0.4
     assert preset("auto", 8, 1) == digits
     assert preset("auto", 32, 3) == simclr
-    assert preset("auto", 32, 1) == preset("simclr", 32, 1)
+    assert preset("auto", 32, 1) == preset("digits", 32, 1)  # grayscale up to 32 px: glyphs
+    assert preset("auto", 33, 1) == preset("simclr", 33, 1)
     for name in PRESETS:
         preset(name, 16, 3).validate()
     with pytest.raises(ReprlearnError, match="simclr"):

@@ -51,6 +51,8 @@ def invalid_values(f: dataclasses.Field, typ) -> st.SearchStrategy:
         if base is int:
             options.append(st.floats(allow_nan=False, allow_infinity=False).filter(lambda x: not x.is_integer()))
         return st.one_of(options)
+    if m.get("numbers_as_text"):  # a duration: text or a bare number of seconds; invalid when not positive
+        return st.one_of(st.integers(max_value=0), st.sampled_from(["soon", "-5m", "10x", "m", "0s"]))
     return st.integers()  # strings: a non-string is invalid
 
 

@@ -1,5 +1,7 @@
 """The engine: checkpoints are atomic and safe to load, resume continues the schedule exactly."""
 
+import re
+
 import lightning as L
 import pytest
 import torch
@@ -142,6 +144,6 @@ def test_auto_backbone_is_chosen_by_image_size_and_device_and_recorded(tmp_path,
     assert resolve_backbone(RunConfig(backbone="mlp"), info(64)) == ("mlp", "as asked")
     run = reprlearn.train("ae", out=tmp_path / "r", epochs=1, batch_size=128, eval=False, progress=False)
     out = capsys.readouterr().out
-    assert "backbone cnn (auto: 8 px images)" in out
+    assert re.search(r"\n  backbone +cnn \(auto: 8 px images\)\n", out)  # a line of the plan block
     assert "backbone: cnn" in (run / "config.yaml").read_text()  # loads as cnn on any device
     assert "images/s; the 11 steps of this run take about" in out  # said once, after the first steps

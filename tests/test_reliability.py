@@ -155,12 +155,12 @@ def test_a_forked_worker_does_not_keep_the_run_directory_locked(tmp_path):
 
 def test_nan_loss_stops_naming_step_and_term_keeping_last_good_checkpoint(tmp_path, monkeypatch):
     original = SimCLR.loss
-    calls = {"n": 0}
+    calls = {}  # per method instance: the plan's warm-up steps a copy of the trained one
 
     def poisoned(self, views):
-        calls["n"] += 1
+        calls[id(self)] = calls.get(id(self), 0) + 1
         terms = original(self, views)
-        if calls["n"] > STEPS_PER_EPOCH + 2:  # third step of the second epoch
+        if calls[id(self)] > STEPS_PER_EPOCH + 2:  # third step of the second epoch
             terms = {k: v * float("nan") for k, v in terms.items()}
         return terms
 

@@ -36,6 +36,7 @@ def train(method: str | type = DEFAULT_METHOD, *, out: str | Path | None = None,
     ``callbacks`` are extra Lightning callbacks.
     """
     from .engine import RunLock, train_run
+    from .plan import auto_options
     from .evaluate import format_table
     from .runs import CHECKPOINT
     from .trackers import check_available, log_run_outputs
@@ -58,8 +59,10 @@ def train(method: str | type = DEFAULT_METHOD, *, out: str | Path | None = None,
         elif ckpt.exists():
             raise fail(f"{run_dir} already holds a trained run; pass --resume to continue it or --out NEW_DIR")
         cfg, method_cfg = resolved or resolve_config(method, options, config, base)
+        # what the user left to auto (a resumed run's saved config fixes every value)
+        auto = None if resume else auto_options(options, [load_yaml(config)] if config else [])
         model, info, data, trainer = train_run(cfg, method_cfg, run_dir, ckpt if resume and ckpt.exists() else None,
-                                               callbacks or [])
+                                               callbacks or [], auto=auto)
         result = table = None
         if cfg.eval and trainer.is_global_zero and data.eval is not None:
             result = evaluate_run(run_dir, method=model, cfg=cfg, info=info, data=data,

@@ -31,12 +31,14 @@ _NONE = {"none", "null", "~", ""}
 
 
 def option(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
-           max: float | None = None, above: float | None = None) -> Any:
+           max: float | None = None, above: float | None = None, numbers_as_text: bool = False) -> Any:
     """Declare a config field: default, help text and accepted values.
 
-    ``min``/``max`` are inclusive bounds, ``above`` an exclusive lower bound.
+    ``min``/``max`` are inclusive bounds, ``above`` an exclusive lower bound; ``numbers_as_text``:
+    a text option that also takes a bare number (``time_budget: 600`` in YAML or Python).
     """
-    meta = {"help": help, "choices": choices, "min": min, "max": max, "above": above}
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "above": above,
+            "numbers_as_text": numbers_as_text}
     return field(default=default, metadata=meta)
 
 
@@ -118,6 +120,8 @@ def _coerce(name: str, value: Any, f: dataclasses.Field, typ: Any) -> Any:
             raise bad
         value = float(value)
     elif base is str:
+        if f.metadata.get("numbers_as_text") and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)
         if not isinstance(value, str):
             raise bad
     elif base is dict:
@@ -196,6 +200,10 @@ class RunConfig:
     augment: str = option("auto", "view preset", choices=PRESETS)
     epochs: int = option(150, "training epochs", min=1, max=100000)
     max_steps: int | None = option(None, "a budget of optimiser steps instead of --epochs (the schedules span it)", min=1)
+    time_budget: str | None = option(None, "end training after this much time, with a checkpoint, then evaluate: 30m, "
+                                     "2h, 90s or seconds; the schedules span the steps a timed warm-up says fit "
+                                     "(unless --epochs, --max-steps or --samples-seen fix the length)",
+                                     numbers_as_text=True)
     samples_seen: int | None = option(None, "a budget of samples seen instead of --epochs: optimiser steps x global "
                                       "batch x accumulate, rounded up to whole steps", min=1)
     batch_size: int = option(256, "global batch size (split across devices)", min=2, max=1 << 20)
@@ -210,7 +218,8 @@ class RunConfig:
     accelerator: str = option("auto", "device kind", choices=("auto", "cpu", "gpu", "cuda", "mps"))
     devices: int = option(1, "devices per node", min=1, max=1024)
     num_nodes: int = option(1, "nodes", min=1, max=100000)
-    strategy: str = option("auto", "distribution strategy", choices=("auto", "ddp", "fsdp"))
+    strategy: str = option("auto", "distribution strategy: single (one device), ddp, fsdp, or auto (single for one "
+                           "device, else ddp)", choices=("auto", "single", "ddp", "fsdp"))
     seed: int = option(0, "random seed (initialisation, data order and views)", min=0, max=2**31 - 1)
     checkpoint_every: int = option(10, "write a checkpoint every N epochs (and always at the end)", min=1, max=100000)
     checkpoint_steps: int | None = option(None, "also write a checkpoint every N optimiser steps (mid-epoch)", min=1)
@@ -243,8 +252,30 @@ class RunConfig:
             raise fail(f"bad value {self.logger!r} for option 'logger': expected a comma list of {', '.join(LOGGERS)}")
         if self.max_steps is not None and self.samples_seen is not None:
             raise fail("give one budget: --max-steps or --samples-seen, not both")
+        if self.strategy == "single" and self.devices * self.num_nodes > 1:
+            raise fail(f"strategy single trains on one device, not {self.devices * self.num_nodes}; use ddp or fsdp")
+        if self.time_budget is not None:
+            parse_duration(self.time_budget)  # a malformed budget is refused before any data is read
         if self.strategy == "fsdp" and self.precision == "16-mixed":
             raise fail("option 'precision' 16-mixed is not supported with fsdp here; use bf16-mixed or 32")
+
+
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str | int | float) -> float:
+    """Seconds in a duration: ``90s``, ``30m``, ``2h``, ``1.5h``, ``1d`` or plain seconds (``600``)."""
+    raw = str(text).strip().lower()
+    unit = raw[-1:] if raw[-1:] in _DURATION_UNITS else "s"
+    number = raw[:-1] if raw[-1:] in _DURATION_UNITS else raw
+    try:
+        seconds = float(number) * _DURATION_UNITS[unit]
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise fail(f"bad value {text!r} for option 'time-budget': expected a positive duration such as 90s, 30m, "
+                   "2h or plain seconds")
+    return seconds
 
 
 def run_device(cfg: RunConfig) -> str:
@@ -285,8 +316,9 @@ def merge_config(method: str, method_config: type, layers: list[dict]) -> tuple[
     return cfg, method_cfg
 
 
-def save_yaml(path: Path, data: dict) -> None:
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+def save_yaml(path: Path, data: dict, header: str = "") -> None:
+    """``data`` as YAML, after ``header`` (comment lines, ignored when the file is read back)."""
+    path.write_text(header + yaml.safe_dump(data, sort_keys=False))
 
 
 def load_yaml(path: str | Path) -> dict:

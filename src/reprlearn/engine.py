@@ -16,12 +16,15 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 import warnings
+import contextlib
 import dataclasses
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
@@ -32,6 +35,8 @@ from .errors import ReprlearnError, fail
 from .files import atomic_write
 from .methods import Method
 from .optim import build_optimizer, warmup_cosine
+from .plan import (CPU_TIME_BUDGET, Plan, StepTiming, budget_steps, duration, fit_batch_to_data, fit_to_budget,
+                   length_is_auto, steps_per_epoch, time_budget_seconds, time_steps)
 from .runs import CHECKPOINT
 
 
@@ -106,6 +111,7 @@ class TrainModule(L.LightningModule):
         if clash:
             raise ValueError(f"{type(method).__name__} names {sorted(clash)} as both a field and a pool")
         self.images: torch.Tensor | None = None
+        self.planned_steps: int | None = None  # the steps a --time-budget allows (the schedules span them)
         self.fields: dict[str, torch.Tensor] = {}
         self.pools: dict[str, torch.Tensor] = {}
 
@@ -218,8 +224,9 @@ class TrainModule(L.LightningModule):
         return max(1, len(self._images_cpu) // (self.per_device_batch() * world) // self.cfg.accumulate)
 
     def total_steps(self) -> int:
-        """Optimiser steps the run will take: its step budget, else epochs x steps per epoch."""
-        return step_budget(self.cfg) or self.steps_per_epoch() * self.cfg.epochs
+        """Optimiser steps the run will take: those its time budget allows, its step budget, else epochs x
+        steps per epoch."""
+        return self.planned_steps or step_budget(self.cfg) or self.steps_per_epoch() * self.cfg.epochs
 
     def configure_optimizers(self):
         c = self.cfg
@@ -368,7 +375,9 @@ def _launcher_rank_zero() -> bool:
     return all(os.environ.get(var, "0") == "0" for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK"))
 
 
-def make_trainer(cfg: RunConfig, run_dir: Path, callbacks: list) -> L.Trainer:
+def make_trainer(cfg: RunConfig, run_dir: Path, callbacks: list, steps: int | None = None) -> L.Trainer:
+    """The run's Lightning trainer; ``steps``: the run's length in optimiser steps when a time budget
+    planned it (else its step budget, else its epochs)."""
     from .trackers import make_loggers
 
     strategy: Any = "auto"
@@ -389,8 +398,8 @@ def make_trainer(cfg: RunConfig, run_dir: Path, callbacks: list) -> L.Trainer:
         num_nodes=cfg.num_nodes,
         strategy=strategy,
         precision=cfg.precision,
-        max_epochs=-1 if step_budget(cfg) else cfg.epochs,  # a budget in steps ends the run mid-epoch
-        max_steps=step_budget(cfg) or -1,
+        max_epochs=-1 if steps or step_budget(cfg) else cfg.epochs,  # a budget in steps ends the run mid-epoch
+        max_steps=steps or step_budget(cfg) or -1,
         accumulate_grad_batches=cfg.accumulate,
         gradient_clip_val=cfg.grad_clip,
         logger=loggers,
@@ -430,6 +439,56 @@ class KNNMonitor(L.Callback):
         pl_module.log("monitor/knn_top1", acc, rank_zero_only=True)
 
 
+class TimeBudget(L.Callback):
+    """Ends training once the run's time budget is spent, after the current batch; Checkpointing then
+    writes ``last.ckpt`` (at train end) and the evaluation scores what was trained.
+
+    The time counts across resumes: the checkpoint keeps the seconds already trained, and the engine
+    reads them back (:func:`budget_state`) before the next attempt starts; the schedule a budget
+    planned is in config.yaml as ``max_steps``, so a resumed run keeps it. Every rank stops together.
+    """
+
+    def __init__(self, budget: float, spent: float = 0.0, planned_steps: int | None = None):
+        self.budget, self.spent, self.planned_steps = budget, spent, planned_steps
+        self._start: float | None = None
+        self.ended_at: int | None = None  # the global step the budget ended training at
+
+    def elapsed(self) -> float:
+        return self.spent + (0.0 if self._start is None else time.monotonic() - self._start)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._start = time.monotonic()
+        if self.spent >= self.budget:  # a resumed run whose budget is already spent trains no further
+            trainer.should_stop = True
+            if trainer.is_global_zero:
+                print(f"the time budget of {duration(self.budget)} is spent ({duration(self.spent)} trained); pass "
+                      "a longer --time-budget (and a larger --max-steps) to train on", flush=True)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if (batch_idx + 1) % trainer.accumulate_grad_batches:
+            return  # only after an optimiser step: an accumulated gradient half-way is not thrown away
+        spent = trainer.strategy.reduce_boolean_decision(self.elapsed() >= self.budget, all=False)
+        if spent and not trainer.should_stop:
+            trainer.should_stop = True
+            self.ended_at = trainer.global_step
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.ended_at is not None and trainer.is_global_zero:
+            planned = f" of {self.planned_steps} planned" if self.planned_steps else ""
+            then = "; evaluating what was trained" if pl_module.cfg.eval else ""
+            print(f"time budget of {duration(self.budget)} reached at step {self.ended_at}{planned} "
+                  f"(epoch {trainer.current_epoch + 1}); checkpoint written{then}", flush=True)
+
+    def state_dict(self) -> dict:
+        return {"spent": self.elapsed(), "budget": self.budget, "planned_steps": self.planned_steps}
+
+
+def budget_state(checkpoint: Path) -> tuple[int, dict]:
+    """(global step, TimeBudget state or {}) of a checkpoint, read without loading its tensors."""
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    return int(ckpt.get("global_step", 0)), dict(ckpt.get("callbacks", {}).get(TimeBudget.__qualname__) or {})
+
+
 class CostEstimate(L.Callback):
     """Says once, after the first optimiser steps, the run's images/s and how long it will take.
 
@@ -443,8 +502,6 @@ class CostEstimate(L.Callback):
         self.said: str | None = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        import time
-
         step = trainer.global_step
         if self.said is not None or not trainer.is_global_zero or step < 1:
             return
@@ -456,18 +513,8 @@ class CostEstimate(L.Callback):
         seconds_per_step = (time.perf_counter() - self._start) / (step - self._first)
         left = max(0, self.total_steps() - step) * seconds_per_step
         self.said = (f"{self.images_per_step / seconds_per_step:.0f} {self.unit}/s; the {self.total_steps()} steps of "
-                     f"this run take about {_duration(left + step * seconds_per_step)} (training only)")
+                     f"this run take about {duration(left + step * seconds_per_step)} (training only)")
         print(self.said, flush=True)
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 1:
-        return "under a second"
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 class CollapseWatch(L.Callback):
@@ -513,6 +560,22 @@ class CollapseWatch(L.Callback):
             warn_collapse(f"epoch {trainer.current_epoch + 1}: {warning}")
 
 
+@contextlib.contextmanager
+def out_of_memory_in_one_line(batch_size: int):
+    """Running out of memory (the GPU's or the host's) in training or its warm-up, as one line that
+    names the batch and the fix."""
+    fix = (f"use a smaller --batch-size (e.g. {max(2, batch_size // 2)}), or --accumulate 2 to keep the "
+           "effective batch")
+    try:
+        yield
+    except (torch.cuda.OutOfMemoryError, MemoryError) as e:
+        raise fail(f"out of memory at batch size {batch_size} ({type(e).__name__}); {fix}") from None
+    except RuntimeError as e:
+        if "out of memory" in str(e) or "can't allocate memory" in str(e):
+            raise fail(f"out of memory at batch size {batch_size}; {fix}") from None
+        raise
+
+
 def fit(module: TrainModule, cfg: RunConfig, run_dir: Path, callbacks: list, resume_from: Path | None) -> L.Trainer:
     """Train ``module`` with Lightning, writing checkpoints into ``run_dir/checkpoints``.
 
@@ -521,24 +584,16 @@ def fit(module: TrainModule, cfg: RunConfig, run_dir: Path, callbacks: list, res
     memory, a full disk.
     """
     checkpointing = Checkpointing(run_dir / "checkpoints", cfg.checkpoint_every, cfg.checkpoint_steps)
-    trainer = make_trainer(cfg, run_dir, [checkpointing, *callbacks])
+    trainer = make_trainer(cfg, run_dir, [checkpointing, *callbacks], steps=module.planned_steps)
     resume_hint = f"resume with: reprlearn train {cfg.method} --out {run_dir} --resume"
     checkpointing.install_signal_handlers()
     try:
-        trainer.fit(module, ckpt_path=str(resume_from) if resume_from else None)
+        with out_of_memory_in_one_line(cfg.batch_size):
+            trainer.fit(module, ckpt_path=str(resume_from) if resume_from else None)
     except Interrupted as e:
         raise Interrupted(f"{e}; {resume_hint}", e.exit_code - 128) from None
     except FloatingPointError as e:
         raise fail(f"{e}; {resume_hint} after changing it") from None
-    except (torch.cuda.OutOfMemoryError, MemoryError) as e:
-        raise fail(f"out of memory at batch size {cfg.batch_size} ({type(e).__name__}); use a smaller "
-                   f"--batch-size (e.g. {max(2, cfg.batch_size // 2)}), or --accumulate 2 to keep the "
-                   "effective batch") from None
-    except RuntimeError as e:
-        if "out of memory" in str(e) or "can't allocate memory" in str(e):
-            raise fail(f"out of memory at batch size {cfg.batch_size}; use a smaller --batch-size "
-                       f"(e.g. {max(2, cfg.batch_size // 2)}), or --accumulate 2 to keep the effective batch") from None
-        raise
     except OSError as e:
         if e.errno == 28:  # ENOSPC: the atomic write left the previous checkpoint intact
             raise fail(f"no space left on the disk of {run_dir}; the previous checkpoint is intact; "
@@ -549,29 +604,35 @@ def fit(module: TrainModule, cfg: RunConfig, run_dir: Path, callbacks: list, res
     return trainer
 
 
-def train_run(cfg: RunConfig, method_cfg: Any, run_dir: Path, resume_from: Path | None, extra_callbacks: list):
-    """Load the run's data, build its method, save its config and artifacts, and train it.
+def train_run(cfg: RunConfig, method_cfg: Any, run_dir: Path, resume_from: Path | None, extra_callbacks: list,
+              auto: set[str] | None = None):
+    """Load the run's data, build its method, plan it (print what ``auto`` chose and what the run
+    will cost, from a timed warm-up), save its resolved config and artifacts, and train it.
 
+    ``auto``: the options of :data:`plan.SIZED_OPTIONS` the user left to reprlearn (see
+    :func:`plan.auto_options`); on a CPU they are sized to the run's time budget. None (a resumed
+    run, a library caller): every value as it is in ``cfg``.
     Returns (method, data info, RunData, trainer) for the evaluation that follows.
     """
-    from .config import save_yaml
-    from .data.run_data import load_run_data
     from .methods.lookup import method_class
-    from .runs import CONFIG_FILE, build_method, data_info, resolve_backbone
+    from .runs import build_method, resolve_backbone
 
+    auto = set() if auto is None or resume_from is not None else set(auto)
     method_cls = method_class(cfg.method)
+    plan = Plan()
+    _check_budget_length(cfg, auto)
+    timing = None
     if method_cls.trains_on_text:  # text alone (mlm): token ids take the images' place
         from .data.texts import load_text_data
         from .runs import text_data_info
 
         data = load_text_data(cfg)
         info, why = text_data_info(), "a text method: its own text transformer"
+        data.artifacts = method_cls.prepare(method_cfg, data, info)
     else:
-        data = load_run_data(cfg, captions=method_cls.trains_on_captions)
-        info = data_info(data.train)
+        data, info, timing = _sized_data(cfg, method_cfg, method_cls, auto, plan)
         cfg.backbone, why = resolve_backbone(cfg, info)  # recorded by name: a run loads the same network anywhere
-    train_set, eval_set = data.train, data.eval
-    data.artifacts = method_cls.prepare(method_cfg, data, info)
+    _resolve_autos(cfg, info, data, method_cls, plan, why)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     # --init-from sets the backbone before the method is built (a teacher copies it); a resumed run's
     # weights come from its checkpoint
@@ -582,44 +643,31 @@ def train_run(cfg: RunConfig, method_cfg: Any, run_dir: Path, resume_from: Path 
         print(f"backbone {cfg.backbone} initialised from {init_from}")
     if resume_from is None:
         model.warm_start()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_data = dataclasses.asdict(cfg)
-    save_yaml(run_dir / CONFIG_FILE, config_data)
-    for name, text in data.artifacts.items():  # e.g. tokenizer.json, beside the config
-        with atomic_write(run_dir / name, "w") as f:
-            f.write(text)
+    module, watched = _train_module(model, cfg, data, info)
+    with out_of_memory_in_one_line(cfg.batch_size):
+        timing = timing or _time_module(module, model, cfg, watched)
+    budget = _plan_length(module, cfg, auto, timing, resume_from, plan)
+    _save_config(run_dir, cfg, data, plan)
+    train_set = data.train
     if train_set.skipped:
         (run_dir / "skipped.txt").write_text("\n".join(train_set.skipped) + "\n")
-        print(f"skipped {len(train_set.skipped)} unreadable items (listed in {run_dir / 'skipped.txt'}; "
-              f"first: {train_set.skipped[0]})")
-    meta = {"config": config_data, "data_info": dataclasses.asdict(info), "backbone": cfg.backbone,
+    meta = {"config": dataclasses.asdict(cfg), "data_info": dataclasses.asdict(info), "backbone": cfg.backbone,
             "skipped_items": len(train_set.skipped), "artifacts": data.artifacts}
-    fit_set = data.fit
-    if method_cls.trains_on_text:
-        samples = model.training_samples(data)  # token ids (N, L), indexed per batch like images
-        module = TrainModule(model, cfg, samples, meta)
-        print(f"training {cfg.method} on {train_set.name} ({len(samples)} texts of at most {samples.shape[1]} tokens, "
-              f"vocabulary {info.text['vocab_size']}), {why}, run {run_dir}")
-        callbacks = [*extra_callbacks, CostEstimate(cfg.batch_size * cfg.accumulate, module.total_steps, unit="texts")]
-        return model, info, data, fit(module, cfg, run_dir, callbacks, resume_from)
-    if data.streamed:  # nothing held but the first images (the monitors')
-        if model.needs_labels and not fit_set.has_labels:
-            model.stream_fields({})  # refuses in one line
-        module = TrainModule(model, cfg, None, meta, stream=fit_set)
-        watched = fit_set.head.tensor()
-    else:
-        watched = fit_set.tensor()  # one host copy (N, C, H, W) shared by the module and the collapse watch
-        module = TrainModule(model, cfg, watched, meta, model.training_fields(data), model.training_pools(data))
-    callbacks = [CollapseWatch(watched), *extra_callbacks]
-    if cfg.knn_monitor and eval_set is not None:
-        train_probe, eval_probe = held(train_set), held(eval_set)
+    module.meta = meta
+    callbacks = [*extra_callbacks]
+    if not method_cls.trains_on_text:
+        callbacks.insert(0, CollapseWatch(watched))
+    if cfg.knn_monitor and data.eval is not None and not method_cls.trains_on_text:
+        train_probe, eval_probe = held(train_set), held(data.eval)
         if train_probe.labels is not None and eval_probe.labels is not None:
             callbacks.append(KNNMonitor(train_probe.tensor(), train_probe.labels, eval_probe.tensor(),
                                         eval_probe.labels, k=cfg.knn_k, temperature=cfg.knn_temperature))
-    print(f"training {cfg.method} on {train_set.name} ({len(fit_set)} images "
-          f"{info.image_size}x{info.image_size}x{info.channels}, {data.loader}), backbone {cfg.backbone} ({why}), "
-          f"run {run_dir}" + (f"; {data.shapes}" if data.shapes else ""))
-    callbacks.append(CostEstimate(cfg.batch_size * cfg.accumulate, module.total_steps))
+    if budget is not None:
+        callbacks.append(budget)
+    unit = "texts" if method_cls.trains_on_text else "images"
+    callbacks.append(CostEstimate(cfg.batch_size * cfg.accumulate, module.total_steps, unit=unit))
+    _plan_lines(plan, cfg, data, info, module, timing, budget, run_dir, unit, watched)
+    print(plan.text(f"training {cfg.method} on {train_set.name}, run {run_dir}"), flush=True)
     trainer = fit(module, cfg, run_dir, callbacks, resume_from)
     if module.skipped:  # the streaming workers' skips (--skip-bad), this run's epochs
         (run_dir / "skipped-streamed.txt").write_text("\n".join(module.skipped) + "\n")
@@ -627,3 +675,232 @@ def train_run(cfg: RunConfig, method_cfg: Any, run_dir: Path, resume_from: Path 
               f"{run_dir / 'skipped-streamed.txt'}; first: {module.skipped[0]})")
     return model, info, data, trainer
 
+
+def _check_budget_length(cfg: RunConfig, auto: set[str]) -> None:
+    """A time budget plans the run's length from one process's warm-up; several processes would each
+    time their own and disagree, so there the length must be given."""
+    world = cfg.devices * cfg.num_nodes
+    if cfg.time_budget is not None and world > 1 and length_is_auto(cfg, auto):
+        raise fail(f"--time-budget plans the run's length on one device, not {world}; give --max-steps or "
+                   "--epochs as well (the budget then ends training by time)")
+
+
+def _sized_data(cfg: RunConfig, method_cfg, method_cls, auto: set[str], plan: Plan):
+    """The run's images at their storage size, its data info, and the warm-up timing when ``auto``
+    sized the run to its budget on a CPU (see :func:`plan.fit_to_budget`), else None.
+    ``cfg.image_size`` (and the batch and epochs ``auto`` reduced) are set to what was chosen."""
+    from .data.run_data import load_run_data
+    from .runs import data_info
+
+    data = load_run_data(cfg, captions=method_cls.trains_on_captions)
+    info = data_info(data.train)
+    data.artifacts = method_cls.prepare(method_cfg, data, info)
+    reduced = fit_batch_to_data(cfg, auto, len(data.fit))
+    if reduced:
+        plan.reduced.append(reduced)
+    native, timing = info.image_size, None
+    if _may_size_to_budget(cfg, auto, data):
+        budget = time_budget_seconds(cfg) or CPU_TIME_BUDGET
+        probe = data.fit.subset(np.arange(min(256, len(data.fit)))).tensor()  # the warm-ups' images
+
+        def measure(candidate: RunConfig):
+            with out_of_memory_in_one_line(candidate.batch_size):
+                return _time_candidate(candidate, method_cfg, info, data, probe)
+
+        reduce_epochs = cfg.time_budget is None and length_is_auto(cfg, auto)  # a budget sets the length itself
+        chosen, timing, reduced = fit_to_budget(cfg, auto, len(data.fit), native, budget, measure, reduce_epochs)
+        plan.reduced += reduced
+        cfg.epochs = chosen.epochs
+        if chosen.image_size != native:  # decoded again at the chosen size: what --config reproduces
+            cfg.image_size = chosen.image_size
+            data = load_run_data(cfg, captions=method_cls.trains_on_captions)
+            info = data_info(data.train)
+            data.artifacts = method_cls.prepare(method_cfg, data, info)
+    cfg.image_size = info.image_size
+    return data, info, timing
+
+
+def _may_size_to_budget(cfg: RunConfig, auto: set[str], data) -> bool:
+    """auto sizes a run to its budget on one CPU process, for images held in memory (a stream or a
+    second domain would have to be read again at each size tried)."""
+    from .config import run_device
+
+    return (bool(auto & {"image_size", "backbone", "epochs"}) and run_device(cfg) == "cpu"
+            and cfg.devices * cfg.num_nodes == 1 and not data.streamed and data.target is None)
+
+
+def _time_candidate(cfg: RunConfig, method_cfg, info, data, probe: torch.Tensor):
+    """(StepTiming, backbone) of the run as ``cfg`` would make it: its backbone at ``cfg.image_size``,
+    timed on ``probe`` images resized to that size."""
+    import torch.nn.functional as F
+
+    from .runs import build_method, resolve_backbone
+
+    size = cfg.image_size
+    info = dataclasses.replace(info, image_size=size)
+    cfg = dataclasses.replace(cfg)
+    cfg.backbone = resolve_backbone(cfg, info)[0]
+    model = build_method(cfg, method_cfg, info)
+    model.restore(data.artifacts)
+    images = probe
+    if probe.shape[-1] != size:
+        images = F.interpolate(probe.float(), size=(size, size), mode="bilinear", antialias=True,
+                               align_corners=False).round().clamp(0, 255).to(torch.uint8)
+    fields = {k: v[:len(images)] for k, v in model.training_fields(data).items()}
+    per_epoch = steps_per_epoch(cfg, len(data.fit))
+    timing = time_steps(model, cfg, images, fields, {}, torch.device("cpu"), cfg.batch_size, per_epoch,
+                        per_epoch * cfg.epochs)
+    return timing, cfg.backbone
+
+
+def _resolve_autos(cfg: RunConfig, info, data, method_cls, plan: Plan, backbone_why: str) -> None:
+    """Every remaining ``auto`` of the config replaced by what it stands for, so config.yaml records
+    values a later --config reproduces; the reasons go to the plan."""
+    from .augment.spec import auto_preset
+    from .config import run_device
+
+    if method_cls.trains_on_text:
+        cfg.augment, plan.augment_why = "none", "a text method: no image views"
+    elif cfg.augment == "auto":
+        cfg.augment, why = auto_preset(info.image_size, info.channels)
+        plan.augment_why = f"auto: {why}"
+    else:
+        plan.augment_why = "as asked"
+    plan.backbone_why = backbone_why
+    if cfg.loader == "auto":
+        cfg.loader = "stream" if getattr(data, "streamed", False) else "memory"
+    if cfg.accelerator == "auto":
+        mps = getattr(torch.backends, "mps", None)
+        cfg.accelerator = ("gpu" if run_device(cfg) == "cuda" else
+                           "mps" if mps is not None and mps.is_available() else "cpu")
+    if cfg.strategy == "auto":
+        cfg.strategy = "single" if cfg.devices * cfg.num_nodes == 1 else "ddp"
+
+
+def _train_module(model, cfg: RunConfig, data, info) -> tuple[TrainModule, torch.Tensor]:
+    """The LightningModule of the run and the images the monitors and the warm-up use."""
+    meta: dict = {}  # filled in once the run's config is final
+    if model.trains_on_text:
+        samples = model.training_samples(data)  # token ids (N, L), indexed per batch like images
+        return TrainModule(model, cfg, samples, meta), samples
+    fit_set = data.fit
+    if data.streamed:  # nothing held but the first images (the monitors')
+        if model.needs_labels and not fit_set.has_labels:
+            model.stream_fields({})  # refuses in one line
+        return TrainModule(model, cfg, None, meta, stream=fit_set), fit_set.head.tensor()
+    watched = fit_set.tensor()  # one host copy (N, C, H, W) shared by the module and the collapse watch
+    return TrainModule(model, cfg, watched, meta, model.training_fields(data), model.training_pools(data)), watched
+
+
+def _time_module(module: TrainModule, model, cfg: RunConfig, watched: torch.Tensor) -> StepTiming | None:
+    """The run's own seconds per step, from a warm-up on a copy of its method (None for a streamed
+    image-text run: its caption fields exist only in the streamed batches)."""
+    from .config import run_device
+
+    if module.stream is not None and model.trains_on_captions:
+        return None
+    device = (torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if run_device(cfg) == "cuda"
+              else torch.device("cpu"))
+    if module.stream is not None:
+        samples, fields = watched, {}
+        if model.needs_labels:
+            labels = module.stream.head.labels
+            fields = model.stream_fields({"labels": torch.as_tensor(labels)}) if labels is not None else {}
+    else:
+        samples, fields = module._images_cpu, module._fields_cpu
+    world = cfg.devices * cfg.num_nodes
+    return time_steps(model, cfg, samples, fields, module._pools_cpu, device, max(1, cfg.batch_size // world),
+                      module.steps_per_epoch(), module.total_steps(), "texts" if model.trains_on_text else "images")
+
+
+def _plan_length(module: TrainModule, cfg: RunConfig, auto: set[str], timing: StepTiming | None,
+                 resume_from: Path | None, plan: Plan) -> TimeBudget | None:
+    """The run's length under its time budget, and the callback that ends training there (None: no
+    budget). When the length is left to auto, the schedules span the steps the budget allows (from the
+    warm-up), recorded as ``max_steps``; a resumed run keeps them and counts the time already trained."""
+    budget = time_budget_seconds(cfg)
+    if budget is None:
+        return None
+    done, state = budget_state(resume_from) if resume_from is not None else (0, {})
+    spent = float(state.get("spent", 0.0))
+    if length_is_auto(cfg, auto) and timing is not None:
+        steps = budget_steps(budget, spent, done, timing)
+        cfg.max_steps = module.planned_steps = steps
+        plan.length_why = f"the steps {duration(budget)} allows at the warm-up's pace"
+    return TimeBudget(budget, spent, module.total_steps())
+
+
+def _save_config(run_dir: Path, cfg: RunConfig, data, plan: Plan) -> None:
+    """config.yaml: every resolved value (a --config of it reproduces the run), the auto choices
+    explained in comments above it; the method's artifacts beside it."""
+    from .config import save_yaml
+    from .runs import CONFIG_FILE
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    notes = [f"backbone: {cfg.backbone} ({plan.backbone_why})", f"augment: {cfg.augment} ({plan.augment_why})",
+             f"loader: {cfg.loader} ({data.loader if hasattr(data, 'loader') else 'texts in memory'})",
+             *plan.reduced]
+    if plan.length_why:
+        notes.append(f"max_steps: {cfg.max_steps} ({plan.length_why})")
+    header = f"# the run's resolved options; `reprlearn train {cfg.method} --config THIS_FILE` trains it again\n"
+    header += "".join(f"#   {line}\n" for line in notes)
+    save_yaml(run_dir / CONFIG_FILE, dataclasses.asdict(cfg), header=header)
+    for name, text in data.artifacts.items():  # e.g. tokenizer.json, beside the config
+        with atomic_write(run_dir / name, "w") as f:
+            f.write(text)
+
+
+def _plan_lines(plan: Plan, cfg: RunConfig, data, info, module: TrainModule, timing: StepTiming | None,
+                budget: TimeBudget | None, run_dir: Path, unit: str, watched: torch.Tensor) -> None:
+    """The plan block's lines: data, storage, network, views, batch, length, device, expected time."""
+    train_set = data.train
+    if unit == "texts":
+        plan.add("data", f"{len(watched)} texts of at most {watched.shape[1]} tokens, vocabulary "
+                         f"{info.text['vocab_size']}")
+    else:
+        skipped = (f"; {len(train_set.skipped)} unreadable skipped (listed in {run_dir / 'skipped.txt'}; first: "
+                   f"{train_set.skipped[0]})" if train_set.skipped else "")
+        plan.add("data", f"{len(data.fit)} training images {info.image_size}x{info.image_size}x{info.channels}"
+                         f"{skipped}" + (f"; {data.shapes}" if data.shapes else ""))
+        if data.eval is not None:
+            plan.add("evaluation", f"{data.eval.name}, {len(data.eval)} images")
+        held_bytes = len(data.fit) * info.channels * info.image_size ** 2
+        plan.add("storage", f"{info.image_size} px, {cfg.loader} ({data.loader}); {_megabytes(held_bytes)} decoded")
+    plan.add("backbone", f"{cfg.backbone} ({plan.backbone_why})")
+    plan.add("augment", f"{cfg.augment} ({plan.augment_why})")
+    accumulate = f" x {cfg.accumulate} accumulated" if cfg.accumulate > 1 else ""
+    plan.add("batch", f"{cfg.batch_size}{accumulate}")
+    steps = module.total_steps()
+    if module.planned_steps:
+        length = f"{steps} optimiser steps ({plan.length_why})"
+    elif step_budget(cfg):
+        length = f"{steps} optimiser steps (--max-steps / --samples-seen)"
+    else:
+        length = f"{cfg.epochs} epochs x {module.steps_per_epoch()} steps = {steps} optimiser steps"
+    plan.add("length", length)
+    plan.add("device", _device_words(cfg))
+    if timing is None:
+        plan.add("time", "measured after the first steps (a streamed image-text run has no warm-up)")
+    else:
+        total = duration(timing.seconds * steps)
+        plan.add("time", f"{total if total.startswith('under') else 'about ' + total} of training, "
+                         f"{timing.seconds:.3g} s a step "
+                         f"({timing.how})")
+    if budget is not None:
+        plan.add("budget", f"{duration(budget.budget)}" + (f", {duration(budget.spent)} already trained"
+                                                           if budget.spent else "")
+                 + "; training ends there with a checkpoint, then evaluates")
+
+
+def _device_words(cfg: RunConfig) -> str:
+    from .config import run_device
+
+    if run_device(cfg) == "cuda":
+        name = torch.cuda.get_device_name(0)
+        return f"{cfg.devices * cfg.num_nodes} x {name}, precision {cfg.precision}"
+    threads = torch.get_num_threads()
+    return f"cpu, {threads} thread{'s' if threads != 1 else ''}, precision {cfg.precision}"
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"

@@ -127,7 +127,8 @@ def preset(name: str, image_size: int, channels: int) -> ViewSpec:
       (a flip changes a digit's identity), rotation within +-12 degrees, shifts of 10%,
       brightness and contrast jitter only.
     - ``none``: the identity (the image itself, resized to ``image_size``).
-    - ``auto``: ``digits`` for 1-channel images of at most 16 px, else ``simclr``.
+    - ``auto``: chosen by content (:func:`auto_preset`): ``digits`` for grayscale images of at most
+      32 px (glyphs: MNIST's 28 px, the 8 px digits), else ``simclr``.
     - ``crop``, ``colour``, ``crop+colour``: parts of the ``auto`` recipe for these images, for
       the augmentation ablation: ``crop`` keeps its random resized crop and flip only; ``colour``
       its colour jitter and grayscale only (no geometry at all); ``crop+colour`` both, without
@@ -143,7 +144,7 @@ def preset(name: str, image_size: int, channels: int) -> ViewSpec:
                "crop+colour": _EXTRAS_OFF}[name]
         return replace(full, **off).validate()
     if name == "auto":
-        name = "digits" if channels == 1 and image_size <= 16 else "simclr"
+        name = auto_preset(image_size, channels)[0]
     if name == "simclr":
         spec = ViewSpec(size=image_size, blur_p=0.5 if image_size >= 64 else 0.0)
     elif name == "digits":
@@ -179,6 +180,23 @@ def preset(name: str, image_size: int, channels: int) -> ViewSpec:
     else:
         raise fail(f"unknown augmentation preset {name!r}; choose one of: {', '.join(PRESETS)}")
     return spec.validate()
+
+
+# auto by content, first match wins: (rule, preset, why). Small grayscale images are glyphs (digits,
+# letters, MNIST's 28 px): a flip or a hard crop changes what they show. Everything else is treated
+# as photos and gets SimCLR's recipe (Chen et al. 2020).
+GRAYSCALE_GLYPH_MAX = 32
+AUTO_RULES = (
+    (lambda size, channels: channels == 1 and size <= GRAYSCALE_GLYPH_MAX, "digits",
+     "grayscale images of at most 32 px: no flips, gentle crops"),
+    (lambda size, channels: channels == 1, "simclr", "grayscale images larger than 32 px: SimCLR's recipe"),
+    (lambda size, channels: True, "simclr", "colour images: SimCLR's recipe (crops, flips, colour jitter)"),
+)
+
+
+def auto_preset(image_size: int, channels: int) -> tuple[str, str]:
+    """The preset ``auto`` stands for on images of this side and channel count, and why (for the plan)."""
+    return next((name, why) for rule, name, why in AUTO_RULES if rule(image_size, channels))
 
 
 def local_size(image_size: int) -> int:
