@@ -862,7 +862,10 @@ def _plan_lines(plan: Plan, cfg: RunConfig, data, info, module: TrainModule, tim
                    f"{train_set.skipped[0]})" if train_set.skipped else "")
         plan.add("data", f"{len(data.fit)} training images {info.image_size}x{info.image_size}x{info.channels}"
                          f"{skipped}" + (f"; {data.shapes}" if data.shapes else ""))
-        if data.eval is not None:
+        if data.evaluation:  # which evaluation follows, decided before training (data/run_data.py)
+            plan.add("evaluation", data.evaluation.removeprefix("evaluation: ")
+                     + (f"; {data.eval.name}, {len(data.eval)} images" if data.eval is not None else ""))
+        elif data.eval is not None:
             plan.add("evaluation", f"{data.eval.name}, {len(data.eval)} images")
         held_bytes = len(data.fit) * info.channels * info.image_size ** 2
         plan.add("storage", f"{info.image_size} px, {cfg.loader} ({data.loader}); {_megabytes(held_bytes)} decoded")

@@ -106,8 +106,7 @@ def load_run_data(cfg, captions: bool) -> RunData:
             raise fail(f"--exclude-class {cfg.exclude_class} is not a label of {data.train.name}")
         data.fit_index = np.flatnonzero(labels != cfg.exclude_class)
     if not captions:  # image-text runs have their own evaluation (zero-shot, retrieval)
-        data.evaluation = evaluation_plan(cfg, data)
-        print(data.evaluation, flush=True)
+        data.evaluation = evaluation_plan(cfg, data)  # said in the run's plan block (engine)
     return data
 
 
