@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from typing import Any
@@ -472,6 +473,9 @@ def main(argv: list[str] | None = None) -> int:
     # Lightning's banners are quieted where the trainer is made (engine.make_trainer), for the API too
     try:
         return COMMANDS[argv[0]](argv[1:])
+    except BrokenPipeError:  # `reprlearn methods | head`: the reader left, which is no error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except ReprlearnError as e:
         print(f"reprlearn: error: {e}", file=sys.stderr)
         return getattr(e, "exit_code", 2)
