@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
 import sys
@@ -115,8 +116,9 @@ class _JoinSources(argparse.Action):
         setattr(namespace, self.dest, ",".join(values))
 
 
-def _method_names() -> list[str]:
-    return list(read_catalog("reprlearn.methods"))
+@functools.cache
+def _method_names() -> tuple[str, ...]:
+    return tuple(read_catalog("reprlearn.methods"))  # parsed from the source once per process
 
 
 def _check_method(method: str) -> None:
