@@ -27,6 +27,7 @@ import functools
 import os
 import re
 import sys
+from pathlib import Path
 from typing import Any
 
 # only light modules here: `reprlearn --help`, `--version` and `methods` must not wait for torch
@@ -152,11 +153,25 @@ def _train_parser(method: str | None) -> argparse.ArgumentParser:
     return p
 
 
+def _resumed_method(argv: list[str]) -> str | None:
+    """``train --out RUN --resume`` without a method: the run's own, so that its options are accepted."""
+    from .config import load_yaml
+    from .runs import CONFIG_FILE
+
+    if "--resume" not in argv:
+        return None
+    outs = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--out"] + \
+           [a.split("=", 1)[1] for a in argv if a.startswith("--out=")]
+    saved = Path(outs[-1]) / CONFIG_FILE if outs else None
+    method = load_yaml(saved).get("method") if saved and saved.is_file() else None
+    return method if isinstance(method, str) else None
+
+
 def _cmd_train(argv: list[str]) -> int:
     method = argv[0] if argv and not argv[0].startswith("-") else None
     if method:
         _check_method(method)
-    args = vars(_train_parser(method).parse_args(argv))
+    args = vars(_train_parser(method or _resumed_method(argv)).parse_args(argv))
     from .api import train  # after the arguments are checked: a typo does not wait for the whole library
 
     name = args.pop("method")
