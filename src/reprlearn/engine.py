@@ -377,7 +377,7 @@ def quiet_libraries() -> None:
     logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
     for pattern in (".*LeafSpec.*", ".*smaller than the logging interval.*", ".*litlogger.*",
                     ".*does not have many workers.*", ".*weights_only.*",
-                    ".*exists and is not empty.*",  # the CSV log of a resumed run: ResumeReport keeps its rows
+                    ".*Experiment logs directory .* exists and is not empty.*",  # a resumed run: see ResumeReport
                     # the streaming loader splits its samples by rank and worker itself (data/stream.py)
                     ".*`IterableDataset` has `__len__` defined.*"):
         warnings.filterwarnings("ignore", message=pattern)
@@ -549,12 +549,20 @@ class ResumeReport(L.Callback):
         for logger in (lg for lg in trainer.loggers if isinstance(lg, CSVLogger)):
             for row in self.earlier:
                 if row.get("step", "").isdigit() and int(row["step"]) < step:
-                    logger.log_metrics({k: int(v) if v.isdigit() else float(v) for k, v in row.items()
-                                        if k != "step" and v != ""}, step=int(row["step"]))
+                    values = {k: _number(v) for k, v in row.items() if k != "step"}
+                    logger.log_metrics({k: v for k, v in values.items() if v is not None}, step=int(row["step"]))
         if trainer.is_global_zero:
             left = max(0, total - step)
             print(f"resuming from epoch {trainer.current_epoch + 1}, step {step} of {total}; {left} steps "
                   f"({left / pl_module.steps_per_epoch():.1f} epochs) left", flush=True)
+
+
+def _number(text: str | None) -> int | float | None:
+    """A CSV cell as the number it was logged as (an empty cell, or text, is None)."""
+    try:
+        return int(text) if text and text.isdigit() else float(text or "")
+    except ValueError:
+        return None
 
 
 def fit(module: TrainModule, cfg: RunConfig, run_dir: Path, callbacks: list, resume_from: Path | None) -> L.Trainer:
