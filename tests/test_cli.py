@@ -213,6 +213,17 @@ def test_help_placeholders_follow_the_value_type():
     assert blocks["--epochs"].count("150") == 1 and "(default: None)" not in out
 
 
+@pytest.mark.parametrize("argv,expected", [
+    (("eval", "--help"), ["--knn-k N", "--knn-temperature FLOAT", "--data SOURCE", "RUN_DIR"]),
+    (("shards", "--help"), ["--image-size N", "--format {jpg,png}", "SOURCE"]),
+    (("curate", "score", "--help"), ["--batch-size N", "--model RUN_DIR"]),
+])
+def test_the_other_commands_name_their_values_too(argv, expected):
+    code, out, _ = run_cli(*argv)
+    assert code == 0 and all(text in out for text in expected), out
+    assert not re.search(r"--[a-z-]+ [A-Z]+_[A-Z_]+", out.replace("RUN_DIR", "")), out  # argparse's KNN_K
+
+
 # ---------------------------------------------------------------- resume
 
 

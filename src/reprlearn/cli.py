@@ -43,6 +43,12 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **{**kwargs, "allow_abbrev": False})
 
+    def add_argument(self, *args, **kwargs):
+        if "metavar" not in kwargs and kwargs.get("action", "store") in ("store", "append") \
+                and "choices" not in kwargs:  # argparse would show the name in capitals (--knn-k KNN_K)
+            kwargs["metavar"] = _value_name(args[-1].lstrip("-"), kwargs.get("type"))
+        return super().add_argument(*args, **kwargs)
+
     def parse_args(self, args=None, namespace=None):
         args = list(sys.argv[1:] if args is None else args)
         known = self._long_options() | {"help"}
@@ -60,7 +66,8 @@ class _Parser(argparse.ArgumentParser):
         if choice:  # argparse's "invalid choice" of a sub-command or a choices= option, with a suggestion
             head, word, listed = choice.groups()
             names = re.findall(r"'([^']*)'", listed) or [n.strip() for n in listed.split(",")]
-            message = f"{head}: invalid choice {word!r}" + did_you_mean(word, names, f"choose one of: {', '.join(names)}")
+            listing = f"choose one of: {', '.join(names)}"
+            message = f"{head}: invalid choice {word!r}" + did_you_mean(word, names, listing)
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
     def _unknown(self, arg: str) -> str:
@@ -78,6 +85,16 @@ class _Parser(argparse.ArgumentParser):
                 for sub in action.choices.values():
                     names |= sub._long_options() if isinstance(sub, _Parser) else set()
         return names
+
+
+def _value_name(name: str, typ: Any) -> str:
+    """What an argument's value is, for --help: N, FLOAT, SOURCE, RUN_DIR ... (as config.py names fields)."""
+    if typ is int:
+        return "N"
+    if typ is float:
+        return "FLOAT"
+    names = {"run_dir": "RUN_DIR", "data": "SOURCE", "source": "SOURCE", "pool": "SOURCE", "classes": "FILE_OR_LIST"}
+    return names.get(name.replace("-", "_"), "TEXT" if name.startswith(("query", "template")) else name.upper())
 
 
 # flags handled by the command itself, not stored in RunConfig
@@ -100,8 +117,8 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
         if field.placeholder is None:  # a switch: --flag / --no-flag; help shows the one that changes something
             group.add_argument(f"--{flag}", dest=flag, action="store_const", const=True, default=argparse.SUPPRESS,
                                help=argparse.SUPPRESS if field.default else help_text)
-            group.add_argument(f"--no-{flag}", dest=flag, action="store_const", const=False,
-                               default=argparse.SUPPRESS, help=f"do not: {help_text}" if field.default else argparse.SUPPRESS)
+            group.add_argument(f"--no-{flag}", dest=flag, action="store_const", const=False, default=argparse.SUPPRESS,
+                               help=f"do not: {help_text}" if field.default else argparse.SUPPRESS)
         elif flag in _SOURCES:  # an unquoted glob reaches us as several paths: one source list
             group.add_argument(f"--{flag}", dest=flag, metavar=field.placeholder, nargs="+", action=_JoinSources,
                                default=argparse.SUPPRESS, help=help_text)
@@ -430,8 +447,9 @@ def _cmd_experiment(argv: list[str]) -> int:
     # experiments are protocols on top of the API (a layer above it, as this CLI is)
     from .experiments import experiment_list, run_experiment
 
-    p = _Parser(prog="reprlearn experiment", description="Re-measure a claim about a method with a small fixed protocol "
-                "over seeds; writes table.csv, chart.png and summary.md with the effect, its spread and the verdict.")
+    p = _Parser(prog="reprlearn experiment", description="Re-measure a claim about a method with a small fixed "
+                "protocol over seeds; writes table.csv, chart.png and summary.md with the effect, its spread and "
+                "the verdict.")
     p.add_argument("name", nargs="?", help="the experiment (see --list)")
     p.add_argument("--list", action="store_true", help="list the experiments, their data and time on 2 CPU cores")
     p.add_argument("--data", metavar="SOURCE", help="the data (default: the experiment's own, see --list)")
