@@ -240,11 +240,13 @@ def test_a_resumed_run_says_where_and_keeps_one_log_folder(tmp_path):
     assert epochs == [0, 1, 2]  # the first run's rows kept beside the resumed run's
 
 
-def test_resuming_without_the_method_accepts_the_runs_own_options(tmp_path):
+@pytest.mark.parametrize("given", [("--resume",), ("--config", "{run}/config.yaml")])
+def test_without_a_method_the_resumed_run_or_config_file_names_it(tmp_path, given):
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text("method: mae\nepochs: 0\n")  # refused after parsing, before training
-    line = one_error_line(("train", "--out", str(run), "--resume", "--mask-ratio", "0.6"))
+    given = [g.format(run=run) for g in given]
+    line = one_error_line(("train", "--out", str(run), *given, "--mask-ratio", "0.6"))
     assert "bad value 0 for option 'epochs'" in line  # --mask-ratio, mae's, was accepted
 
 

@@ -170,28 +170,37 @@ def _train_parser(method: str | None) -> argparse.ArgumentParser:
     return p
 
 
-def _resumed_method(argv: list[str]) -> str | None:
-    """``train --out RUN --resume`` without a method: the run's own, so that its options are accepted."""
+def _flag_value(argv: list[str], flag: str) -> str | None:
+    """The last value given to ``flag`` (``--flag VALUE`` or ``--flag=VALUE``), before argparse runs."""
+    values = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == flag] + \
+             [a.split("=", 1)[1] for a in argv if a.startswith(flag + "=")]
+    return values[-1] if values else None
+
+
+def _implied_method(argv: list[str]) -> str | None:
+    """No method named: the resumed run's (``--out RUN --resume``), else the ``method`` key of
+    ``--config FILE``; so that its options are accepted, and it is the method trained."""
     from .config import load_yaml
     from .runs import CONFIG_FILE
 
-    if "--resume" not in argv:
-        return None
-    outs = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--out"] + \
-           [a.split("=", 1)[1] for a in argv if a.startswith("--out=")]
-    saved = Path(outs[-1]) / CONFIG_FILE if outs else None
-    method = load_yaml(saved).get("method") if saved and saved.is_file() else None
-    return method if isinstance(method, str) else None
+    out, config = _flag_value(argv, "--out"), _flag_value(argv, "--config")
+    files = ([Path(out) / CONFIG_FILE] if out and "--resume" in argv else []) + ([Path(config)] if config else [])
+    for file in files:
+        method = load_yaml(file).get("method") if file.is_file() else None
+        if isinstance(method, str):
+            return method
+    return None
 
 
 def _cmd_train(argv: list[str]) -> int:
     method = argv[0] if argv and not argv[0].startswith("-") else None
-    if method:
-        _check_method(method)
-    args = vars(_train_parser(method or _resumed_method(argv)).parse_args(argv))
+    implied = None if method else _implied_method(argv)
+    if method or implied:
+        _check_method(method or implied)
+    args = vars(_train_parser(method or implied).parse_args(argv))
     from .api import train  # after the arguments are checked: a typo does not wait for the whole library
 
-    name = args.pop("method")
+    name = args.pop("method") or implied
     out, config, resume = args.pop("out"), args.pop("config"), args.pop("resume")
     overrides: dict[str, Any] = {k.replace("-", "_"): v for k, v in args.items()}
     train(name, out=out, config=config, resume=resume, **overrides)
