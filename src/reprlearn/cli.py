@@ -15,25 +15,86 @@
     reprlearn experiment NAME [--data SOURCE] [--seeds 3] --out DIR   measure a published claim
     reprlearn experiment --list          the experiments, with the data and time each needs
     reprlearn methods                    list the registered methods
+    reprlearn --version                  the installed version
+
+`reprlearn COMMAND --help` lists a command's options; `reprlearn train METHOD --help` adds the method's own.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
+import functools
+import os
+import re
 import sys
-import warnings
+from pathlib import Path
 from typing import Any
 
+# only light modules here: `reprlearn --help`, `--version` and `methods` must not wait for torch
 from . import __version__
-from .errors import ReprlearnError
+from .errors import ReprlearnError, fail
+from .registry import did_you_mean, read_catalog
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but errors are one line (no usage dump)."""
+    """argparse, but errors are one line (no usage dump) with the closest valid names, and no
+    abbreviations: ``--epoch`` is refused, not taken for ``--epochs``."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **{**kwargs, "allow_abbrev": False})
+
+    def add_argument(self, *args, **kwargs):
+        if "metavar" not in kwargs and kwargs.get("action", "store") in ("store", "append") \
+                and "choices" not in kwargs:  # argparse would show the name in capitals (--knn-k KNN_K)
+            kwargs["metavar"] = _value_name(args[-1].lstrip("-"), kwargs.get("type"))
+        return super().add_argument(*args, **kwargs)
+
+    def parse_args(self, args=None, namespace=None):
+        args = list(sys.argv[1:] if args is None else args)
+        known = self._long_options() | {"help"}
+        for arg in args[:args.index("--") if "--" in args else len(args)]:
+            # a misspelled option is named first, not reported as the option it was meant for missing
+            if arg.startswith("--") and arg[2:].split("=", 1)[0] not in known:
+                self.error(self._unknown(arg))
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.error(self._unknown(extras[0]))
+        return parsed
 
     def error(self, message: str):  # noqa: D401
+        choice = re.match(r"(argument [^:]+): invalid choice: '(.*)' \(choose from (.*)\)$", message)
+        if choice:  # argparse's "invalid choice" of a sub-command or a choices= option, with a suggestion
+            head, word, listed = choice.groups()
+            names = re.findall(r"'([^']*)'", listed) or [n.strip() for n in listed.split(",")]
+            listing = f"choose one of: {', '.join(names)}"
+            message = f"{head}: invalid choice {word!r}" + did_you_mean(word, names, listing)
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def _unknown(self, arg: str) -> str:
+        if not arg.startswith("-"):
+            return f"unexpected argument {arg!r}"
+        flag = arg.split("=", 1)[0]
+        return f"unknown option {flag}" + did_you_mean(flag.lstrip("-"), self._long_options(), prefix="--")
+
+    def _long_options(self) -> set[str]:
+        """Every --option of this parser and of its sub-commands' parsers, without the dashes."""
+        names = set()
+        for action in self._actions:
+            names |= {o[2:] for o in action.option_strings if o.startswith("--")}
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    names |= sub._long_options() if isinstance(sub, _Parser) else set()
+        return names
+
+
+def _value_name(name: str, typ: Any) -> str:
+    """What an argument's value is, for --help: N, FLOAT, SOURCE, RUN_DIR ... (as config.py names fields)."""
+    if typ is int:
+        return "N"
+    if typ is float:
+        return "FLOAT"
+    names = {"run_dir": "RUN_DIR", "data": "SOURCE", "source": "SOURCE", "pool": "SOURCE", "classes": "FILE_OR_LIST"}
+    return names.get(name.replace("-", "_"), "TEXT" if name.startswith(("query", "template")) else name.upper())
 
 
 # flags handled by the command itself, not stored in RunConfig
@@ -43,24 +104,27 @@ _SOURCES = {"data", "eval-data", "target-data", "target-eval-data"}
 
 
 def _add_fields(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
+    """One flag per documented field of a config dataclass; the values are checked by config.build,
+    which says what a field accepts (argparse only collects the strings)."""
     from .config import describe_fields
 
     group = parser.add_argument_group(title)
-    for flag, default, help_text, accepted in describe_fields(cls):
+    for field in describe_fields(cls):
+        flag = field.flag
         if flag in _SPECIAL:
             continue
-        help_text = help_text.replace("%", "%%")  # argparse formats help with %
-        if isinstance(default, bool):  # --flag / --no-flag; help shows the one that changes something
+        help_text = field.help.replace("%", "%%")  # argparse formats help with %
+        if field.placeholder is None:  # a switch: --flag / --no-flag; help shows the one that changes something
             group.add_argument(f"--{flag}", dest=flag, action="store_const", const=True, default=argparse.SUPPRESS,
-                               help=argparse.SUPPRESS if default else help_text)
-            group.add_argument(f"--no-{flag}", dest=flag, action="store_const", const=False,
-                               default=argparse.SUPPRESS, help=f"do not: {help_text}" if default else argparse.SUPPRESS)
+                               help=argparse.SUPPRESS if field.default else help_text)
+            group.add_argument(f"--no-{flag}", dest=flag, action="store_const", const=False, default=argparse.SUPPRESS,
+                               help=f"do not: {help_text}" if field.default else argparse.SUPPRESS)
         elif flag in _SOURCES:  # an unquoted glob reaches us as several paths: one source list
-            group.add_argument(f"--{flag}", dest=flag, metavar="SOURCE", nargs="+", action=_JoinSources,
-                               default=argparse.SUPPRESS, help=f"{help_text} (default: {default})")
+            group.add_argument(f"--{flag}", dest=flag, metavar=field.placeholder, nargs="+", action=_JoinSources,
+                               default=argparse.SUPPRESS, help=help_text)
         else:
-            group.add_argument(f"--{flag}", dest=flag, metavar="X", default=argparse.SUPPRESS,
-                               help=f"{help_text}; {accepted} (default: {default})")
+            group.add_argument(f"--{flag}", dest=flag, metavar=field.placeholder, default=argparse.SUPPRESS,
+                               help=help_text)
 
 
 class _JoinSources(argparse.Action):
@@ -70,30 +134,73 @@ class _JoinSources(argparse.Action):
         setattr(namespace, self.dest, ",".join(values))
 
 
-def _train_parser(method: str | None) -> argparse.ArgumentParser:
-    from .config import RunConfig
-    from .methods import METHODS
-    from .methods.lookup import is_user_method, method_class, short_name
+@functools.cache
+def _method_names() -> tuple[str, ...]:
+    return tuple(read_catalog("reprlearn.methods"))  # parsed from the source once per process
 
-    p = _Parser(prog="reprlearn train", description="Train a method, then evaluate it (unless --no-eval).")
-    p.add_argument("method", nargs="?", help=f"one of: {', '.join(METHODS.names())}; or FILE.py:ClassName, "
-                   "a Method subclass in your own file (see docs/adding-a-method.md)")
+
+def _check_method(method: str) -> None:
+    """A misspelled method is refused by name, before its options are looked for."""
+    if method in _method_names():
+        return
+    from .methods.lookup import is_user_method
+
+    if not is_user_method(method):
+        raise fail(f"unknown method {method!r}" + did_you_mean(method, _method_names(), "choose one of: "
+                   f"{', '.join(_method_names())}; or FILE.py:ClassName, a Method subclass in your own file"))
+
+
+def _train_parser(method: str | None) -> argparse.ArgumentParser:
+    from .config import DEFAULT_METHOD, RunConfig
+    from .methods.lookup import method_class, short_name
+
+    p = _Parser(prog="reprlearn train", usage="reprlearn train [METHOD] [options]",
+                description="Train a method, then evaluate it (unless --no-eval). Options come from the method's "
+                "defaults, then --config FILE.yaml, then the flags, each later one winning.")
+    p.add_argument("method", nargs="?", metavar="METHOD", help=f"one of: {', '.join(_method_names())}; or "
+                   f"FILE.py:ClassName, a Method subclass in your own file (see docs/adding-a-method.md); "
+                   f"default: {DEFAULT_METHOD}")
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (default: runs/METHOD-TIMESTAMP)")
     p.add_argument("--config", metavar="FILE.yaml", help="options from a YAML file (flags override it)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     _add_fields(p, RunConfig, "run options")
-    if method and (method in METHODS or is_user_method(method)):
-        _add_fields(p, method_class(method).Config, f"{short_name(method)} options")
+    shown = method or DEFAULT_METHOD  # no method named: the default method's options are accepted
+    _add_fields(p, method_class(shown).Config,
+                f"{short_name(shown)} options" + ("" if method else " (the default method)"))
     return p
 
 
-def _cmd_train(argv: list[str]) -> int:
-    from .api import train
-    from .config import DEFAULT_METHOD
+def _flag_value(argv: list[str], flag: str) -> str | None:
+    """The last value given to ``flag`` (``--flag VALUE`` or ``--flag=VALUE``), before argparse runs."""
+    values = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == flag] + \
+             [a.split("=", 1)[1] for a in argv if a.startswith(flag + "=")]
+    return values[-1] if values else None
 
+
+def _implied_method(argv: list[str]) -> str | None:
+    """No method named: the resumed run's (``--out RUN --resume``), else the ``method`` key of
+    ``--config FILE``; so that its options are accepted, and it is the method trained."""
+    from .config import load_yaml
+    from .runs import CONFIG_FILE
+
+    out, config = _flag_value(argv, "--out"), _flag_value(argv, "--config")
+    files = ([Path(out) / CONFIG_FILE] if out and "--resume" in argv else []) + ([Path(config)] if config else [])
+    for file in files:
+        method = load_yaml(file).get("method") if file.is_file() else None
+        if isinstance(method, str):
+            return method
+    return None
+
+
+def _cmd_train(argv: list[str]) -> int:
     method = argv[0] if argv and not argv[0].startswith("-") else None
-    args = vars(_train_parser(method).parse_args(argv))
-    name = args.pop("method") or DEFAULT_METHOD
+    implied = None if method else _implied_method(argv)
+    if method or implied:
+        _check_method(method or implied)
+    args = vars(_train_parser(method or implied).parse_args(argv))
+    from .api import train  # after the arguments are checked: a typo does not wait for the whole library
+
+    name = args.pop("method") or implied
     out, config, resume = args.pop("out"), args.pop("config"), args.pop("resume")
     overrides: dict[str, Any] = {k.replace("-", "_"): v for k, v in args.items()}
     train(name, out=out, config=config, resume=resume, **overrides)
@@ -394,11 +501,10 @@ def _cmd_experiment(argv: list[str]) -> int:
 
 
 def _cmd_methods(argv: list[str]) -> int:
-    from .methods import METHODS
-
-    for name in METHODS.names():
-        doc = (METHODS.get(name).__module__ and sys.modules[METHODS.get(name).__module__].__doc__ or "").strip()
-        print(f"{name:16s} {doc.splitlines()[0] if doc else ''}")
+    # read from the source (methods.CATALOG and each module's docstring): no torch, under a second
+    _Parser(prog="reprlearn methods", description="List the registered methods, each with its paper.").parse_args(argv)
+    for name, (_, description) in read_catalog("reprlearn.methods").items():
+        print(f"{name:16s} {description}")
     return 0
 
 
@@ -408,34 +514,26 @@ COMMANDS = {"shards": _cmd_shards, "train": _cmd_train, "eval": _cmd_eval, "embe
             "curate": _cmd_curate, "experiment": _cmd_experiment, "methods": _cmd_methods}
 
 
-def _quiet_libraries() -> None:
-    """Lightning's banners and tips are noise on a CLI; warnings we act on are kept."""
-    import lightning  # noqa: F401 - it sets its loggers' levels on import, so import it first
-
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
-    for pattern in (".*LeafSpec.*", ".*smaller than the logging interval.*", ".*litlogger.*",
-                    ".*does not have many workers.*", ".*weights_only.*",
-                    # the streaming loader splits its samples by rank and worker itself (data/stream.py)
-                    ".*`IterableDataset` has `__len__` defined.*"):
-        warnings.filterwarnings("ignore", message=pattern)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("--version", "-V"):
         print(f"reprlearn {__version__}")
         return 0
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        if argv and argv[0] not in ("-h", "--help"):
-            print(f"reprlearn: error: unknown command {argv[0]!r}; choose one of: {', '.join(COMMANDS)}",
-                  file=sys.stderr)
-            return 2
+    if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         return 0
-    _quiet_libraries()
+    if argv[0] not in COMMANDS:
+        what = "option" if argv[0].startswith("-") else "command"
+        print(f"reprlearn: error: unknown {what} {argv[0]!r}"
+              + did_you_mean(argv[0], COMMANDS, f"choose one of: {', '.join(COMMANDS)} (see reprlearn --help)"),
+              file=sys.stderr)
+        return 2
+    # Lightning's banners are quieted where the trainer is made (engine.make_trainer), for the API too
     try:
         return COMMANDS[argv[0]](argv[1:])
+    except BrokenPipeError:  # `reprlearn methods | head`: the reader left, which is no error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except ReprlearnError as e:
         print(f"reprlearn: error: {e}", file=sys.stderr)
         return getattr(e, "exit_code", 2)

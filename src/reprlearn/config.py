@@ -21,6 +21,7 @@ from .augment.spec import PRESETS
 from .errors import fail
 from .nets.registry import list_backbones
 from .optim import OPTIMIZERS
+from .registry import did_you_mean
 
 LOGGERS = ("csv", "tensorboard", "mlflow", "wandb")  # --logger: Lightning's loggers of those trackers
 DEFAULT_METHOD = "simclr"  # what `reprlearn train` trains when no method is named
@@ -153,8 +154,9 @@ def build(cls: type, values: dict[str, Any], where: str = "") -> Any:
     for key, value in values.items():
         name = key.replace("-", "_")
         if name not in fields:
-            known = ", ".join(sorted(n.replace("_", "-") for n in fields))
-            raise fail(f"unknown option '{key}'{where}; known options: {known}")
+            known = sorted(n.replace("_", "-") for n in fields)
+            raise fail(f"unknown option '{key}'{where}"
+                       + did_you_mean(key.replace("_", "-"), known, f"known options: {', '.join(known)}"))
         kwargs[name] = _coerce(name.replace("_", "-"), value, fields[name], hints[name])
     obj = cls(**kwargs)
     for name, f in fields.items():  # defaults are validated too, so a bad default cannot hide
@@ -165,11 +167,53 @@ def build(cls: type, values: dict[str, Any], where: str = "") -> Any:
     return obj
 
 
-def describe_fields(cls: type) -> list[tuple[str, Any, str, str]]:
-    """(flag name, default, help, accepted) for each field: feeds the CLI."""
+class FieldHelp(typing.NamedTuple):
+    """One option as the command line shows it."""
+
+    flag: str  # --flag name (hyphens)
+    default: Any
+    help: str  # the text, what it accepts and its default, once
+    placeholder: str | None  # the value's name in --help: N, FLOAT, {a,b}, SOURCE ...; None for a switch
+
+
+# what a free-text option's value is, for --help (numbers and choices name themselves by their type)
+_PLACEHOLDERS = {"data": "SOURCE", "eval_data": "SOURCE", "target_data": "SOURCE", "target_eval_data": "SOURCE",
+                 "init_from": "PATH", "tokenizer": "PATH", "text_init": "RUN_DIR", "backbone": "NAME",
+                 "method": "NAME", "logger": "LIST", "mlflow_uri": "URI"}
+
+
+def _placeholder(f: dataclasses.Field, typ: Any) -> str | None:
+    base, _ = _unwrap(typ)
+    if f.metadata.get("choices"):
+        return "{" + ",".join(str(c) for c in f.metadata["choices"]) + "}"
+    if base is bool:
+        return None
+    return {int: "N", float: "FLOAT"}.get(base) or _PLACEHOLDERS.get(f.name, "TEXT")
+
+
+def describe_fields(cls: type) -> list[FieldHelp]:
+    """Each documented field as the command line shows it.
+
+    The help says what the option accepts where the placeholder does not (a range, "or none")
+    and its default, once: a help text that already explains its default keeps its own words,
+    and a default of none (the option is off) goes unsaid.
+    """
     hints = typing.get_type_hints(cls)
-    return [(f.name.replace("_", "-"), f.default, f.metadata.get("help", ""), _describe(f, hints[f.name]))
-            for f in dataclasses.fields(cls) if f.metadata.get("help")]
+    out = []
+    for f in dataclasses.fields(cls):
+        text = f.metadata.get("help")
+        if not text:
+            continue
+        typ = hints[f.name]
+        base, optional = _unwrap(typ)
+        if f.metadata.get("choices"):  # the placeholder lists them
+            text += "; or none" if optional else ""
+        elif base in (int, float) and _describe(f, typ) not in ("an integer", "a number"):
+            text += f"; {_describe(f, typ)}"  # a range, or "or none"
+        if f.default is not None and "(default" not in text and not isinstance(f.default, bool):
+            text += f" (default: {f.default})"
+        out.append(FieldHelp(f.name.replace("_", "-"), f.default, text, _placeholder(f, typ)))
+    return out
 
 
 @dataclass
@@ -299,14 +343,20 @@ def merge_config(method: str, method_config: type, layers: list[dict]) -> tuple[
     config file, the flags) into a validated :class:`RunConfig` and the method's own config.
 
     A key that is not a run option is the method's (e.g. ``temperature``); a layer's
-    ``options`` mapping holds method options too (as a saved run stores them).
+    ``options`` mapping holds method options too (as a saved run stores them). A key that
+    is neither is refused before anything runs, with every valid key listed.
     """
     run_fields = {f.name for f in dataclasses.fields(RunConfig)} - {"options"}
+    method_fields = {f.name for f in dataclasses.fields(method_config)}
     merged: dict[str, Any] = {}
     options: dict[str, Any] = {}
     for layer in layers:
+        where = f" in config file {layer.source}" if isinstance(layer, ConfigFile) else ""
         layer = dict(layer)
-        options.update(layer.pop("options", None) or {})
+        nested = layer.pop("options", None) or {}
+        _check_keys(layer, run_fields | method_fields, where, method, run_fields, method_fields)
+        _check_keys(nested, method_fields, f"{where} under 'options'", method, set(), method_fields)
+        options.update(nested)
         for key, value in layer.items():
             (merged if key.replace("-", "_") in run_fields else options)[key] = value
     merged["method"] = method
@@ -316,12 +366,33 @@ def merge_config(method: str, method_config: type, layers: list[dict]) -> tuple[
     return cfg, method_cfg
 
 
+def _check_keys(layer: dict, valid: set[str], where: str, method: str, run_keys: set[str],
+                method_keys: set[str]) -> None:
+    """One line for a key no option has: the closest valid keys, then all of them (run, then method)."""
+    for key in layer:
+        name = str(key).replace("-", "_")
+        if name in valid:
+            continue
+        lists = ([f"run options: {', '.join(sorted(run_keys))}"] if run_keys else []) + \
+                [f"{method.rpartition(':')[2]} options: {', '.join(sorted(method_keys)) or 'none'}"]
+        raise fail(f"unknown option '{key}'{where}" + did_you_mean(name, valid, f"valid keys: {'; '.join(lists)}"))
+
+
 def save_yaml(path: Path, data: dict, header: str = "") -> None:
-    """``data`` as YAML, after ``header`` (comment lines, ignored when the file is read back)."""
-    path.write_text(header + yaml.safe_dump(data, sort_keys=False))
+    """``data`` as YAML, after ``header`` (comment lines, ignored when the file is read back);
+    dict(): a ConfigFile saves as a plain mapping."""
+    path.write_text(header + yaml.safe_dump(dict(data), sort_keys=False))
 
 
-def load_yaml(path: str | Path) -> dict:
+class ConfigFile(dict):
+    """The mapping of a YAML config file, which remembers the file (errors about its keys name it)."""
+
+    def __init__(self, data: dict, source: str):
+        super().__init__(data)
+        self.source = source
+
+
+def load_yaml(path: str | Path) -> ConfigFile:
     p = Path(path)
     if not p.is_file():
         raise fail(f"config file {str(p)!r} not found; give the path of a YAML file")
@@ -332,7 +403,7 @@ def load_yaml(path: str | Path) -> dict:
         where = f" at line {line + 1}" if line is not None else ""
         raise fail(f"config file {str(p)!r} is not valid YAML{where}; fix its syntax") from None
     if data is None:
-        return {}
+        data = {}
     if not isinstance(data, dict):
         raise fail(f"config file {str(p)!r} must hold a mapping of option: value")
-    return data
+    return ConfigFile(data, str(p))

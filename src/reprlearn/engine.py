@@ -13,13 +13,15 @@ compute named loss terms.
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import dataclasses
+import logging
 import os
 import signal
 import threading
 import time
 import warnings
-import contextlib
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -375,11 +377,25 @@ def _launcher_rank_zero() -> bool:
     return all(os.environ.get(var, "0") == "0" for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK"))
 
 
+def quiet_libraries() -> None:
+    """Lightning's banners, tips and adverts are noise, from the CLI and from the Python API alike (both
+    make their trainer here); the warnings we act on are kept."""
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+    for pattern in (".*LeafSpec.*", ".*smaller than the logging interval.*", ".*litlogger.*",
+                    ".*does not have many workers.*", ".*weights_only.*",
+                    ".*Experiment logs directory .* exists and is not empty.*",  # a resumed run: see ResumeReport
+                    # the streaming loader splits its samples by rank and worker itself (data/stream.py)
+                    ".*`IterableDataset` has `__len__` defined.*"):
+        warnings.filterwarnings("ignore", message=pattern)
+
+
 def make_trainer(cfg: RunConfig, run_dir: Path, callbacks: list, steps: int | None = None) -> L.Trainer:
     """The run's Lightning trainer; ``steps``: the run's length in optimiser steps when a time budget
     planned it (else its step budget, else its epochs)."""
     from .trackers import make_loggers
 
+    quiet_libraries()
     strategy: Any = "auto"
     if cfg.strategy == "ddp":
         strategy = "ddp"
@@ -387,11 +403,8 @@ def make_trainer(cfg: RunConfig, run_dir: Path, callbacks: list, steps: int | No
         from lightning.pytorch.strategies import FSDPStrategy
 
         strategy = FSDPStrategy()
-    # a resumed run logs beside the earlier logs (CSVLogger would delete them): logs, logs-1, logs-2 ...
-    suffix = ""
-    while (run_dir / f"logs{suffix}").exists():
-        suffix = f"-{int(suffix[1:] or 0) + 1}"
-    loggers = make_loggers(cfg, run_dir, suffix)  # --logger: csv, tensorboard, mlflow, wandb
+    # a resumed run logs into the same folders (logs/, tb/); ResumeReport gives the CSV its earlier rows back
+    loggers = make_loggers(cfg, run_dir)  # --logger: csv, tensorboard, mlflow, wandb
     return L.Trainer(
         accelerator=cfg.accelerator if cfg.accelerator != "cuda" else "gpu",
         devices=cfg.devices,
@@ -513,7 +526,8 @@ class CostEstimate(L.Callback):
         seconds_per_step = (time.perf_counter() - self._start) / (step - self._first)
         left = max(0, self.total_steps() - step) * seconds_per_step
         self.said = (f"{self.images_per_step / seconds_per_step:.0f} {self.unit}/s; the {self.total_steps()} steps of "
-                     f"this run take about {duration(left + step * seconds_per_step)} (training only)")
+                     f"this run take about {duration(left + step * seconds_per_step)} (training only)"
+                     + (f", {duration(left)} of them left" if self._first > 1 else ""))  # a resumed run
         print(self.said, flush=True)
 
 
@@ -576,6 +590,44 @@ def out_of_memory_in_one_line(batch_size: int):
         raise
 
 
+class ResumeReport(L.Callback):
+    """A resumed run says where it resumes and what is left, and keeps one CSV log.
+
+    Lightning's CSVLogger empties ``logs/metrics.csv`` when it opens it, so the earlier rows are
+    read before the trainer is made and logged again once the checkpoint is restored: those of
+    the steps before the checkpoint (later ones are trained again).
+    """
+
+    def __init__(self, run_dir: Path):
+        self.earlier: list[dict[str, str]] = []
+        path = Path(run_dir) / "logs" / "metrics.csv"
+        if path.is_file():
+            with open(path, newline="") as f:
+                self.earlier = list(csv.DictReader(f))
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        from lightning.pytorch.loggers import CSVLogger
+
+        step, total = trainer.global_step, pl_module.total_steps()
+        for logger in (lg for lg in trainer.loggers if isinstance(lg, CSVLogger)):
+            for row in self.earlier:
+                if row.get("step", "").isdigit() and int(row["step"]) < step:
+                    values = {k: _number(v) for k, v in row.items() if k != "step"}
+                    logger.log_metrics({k: v for k, v in values.items() if v is not None}, step=int(row["step"]))
+        if trainer.is_global_zero:
+            left = max(0, total - step)
+            print(f"resuming from epoch {trainer.current_epoch + 1}, step {step} of {total}; {left} steps "
+                  f"({left / pl_module.steps_per_epoch():.1f} epochs) left", flush=True)
+
+
+def _number(text: str | None) -> int | float | None:
+    """A CSV cell as the number it was logged as (an empty cell, or text, is None)."""
+    try:
+        return int(text) if text and text.isdigit() else float(text or "")
+    except ValueError:
+        return None
+
+
 def fit(module: TrainModule, cfg: RunConfig, run_dir: Path, callbacks: list, resume_from: Path | None) -> L.Trainer:
     """Train ``module`` with Lightning, writing checkpoints into ``run_dir/checkpoints``.
 
@@ -584,7 +636,8 @@ def fit(module: TrainModule, cfg: RunConfig, run_dir: Path, callbacks: list, res
     memory, a full disk.
     """
     checkpointing = Checkpointing(run_dir / "checkpoints", cfg.checkpoint_every, cfg.checkpoint_steps)
-    trainer = make_trainer(cfg, run_dir, [checkpointing, *callbacks], steps=module.planned_steps)
+    resumed = [ResumeReport(run_dir)] if resume_from else []  # made before the trainer: see ResumeReport
+    trainer = make_trainer(cfg, run_dir, [checkpointing, *resumed, *callbacks], steps=module.planned_steps)
     resume_hint = f"resume with: reprlearn train {cfg.method} --out {run_dir} --resume"
     checkpointing.install_signal_handlers()
     try:
