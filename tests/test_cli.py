@@ -262,3 +262,12 @@ def test_the_python_api_prints_no_lightning_banners(tmp_path):
     assert "training simclr on digits" in said
     for banner in ("GPU available", "TPU available", "💡", "LitLogger", "litlogger", "LeafSpec"):
         assert banner not in said, said
+
+
+def test_reprlearn_methods_stays_the_api_function_after_the_subpackage_is_imported():
+    """The subpackage ``reprlearn.methods`` shares the API function's name: importing it (as the API
+    itself does) must not replace ``reprlearn.methods()``."""
+    code = ("import reprlearn; reprlearn.train; import reprlearn.methods; from reprlearn.methods import METHODS; "
+            "assert reprlearn.methods() == METHODS.names(), reprlearn.methods")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-500:]

@@ -8,6 +8,9 @@
 
 __version__ = "0.1.0"
 
+import sys  # noqa: E402
+import types  # noqa: E402
+
 from .errors import ReprlearnError  # noqa: E402
 
 # the API's functions are looked up on first use: importing reprlearn (and so `reprlearn --help`)
@@ -32,3 +35,21 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_API))
+
+
+class _Package(types.ModuleType):
+    """``reprlearn.methods`` is the API's function (the registered names), although a subpackage has the
+    same name: importing the subpackage binds it on its parent, and that binding is ignored here."""
+
+    @property
+    def methods(self):
+        from .api import methods
+
+        return methods
+
+    @methods.setter
+    def methods(self, value) -> None:
+        pass
+
+
+sys.modules[__name__].__class__ = _Package
