@@ -28,6 +28,8 @@ from unittest import mock
 
 import pytest
 
+from reprlearn.errors import ReprlearnError
+
 ROOT = Path(__file__).resolve().parent.parent
 SKIP_TAGS = ("gpu", "long", "skip")
 SHELL_SEPARATORS = {"|", "||", "&&", ";", "&"}
@@ -153,8 +155,9 @@ class _Parsed(Exception):
 
 
 PLACEHOLDER_VALUE = re.compile(r"[A-Z][A-Z0-9_]*|PLACEHOLDER|.*\|.*")  # N, RUN_DIR, $DATA, adamw|sgd
-BAD_VALUE = re.compile(r"argument (--[\w-]+): invalid (?:(int|float) value|choice): '([^']*)'"
-                       r"(?: \(choose from '([^']*)')?")
+# argparse's own message, and the CLI's (with a suggestion, then "Choose one of: a, b")
+BAD_VALUE = re.compile(r"argument (--[\w-]+): invalid (?:(int|float) value|choice):? '([^']*)'"
+                       r"(?:.*?(?:\(choose from '|[Cc]hoose one of: )([^',;()]*))?")
 
 
 def check_command(argv: list[str]) -> str | None:
@@ -181,19 +184,24 @@ def _parse_error(argv: list[str]) -> str | None:
         return f"unknown command {argv[0]!r}"
     if argv[0] == "methods":
         return None if len(argv) == 1 else f"reprlearn methods takes no arguments: {argv[1:]}"
-    real_parse = argparse.ArgumentParser.parse_args
-
-    def parse_then_stop(parser, args=None, namespace=None):  # every parser stops once it has parsed
-        real_parse(parser, args, namespace)
-        raise _Parsed
+    if argv[0] == "train" and len(argv) > 1 and argv[1] == "METHOD":  # the synopsis: any method's parser
+        argv = ["train", "simclr", *argv[2:]]
+    def stopping(real_parse):
+        def parse_then_stop(parser, args=None, namespace=None):  # every parser stops once it has parsed
+            real_parse(parser, args, namespace)
+            raise _Parsed
+        return parse_then_stop
 
     err, out = io.StringIO(), io.StringIO()
-    try:
-        with mock.patch.object(argparse.ArgumentParser, "parse_args", parse_then_stop), \
+    try:  # the CLI's own parser class checks names before argparse does: both stop after parsing
+        with mock.patch.object(argparse.ArgumentParser, "parse_args", stopping(argparse.ArgumentParser.parse_args)), \
+                mock.patch.object(cli._Parser, "parse_args", stopping(cli._Parser.parse_args)), \
                 contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
             cli.COMMANDS[argv[0]](argv[1:])
     except _Parsed:
         return None
+    except ReprlearnError as e:  # the CLI's own checks before parsing (an unknown method)
+        return str(e)
     except SystemExit as stop:  # argparse: 0 after --help, 2 after an error
         return None if stop.code in (0, None) else (err.getvalue().strip() or f"exit {stop.code}")
     return "the command ran without parsing its arguments"
@@ -225,6 +233,7 @@ def test_checker_catches_an_option_the_cli_does_not_have(monkeypatch):
     # a method's own option is accepted for that method only
     assert check_command(["train", "simclr", "--temperature", "0.2"]) is None
     assert check_command(["train", "byol", "--temperature", "0.2"]) is not None
+    assert "unknown method" in check_command(["train", "simclf", "--epochs", "1"])
     # placeholders, continuations and a wrapped launcher are read as the shell would
     (argv,) = command_lines("torchrun --nproc-per-node 8 $(which reprlearn) train simclr \\\n"
                             "    --data $DATA --devices 8")
