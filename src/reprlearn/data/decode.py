@@ -284,6 +284,11 @@ class Collector:
         for name, value in fields.items():
             self.columns.setdefault(name, []).append(value)
 
+    def fields(self) -> dict:
+        """The other fields' columns by name: arrays of one shape and type stacked into one (N, ...) array
+        (what the decoded-set cache stores), anything else as a list."""
+        return {name: np.stack(values) if _one_array_kind(values) else values for name, values in self.columns.items()}
+
     def arrays(self) -> tuple[np.ndarray, np.ndarray | None]:
         if not self.images:
             raise fail(f"{self.source} holds no readable images; check the path and the file types "
@@ -302,6 +307,11 @@ class Collector:
             self.images = [a if a.shape[2] == 3 else np.repeat(a, 3, axis=2) for a in self.images]
         self.images = common_depth(self.images)
         return np.stack(self.images), labels
+
+
+def _one_array_kind(values: list) -> bool:
+    return bool(values) and all(isinstance(v, np.ndarray) for v in values) and \
+        len({(v.shape, v.dtype) for v in values}) == 1
 
 
 def common_depth(images: list[np.ndarray]) -> list[np.ndarray]:

@@ -295,15 +295,19 @@ def load_image_table(spec: str, image_size: int | None, skip_bad: bool) -> Image
 # ---------------------------------------------------------------- WebDataset shards
 
 
-def load_shards(paths: list[Path], image_size: int | None, skip_bad: bool, name: str) -> ImageSet:
-    """Shards in memory: every sample's image, label and key, read by data/samples.py's one reader."""
+def load_shards(paths: list[Path], image_size: int | None, skip_bad: bool, name: str,
+                fields: tuple[str, ...] = ()) -> ImageSet:
+    """Shards in memory: every sample's image, label and key, read by data/samples.py's one reader;
+    other registered ``fields`` (data/samples.py FIELDS) asked for become the set's columns."""
     # the names are in the key too: an image's key is SHARD_FILE_NAME/KEY
-    key = content_key("shards", READER_VERSION, [(p.name, file_digest(p)) for p in paths], image_size, skip_bad)
+    key = content_key("shards", READER_VERSION, [(p.name, file_digest(p)) for p in paths], image_size, skip_bad,
+                      *([list(fields)] if fields else []))
 
     def decode() -> ImageSet:
-        out = decode_shards(paths, ("image", "label"), image_size, skip_bad, name)
+        out = decode_shards(paths, ("image", "label", *fields), image_size, skip_bad, name)
         images, labels = out.arrays()
-        return ImageSet(images, labels, class_names_beside(paths[0].parent), name, out.skipped, out.keys)
+        return ImageSet(images, labels, class_names_beside(paths[0].parent), name, out.skipped, out.keys,
+                        out.fields())
 
     return cached(key, decode)
 

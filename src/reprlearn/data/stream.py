@@ -71,6 +71,7 @@ class ShardStream:
     name: str
     skip_bad: bool = False
     skipped: list[str] = field(default_factory=list)  # set by training from what the workers reported
+    extra_fields: tuple[str, ...] = ()  # other registered fields (data/samples.py) its batches carry by name
     _head: ImageSet | None = field(default=None, repr=False)
 
     @property
@@ -82,6 +83,11 @@ class ShardStream:
 
     def __len__(self) -> int:
         return sum(p.count for p in self.parts)
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The named fields each sample is read with (data/samples.py): a batch carries them all."""
+        return ("image", "label", *(("captions",) if self.has_captions else ()), *self.extra_fields)
 
     @property
     def labels(self):  # the probes ask; a stream's labels are only known by reading it
@@ -99,10 +105,17 @@ class ShardStream:
 # ---------------------------------------------------------------- opening a source
 
 
-def open_stream(paths: list[Path], image_size: int | None, skip_bad: bool, name: str) -> ShardStream:
-    """A stream over shard files, or over one image folder (sub-folders are classes)."""
+def open_stream(paths: list[Path], image_size: int | None, skip_bad: bool, name: str,
+                extra_fields: tuple[str, ...] = ()) -> ShardStream:
+    """A stream over shard files, or over one image folder (sub-folders are classes); its batches
+    carry the image, label and captions (when it has them) and any registered ``extra_fields``."""
+    from .samples import FIELDS
     from .sources import SHARD_SUFFIXES, class_names_beside
 
+    unknown = [f for f in extra_fields if f not in FIELDS or f in ("image", "label", "captions")]
+    if unknown:
+        raise fail(f"{name}: {unknown[0]!r} is not an extra sample field; registered fields are {', '.join(FIELDS)} "
+                   "(image, label and captions are carried already)")
     if len(paths) == 1 and paths[0].is_dir() and not any(p.name.endswith(SHARD_SUFFIXES)
                                                          for p in paths[0].iterdir()):
         parts, classes = _folder_parts(paths[0])
@@ -118,7 +131,7 @@ def open_stream(paths: list[Path], image_size: int | None, skip_bad: bool, name:
     size, channels = _probe_shape(first, image_size, name)
     return ShardStream(parts, size, channels, has_labels="cls" in first[0],
                        has_captions=_caption_key(first[0]) is not None, class_names=classes, name=name,
-                       skip_bad=skip_bad)
+                       skip_bad=skip_bad, extra_fields=tuple(extra_fields))
 
 
 def _folder_parts(folder: Path) -> tuple[list[Part], list[str] | None]:
@@ -272,9 +285,8 @@ def _decode(raw: dict, stream: ShardStream, bad: list | None = None) -> dict | N
     storage size and channels, label, captions when the stream has them), or None for an unreadable
     sample when ``skip_bad`` (its reason appended to ``bad``)."""
     where = f"{raw.get('__url__', stream.name)}:{raw['__key__']}"
-    fields = ("image", "label", "captions") if stream.has_captions else ("image", "label")
     try:
-        sample = read_sample(raw, fields, where, require=("label",) if stream.has_labels else (),
+        sample = read_sample(raw, stream.fields, where, require=("label",) if stream.has_labels else (),
                              image_size=stream.image_size)
         sample["image"] = _stream_pixels(sample["image"], stream, where)
         return sample
@@ -422,6 +434,8 @@ class StreamDataset(torch.utils.data.IterableDataset):
             batch["labels"] = torch.tensor([d["label"] for _, d in items], dtype=torch.long)
         if self.stream.has_captions:
             batch["captions"] = [d["captions"] for _, d in items]
+        for name in self.stream.extra_fields:
+            batch[name] = [d[name] for _, d in items]
         return batch
 
 
