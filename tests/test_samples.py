@@ -179,3 +179,24 @@ def test_columns_survive_subsets_and_the_cache(tmp_path):
     pairs = PairSet(images, [["one"], ["two"], ["three", "3"]], "p")
     assert pairs.field("captions")[2] == ["three", "3"] and pairs.field("source") == ["x", "y", "z"]
     assert pairs.fields == ["image", "label", "key", "depth", "source", "tags", "captions"]
+
+
+def test_a_folder_reads_the_same_in_memory_and_streamed(tmp_path):
+    folder = tmp_path / "photos"
+    for c, name in enumerate(("cat", "dog")):
+        (folder / name).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(pixels(10 * c + i)).save(folder / name / f"{i}.png")
+    (folder / "dog" / "bad.png").write_bytes(b"")
+    with pytest.raises(ReprlearnError, match="dog/bad.png is an empty"):
+        load_source(str(folder))
+    memory = load_source(str(folder), skip_bad=True)
+    assert memory.keys == [str(folder / n / f"{i}.png") for n in ("cat", "dog") for i in range(3)]
+    assert memory.labels.tolist() == [0, 0, 0, 1, 1, 1] and len(memory.skipped) == 1
+    stream = open_stream([folder], None, True, "photos")
+    head = read_head(stream, len(stream))
+    got = {k: (image, label) for k, image, label in zip(head.keys, head.images, head.labels)}
+    assert sorted(got) == sorted(memory.keys)
+    for key, image, label in zip(memory.keys, memory.images, memory.labels):
+        np.testing.assert_array_equal(got[key][0], image)
+        assert got[key][1] == label

@@ -18,6 +18,7 @@ and then both loaders carry it: the in-memory one collects it into a column of t
 What this replaces (the paths that used to be separate):
   in-memory shards, images     sources._decode_shard (wds.WebDataset, IMAGE_MEMBERS without gif)
   in-memory shards, captions   the same, with ``read_extra=pairs.shard_captions``
+  in-memory folders            sources.load_folder (its own read_bytes + decode_image)
   streamed samples             stream._decode / stream._image_bytes (IMAGE_MEMBERS with gif),
                                stream._part_samples (its own tar and folder readers),
                                stream_caption_lists (shard_captions again)
@@ -25,8 +26,13 @@ Now all read their raw samples with :func:`shard_samples` / :func:`file_sample` 
 with :func:`read_sample`; in memory, :func:`decode_shards` collects the fields of every shard
 (one process per shard) for :func:`~reprlearn.data.sources.load_shards` (images, labels, keys)
 and :func:`~reprlearn.data.pairs.load_pair_shards` (the same plus captions).
-Still separate: the in-memory folder and table loaders decode files themselves (same
-decode_image, own error wording); digits, CIFAR-10 batches, .npz and scenes are arrays already.
+The in-memory folder loader (sources.load_folder) reads each file with :func:`file_sample` and
+:func:`read_sample` too, as the stream reads a folder's files.
+Still separate: the table loaders (sources.load_image_table, pairs.load_csv) decode files
+themselves (same decode_image, own error wording); whether shards carry captions is still looked up twice (pairs._has_captions, stream._caption_key); a streamed
+batch's ``keys`` are the samples' keys within their shard (curate/scoring.py adds the shard's
+name), while sets read in memory or from a stream (read_head, read_subset) carry full keys;
+digits, CIFAR-10 batches, .npz and scenes are arrays already.
 """
 
 from __future__ import annotations
@@ -130,6 +136,8 @@ def read_sample(members: dict, fields: tuple[str, ...] = ("image", "label"), whe
     if unknown:
         raise fail(f"no sample field {unknown[0]!r}; the fields are {', '.join(FIELDS)}")
     where = where or f"{members.get('__url__', '')}:{members['__key__']}"
+    if "__unreadable__" in members:
+        raise BadItem(f"{where} cannot be read ({members['__unreadable__']})")
     sample: dict[str, Any] = {"key": sample_key(members)}
     for name, spec in FIELDS.items():
         if name not in fields:
@@ -157,15 +165,15 @@ def shard_samples(path: str | Path) -> Iterator[dict]:
 
 
 def file_sample(folder: str, relative: str, label: int | None) -> dict:
-    """One file of an image folder as a raw sample: its bytes under its extension (empty when
-    unreadable, which the image decoder names), its class as a ``cls`` member."""
+    """One file of an image folder as a raw sample: its bytes under its extension, its class as a
+    ``cls`` member (a file that cannot be read: why, for :func:`read_sample` to name)."""
     ext = os.path.splitext(relative)[1].lower().lstrip(".")
+    members = {"__key__": relative, "__url__": folder, "__folder__": True}
     try:
         with open(os.path.join(folder, relative), "rb") as f:
-            data = f.read()
-    except OSError:
-        data = b""
-    members = {"__key__": relative, "__url__": folder, "__folder__": True, ext: data}
+            members[ext] = f.read()
+    except OSError as e:
+        members["__unreadable__"] = e.strerror or type(e).__name__
     if label is not None:
         members["cls"] = str(label).encode()
     return members

@@ -46,7 +46,7 @@ from .cache import cached, content_key
 from .domains import cifar10_shifted, digits_m, is_domain_source, patch_shard
 from .decode import BadItem, Collector, IMAGE_EXTENSIONS, as_pixels, decode_image, storage_size
 from .imageset import ImageSet, stratified_split
-from .samples import READER_VERSION, decode_shards
+from .samples import READER_VERSION, decode_shards, file_sample, read_sample
 
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -223,12 +223,14 @@ def load_folder(folder: Path, image_size: int | None, skip_bad: bool) -> ImageSe
     def decode() -> ImageSet:
         out = Collector(str(folder), skip_bad)
         for path, label in files:
-            try:
-                image = decode_image(path.read_bytes(), str(path), image_size)
+            relative = str(path.relative_to(folder))
+            try:  # the reader the stream reads a folder's files with (data/samples.py)
+                sample = read_sample(file_sample(str(folder), relative, label), ("image", "label"), str(path),
+                                     image_size=image_size)
             except BadItem as e:
                 out.bad(str(e))
                 continue
-            out.add(str(path.relative_to(folder)), image, label, where=str(path))
+            out.add(relative, sample["image"], sample["label"], where=str(path))
         images, labels = out.arrays()
         return ImageSet(images, labels, classes or None, str(folder), out.skipped, out.keys)
 

@@ -41,7 +41,8 @@ import torch
 from ..errors import ReprlearnError, fail
 from .decode import IMAGE_EXTENSIONS, NPY_MAGIC, TIFF_MAGIC, BadItem, decode_image, side_for_sizes
 from .imageset import ImageSet
-from .samples import IMAGE_MEMBERS, file_sample, image_bytes, read_sample, shard_samples
+from .samples import FIELDS, IMAGE_MEMBERS, file_sample, image_bytes, read_sample, shard_samples
+
 FOLDER_PART = 1000  # files of a folder per streamed part (the unit of shard-order shuffling)
 PROBE = 256  # samples read before training to learn the storage size and channels
 
@@ -109,7 +110,6 @@ def open_stream(paths: list[Path], image_size: int | None, skip_bad: bool, name:
                 extra_fields: tuple[str, ...] = ()) -> ShardStream:
     """A stream over shard files, or over one image folder (sub-folders are classes); its batches
     carry the image, label and captions (when it has them) and any registered ``extra_fields``."""
-    from .samples import FIELDS
     from .sources import SHARD_SUFFIXES, class_names_beside
 
     unknown = [f for f in extra_fields if f not in FIELDS or f in ("image", "label", "captions")]
