@@ -67,7 +67,7 @@ def test_reader_gives_named_fields_of_hand_made_samples(tmp_path):
     assert c["captions"] == ["only text"]
     assert c["seg.png"] == png(mask) and c["meta"] == b"\x00\x01"  # extra members kept as raw bytes
     # only what is asked for is decoded: captions alone never touch the image
-    assert set(read_sample(raw[2], ("captions",))) == {"key", "captions", "seg.png", "meta"}
+    assert set(read_sample(raw[2], ("captions",))) == {"key", "captions", "png", "seg.png", "meta"}
     # txt lines: each non-empty line one caption, spaces collapsed
     assert read_sample({**raw[1], "json": b"{}"}, ("captions",))["captions"] == ["a red square", "second line"]
 
@@ -200,3 +200,19 @@ def test_a_folder_reads_the_same_in_memory_and_streamed(tmp_path):
     for key, image, label in zip(memory.keys, memory.images, memory.labels):
         np.testing.assert_array_equal(got[key][0], image)
         assert got[key][1] == label
+
+
+def test_metadata_json_is_not_a_caption(tmp_path):
+    from reprlearn.data.pairs import is_pair_source
+
+    meta = json.dumps({"source_file": "0016E5_07959.png", "split": "val"}).encode()  # as CamVid's shards hold
+    shard = write_tar(tmp_path / "val-000000.tar", [m for i in range(3) for m in (
+        (f"{i}.png", png(pixels(i))), (f"{i}.json", meta), (f"{i}.seg.png", png(pixels(i, (6, 6)))))])
+    assert not is_pair_source(str(shard))
+    stream = open_stream([shard], None, False, "val")
+    assert not stream.has_captions and stream.fields == ("image", "label")
+    head = read_head(stream, 3)
+    np.testing.assert_array_equal(head.images, load_source(str(shard)).images)
+    assert read_sample(next(shard_samples(shard)), ("image",))["json"] == meta  # kept as a raw member
+    captioned = write_tar(tmp_path / "c.tar", [("0.png", png(pixels(0))), ("0.json", b'{"caption": "a cat"}')])
+    assert is_pair_source(str(captioned)) and open_stream([captioned], None, False, "c").has_captions

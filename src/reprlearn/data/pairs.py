@@ -42,7 +42,7 @@ from .imageset import ImageSet
 from .pairset import PairSet, pair_set_arrays, pair_set_from
 from .prompts import DIGIT_NAMES, prompts_for
 from .scenes import TEST_SEED_OFFSET, make_scenes
-from .samples import READER_VERSION, decode_shards
+from .samples import READER_VERSION, carries_captions, decode_shards
 from .sources import SHARD_SUFFIXES, class_names_beside, expand_spec, file_digest, load_source
 
 from .tables import CAPTION_COLUMNS, IMAGE_COLUMNS, column, read_table, split_spec  # noqa: E402
@@ -116,11 +116,14 @@ def pair_shards(spec: str, split: str) -> list[Path]:
 
 
 def _has_captions(shard: Path, look: int = 64) -> bool:
-    """Whether a shard's first members include .txt or .json captions (read with tarfile, lazily)."""
+    """Whether a shard's first members include captions: a .txt, or a .json with a caption field
+    (data/samples.py's carries_captions; read with tarfile, lazily)."""
     try:
         with tarfile.open(shard, "r:*") as tar:
             for i, member in enumerate(tar):
-                if member.name.endswith((".txt", ".json")):
+                ext = member.name.rpartition(".")[2]
+                if member.isfile() and ext in ("txt", "json") and \
+                        carries_captions({ext: tar.extractfile(member).read()}):
                     return True
                 if i >= look:
                     break

@@ -8,7 +8,7 @@ share a key, as bytes by extension (``{"__key__": "cat_01", "jpg": b"...", "cls"
      "image": (H, W, C) array,           # any depth and channel count (data/decode.py)
      "label": 3,                         # from KEY.cls (None when absent and not required)
      "captions": ["a cat", ...],         # from KEY.json ("captions"/"caption") or KEY.txt
-     "seg.png": b"...", ...}             # every other member, raw bytes under its extension
+     "seg.png": b"...", ...}             # every member no field asked for reads, raw bytes
 
 Only the fields asked for are decoded (a tokenizer reads captions without decoding images).
 :data:`FIELDS` is the registry: a new field (e.g. a decoded segmentation mask) is one entry,
@@ -29,10 +29,11 @@ and :func:`~reprlearn.data.pairs.load_pair_shards` (the same plus captions).
 The in-memory folder loader (sources.load_folder) reads each file with :func:`file_sample` and
 :func:`read_sample` too, as the stream reads a folder's files.
 Still separate: the table loaders (sources.load_image_table, pairs.load_csv) decode files
-themselves (same decode_image, own error wording); whether shards carry captions is still looked up twice (pairs._has_captions, stream._caption_key); a streamed
-batch's ``keys`` are the samples' keys within their shard (curate/scoring.py adds the shard's
-name), while sets read in memory or from a stream (read_head, read_subset) carry full keys;
-digits, CIFAR-10 batches, .npz and scenes are arrays already.
+themselves (same decode_image, own error wording); whether shards carry captions is looked up
+from tar headers (pairs._has_captions) and from a stream's first sample (open_stream), both by
+:func:`carries_captions`; a streamed batch's ``keys`` are the samples' keys within their
+shard (curate/scoring.py adds the shard's name), while sets read in memory or from a stream
+(read_head, read_subset) carry full keys; digits, CIFAR-10 batches, .npz and scenes are arrays already.
 """
 
 from __future__ import annotations
@@ -114,6 +115,23 @@ FIELDS: dict[str, Field] = {f.name: f for f in (
 )}
 
 
+def has_field(members: dict, name: str) -> bool:
+    """Whether a raw sample holds a member the field ``name`` is read from."""
+    return any(m in members for m in FIELDS[name].members)
+
+
+def carries_captions(members: dict) -> bool:
+    """Whether a raw sample holds captions: a KEY.txt, or a KEY.json with a "captions" or "caption"
+    field (a KEY.json of other metadata, as CamVid's shards hold, is not a caption)."""
+    if "txt" in members:
+        return True
+    try:
+        meta = json.loads(members["json"].decode("utf-8")) if "json" in members else None
+    except (UnicodeDecodeError, ValueError):
+        return True  # a caption member that cannot be read: named when it is decoded
+    return isinstance(meta, dict) and ("captions" in meta or "caption" in meta)
+
+
 def image_bytes(members: dict) -> bytes | None:
     """The sample's image member (the first of IMAGE_MEMBERS it has), or None."""
     return next((members[k] for k in IMAGE_MEMBERS if k in members), None)
@@ -129,7 +147,7 @@ def sample_key(members: dict) -> str:
 def read_sample(members: dict, fields: tuple[str, ...] = ("image", "label"), where: str | None = None,
                 require: tuple[str, ...] = (), **options) -> dict:
     """A raw sample's named fields: ``key``, each of ``fields`` decoded (registry order), and every
-    member no registered field reads, as raw bytes under its extension. ``require`` makes optional
+    member none of ``fields`` reads, as raw bytes under its extension. ``require`` makes optional
     fields (the label) required; ``options`` go to the decoders (``image_size``). Raises
     :class:`BadItem` naming ``where`` (default URL:KEY) for an unreadable or missing field."""
     unknown = [f for f in fields if f not in FIELDS]
@@ -142,14 +160,15 @@ def read_sample(members: dict, fields: tuple[str, ...] = ("image", "label"), whe
     for name, spec in FIELDS.items():
         if name not in fields:
             continue
-        if any(m in members for m in spec.members):
+        if has_field(members, name):
             sample[name] = spec.decode(members, where, options)
         elif spec.optional and name not in require:
             sample[name] = None
         else:
             raise BadItem(f"{where} {spec.missing}")
-    known = {m for spec in FIELDS.values() for m in spec.members}
-    sample.update((k, v) for k, v in members.items() if not k.startswith("__") and k not in known)
+    read = {m for name in fields for m in FIELDS[name].members}  # nothing else is lost: kept raw
+    sample.update((k, v) for k, v in members.items() if not k.startswith("__") and k not in read
+                  and k not in sample)
     return sample
 
 

@@ -41,7 +41,8 @@ import torch
 from ..errors import ReprlearnError, fail
 from .decode import IMAGE_EXTENSIONS, NPY_MAGIC, TIFF_MAGIC, BadItem, decode_image, side_for_sizes
 from .imageset import ImageSet
-from .samples import FIELDS, IMAGE_MEMBERS, file_sample, image_bytes, read_sample, shard_samples
+from .samples import (FIELDS, IMAGE_MEMBERS, carries_captions, file_sample, has_field, image_bytes, read_sample,
+                      shard_samples)
 
 FOLDER_PART = 1000  # files of a folder per streamed part (the unit of shard-order shuffling)
 PROBE = 256  # samples read before training to learn the storage size and channels
@@ -129,8 +130,8 @@ def open_stream(paths: list[Path], image_size: int | None, skip_bad: bool, name:
         raise fail(f"{name} holds no images; point --data at shards with KEY.jpg|png members or an image folder")
     first = list(itertools.islice(_raw_samples(parts, 0, min(PROBE, sum(p.count for p in parts))), PROBE))
     size, channels = _probe_shape(first, image_size, name)
-    return ShardStream(parts, size, channels, has_labels="cls" in first[0],
-                       has_captions=_caption_key(first[0]) is not None, class_names=classes, name=name,
+    return ShardStream(parts, size, channels, has_labels=has_field(first[0], "label"),
+                       has_captions=carries_captions(first[0]), class_names=classes, name=name,
                        skip_bad=skip_bad, extra_fields=tuple(extra_fields))
 
 
@@ -191,10 +192,6 @@ def _count_shard(path: Path) -> int:
     except (tarfile.TarError, EOFError, OSError) as e:
         raise fail(f"shard {path} is corrupt or unreadable ({type(e).__name__}); fix or remove it") from None
     return len(keys)
-
-
-def _caption_key(sample: dict) -> str | None:
-    return next((k for k in ("txt", "json") if k in sample), None)
 
 
 def _probe_shape(samples: list[dict], image_size: int | None, name: str) -> tuple[int, int]:
