@@ -251,7 +251,8 @@ def _resize_center_crop(img: Image.Image, size: int) -> Image.Image:
 
 @dataclass
 class Collector:
-    """Accumulates decoded images, checking they agree in shape; records skips."""
+    """Accumulates decoded samples into columns (images, labels, keys and any other named field,
+    e.g. captions), checking the images agree in shape; records skips."""
 
     source: str
     skip_bad: bool
@@ -259,24 +260,34 @@ class Collector:
     labels: list = field(default_factory=list)
     keys: list = field(default_factory=list)
     skipped: list = field(default_factory=list)
+    columns: dict = field(default_factory=dict)  # field name -> one value per kept image
 
     def bad(self, message: str) -> None:
         if not self.skip_bad:
             raise fail(f"{message}; fix or remove it, or pass --skip-bad to skip unreadable items")
         self.skipped.append(message)
 
-    def add(self, key: str, array: np.ndarray, label: int | None, where: str | None = None) -> None:
-        """Keep ``array`` under ``key`` (what leads a user back to the item); ``where`` names it in
-        messages when that reads better than the key (a table's row and line)."""
+    def add(self, key: str, array: np.ndarray, label: int | None, where: str | None = None, **fields) -> None:
+        """Keep ``array`` under ``key`` (what leads a user back to the item) with its other ``fields``;
+        ``where`` names it in messages when that reads better than the key (a table's row and line)."""
         if self.images and array.shape[:2] != self.images[0].shape[:2]:
             first = self.images[0].shape
             self.bad(f"{where or key} is {array.shape[1]}x{array.shape[0]} but earlier images are "
                      f"{first[1]}x{first[0]} "
                      "(pass --image-size N to resize all)")
             return
+        if self.images and set(fields) != set(self.columns):
+            raise ValueError(f"{key}: fields {sorted(fields)} differ from earlier samples' {sorted(self.columns)}")
         self.images.append(array)
         self.labels.append(label)
         self.keys.append(key)
+        for name, value in fields.items():
+            self.columns.setdefault(name, []).append(value)
+
+    def fields(self) -> dict:
+        """The other fields' columns by name: arrays of one shape and type stacked into one (N, ...) array
+        (what the decoded-set cache stores), anything else as a list."""
+        return {name: np.stack(values) if _one_array_kind(values) else values for name, values in self.columns.items()}
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray | None]:
         if not self.images:
@@ -296,6 +307,11 @@ class Collector:
             self.images = [a if a.shape[2] == 3 else np.repeat(a, 3, axis=2) for a in self.images]
         self.images = common_depth(self.images)
         return np.stack(self.images), labels
+
+
+def _one_array_kind(values: list) -> bool:
+    return bool(values) and all(isinstance(v, np.ndarray) for v in values) and \
+        len({(v.shape, v.dtype) for v in values}) == 1
 
 
 def common_depth(images: list[np.ndarray]) -> list[np.ndarray]:

@@ -1,8 +1,10 @@
-"""The one thing every source yields: decoded images (uint8, uint16 or float32), optional labels."""
+"""The one thing every source yields in memory: columns of named per-image fields (images of
+uint8, uint16 or float32; optional labels and keys; any other field a reader collects)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +27,8 @@ class ImageSet:
     name: str = ""
     skipped: list[str] = field(default_factory=list)  # "what: why" for each skipped item
     keys: list[str] | None = None  # where each image came from (a file path, SHARD/KEY, NAME:SPLIT/INDEX)
+    # any other per-image field by name (a list or an array with one entry per image), e.g. "mask"
+    columns: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.images.ndim == 3:  # (N, H, W) grayscale
@@ -46,6 +50,10 @@ class ImageSet:
             if not np.issubdtype(self.labels.dtype, np.integer):
                 raise fail(f"{self.name}: labels must be integers, got {self.labels.dtype}")
             self.labels = self.labels.astype(np.int64)
+        for name, column in self.columns.items():
+            if name in _NAMED or len(column) != len(self.images):
+                raise fail(f"{self.name}: field {name!r} has {len(column)} entries for {len(self.images)} images; "
+                           f"give one per image (and no field named {', '.join(_NAMED)})")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -69,10 +77,24 @@ class ImageSet:
             return len(self.class_names)
         return int(self.labels.max()) + 1 if self.labels is not None else 0
 
+    @property
+    def fields(self) -> list[str]:
+        """The names of the per-image fields this set holds: image, then label and key when present,
+        then its other columns."""
+        named = ["image"] + ["label"] * (self.labels is not None) + ["key"] * (self.keys is not None)
+        return named + list(self.columns)
+
+    def field(self, name: str):
+        """One per-image field by name: ``image`` (the (N, H, W, C) array), ``label``, ``key``, or a column."""
+        value = {"image": self.images, "label": self.labels, "key": self.keys}.get(name, self.columns.get(name))
+        if value is None:
+            raise fail(f"{self.name or 'images'} has no field {name!r}; it has {', '.join(self.fields)}")
+        return value
+
     def subset(self, index: np.ndarray, name: str | None = None) -> "ImageSet":
-        keys = None if self.keys is None else np.asarray(self.keys, dtype=object)[index].tolist()
         return ImageSet(self.images[index], None if self.labels is None else self.labels[index],
-                        self.class_names, name or self.name, list(self.skipped), keys)
+                        self.class_names, name or self.name, list(self.skipped), take(self.keys, index),
+                        {k: take(v, index) for k, v in self.columns.items()})
 
     def tensor(self, device: torch.device | str = "cpu") -> torch.Tensor:
         """The images as an (N, C, H, W) tensor on ``device``: uint8 as stored, other depths as float32
@@ -81,6 +103,16 @@ class ImageSet:
         if self.images.dtype != np.uint8:
             x = x.float().div_(self.max_value)
         return x.to(device)
+
+
+_NAMED = ("image", "label", "key")  # the fields held as attributes, never as columns
+
+
+def take(column, index):
+    """Entries ``index`` (integers or a mask) of a column: an array indexed, a list as a list (None stays)."""
+    if column is None or isinstance(column, np.ndarray):
+        return None if column is None else column[index]
+    return [column[i] for i in np.arange(len(column))[index]]  # lists of lists stay lists
 
 
 def check_unit_range(images: np.ndarray, name: str) -> None:

@@ -27,11 +27,11 @@ content), so the second load of a shard set or CSV reads one .npz.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import tarfile
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 
@@ -42,7 +42,8 @@ from .imageset import ImageSet
 from .pairset import PairSet, pair_set_arrays, pair_set_from
 from .prompts import DIGIT_NAMES, prompts_for
 from .scenes import TEST_SEED_OFFSET, make_scenes
-from .sources import SHARD_SUFFIXES, class_names_beside, decode_shards, expand_spec, file_digest, load_source
+from .samples import READER_VERSION, carries_captions, decode_shards
+from .sources import SHARD_SUFFIXES, class_names_beside, expand_spec, file_digest, load_source
 
 from .tables import CAPTION_COLUMNS, IMAGE_COLUMNS, column, read_table, split_spec  # noqa: E402
 PAIRS_CACHE_VERSION = 1  # bump when pair decoding changes
@@ -115,11 +116,14 @@ def pair_shards(spec: str, split: str) -> list[Path]:
 
 
 def _has_captions(shard: Path, look: int = 64) -> bool:
-    """Whether a shard's first members include .txt or .json captions (read with tarfile, lazily)."""
+    """Whether a shard's first members include captions: a .txt, or a .json with a caption field
+    (data/samples.py's carries_captions; read with tarfile, lazily)."""
     try:
         with tarfile.open(shard, "r:*") as tar:
             for i, member in enumerate(tar):
-                if member.name.endswith((".txt", ".json")):
+                ext = member.name.rpartition(".")[2]
+                if member.isfile() and ext in ("txt", "json") and \
+                        carries_captions({ext: tar.extractfile(member).read()}):
                     return True
                 if i >= look:
                     break
@@ -168,7 +172,7 @@ def _from_labels(images: ImageSet) -> PairSet:
     names = [" ".join(n.replace("_", " ").split()) for n in names]
     prompts = [prompts_for(n) for n in names]
     captions = [list(prompts[int(y)]) for y in images.labels]
-    images = ImageSet(images.images, images.labels, names, images.name, images.skipped, images.keys)
+    images = replace(images, class_names=names, skipped=list(images.skipped))
     return PairSet(images, captions, images.name)
 
 
@@ -238,49 +242,15 @@ def load_csv(spec: str, image_size: int | None = None, skip_bad: bool = False) -
 
 def load_pair_shards(paths: list[Path], image_size: int | None = None, skip_bad: bool = False,
                      name: str = "") -> PairSet:
-    key = content_key("pairs-shards", PAIRS_CACHE_VERSION, [file_digest(p) for p in paths], image_size, skip_bad)
+    """Caption shards in memory: every sample's image, label, key and captions, read by data/samples.py's
+    one reader (the reader :func:`~reprlearn.data.sources.load_shards` uses, asked for captions too)."""
+    key = content_key("pairs-shards", PAIRS_CACHE_VERSION, READER_VERSION, [file_digest(p) for p in paths],
+                      image_size, skip_bad)
 
     def decode() -> PairSet:
-        out = Collector(name, skip_bad)
-        captions: list[list[str]] = []
-        for part in decode_shards(paths, image_size, skip_bad, read_extra=shard_captions):
-            out.skipped.extend(part["skipped"])
-            for k, img, label, caps in part["items"]:
-                before = len(out.images)
-                out.add(k, img, label)
-                if len(out.images) > before:
-                    captions.append(caps)
+        out = decode_shards(paths, ("image", "label", "captions"), image_size, skip_bad, name)
         images, labels = out.arrays()
         classes = class_names_beside(paths[0].parent) if labels is not None else None
-        return PairSet(ImageSet(images, labels, classes, name, out.skipped), captions, name)
+        return PairSet(ImageSet(images, labels, classes, name, out.skipped, out.keys), out.columns["captions"], name)
 
     return cached(key, decode, pair_set_arrays, pair_set_from, prefix="pairs-")
-
-
-def shard_captions(sample: dict, where: str) -> list[str]:
-    if "json" in sample:
-        try:
-            meta = json.loads(sample["json"].decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            raise BadItem(f"{where}.json is not valid UTF-8 JSON") from None
-        raw = meta.get("captions", meta.get("caption")) if isinstance(meta, dict) else None
-        if raw is None and "txt" not in sample:
-            raise BadItem(f"{where}.json has no 'captions' or 'caption' field")
-        if raw is not None:
-            raw = [raw] if isinstance(raw, str) else raw
-            if not isinstance(raw, list) or not all(isinstance(c, str) for c in raw):
-                raise BadItem(f"{where}.json: 'captions' must be a list of strings")
-            caps = [" ".join(c.split()) for c in raw]
-            if not caps or not all(caps):
-                raise BadItem(f"{where}.json has an empty caption")
-            return caps
-    if "txt" in sample:
-        try:
-            text = sample["txt"].decode("utf-8")
-        except UnicodeDecodeError:
-            raise BadItem(f"{where}.txt is not UTF-8 text") from None
-        caps = [" ".join(line.split()) for line in text.splitlines() if line.strip()]
-        if not caps:
-            raise BadItem(f"{where}.txt is an empty caption")
-        return caps
-    raise BadItem(f"{where} has no caption member (KEY.txt or KEY.json)")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import fail
-from .cache import image_set_arrays, image_set_from
+from .cache import image_set_arrays, image_set_from, text_lists_arrays, text_lists_from
 from .imageset import ImageSet
 
 
@@ -50,25 +50,33 @@ class PairSet:
                        None if self.attributes is None else {k: v[index] for k, v in self.attributes.items()},
                        self.attribute_names)
 
+    @property
+    def fields(self) -> list[str]:
+        """The per-image fields: the images' (image, label, key, columns), captions, and any attributes."""
+        extra = ["corrupted"] * (self.corrupted is not None) + list(self.attributes or {})
+        return [*self.images.fields, "captions", *extra]
+
+    def field(self, name: str):
+        """One per-image field by name (see :attr:`fields`)."""
+        if name == "captions":
+            return self.captions
+        if name == "corrupted" and self.corrupted is not None:
+            return self.corrupted
+        if name in (self.attributes or {}):
+            return self.attributes[name]
+        if name not in self.images.fields:
+            raise fail(f"{self.name or 'pairs'} has no field {name!r}; it has {', '.join(self.fields)}")
+        return self.images.field(name)
+
     def first_captions(self) -> list[str]:
         return [caps[0] for caps in self.captions]
 
 
 def pair_set_arrays(pairs: PairSet) -> dict[str, np.ndarray]:
     """The cache's arrays for a PairSet: the images' arrays plus captions as utf-8 bytes, ends and counts."""
-    encoded = [c.encode("utf-8") for caps in pairs.captions for c in caps]
-    return {**image_set_arrays(pairs.images), "name": pairs.name,
-            "caption_bytes": np.frombuffer(b"".join(encoded), dtype=np.uint8),
-            "caption_ends": np.cumsum([len(b) for b in encoded], dtype=np.int64),
-            "caption_counts": np.asarray([len(c) for c in pairs.captions], dtype=np.int64)}
+    return {**image_set_arrays(pairs.images), "name": pairs.name, **text_lists_arrays("caption", pairs.captions)}
 
 
 def pair_set_from(f) -> PairSet:
     """Inverse of :func:`pair_set_arrays` on an opened .npz."""
-    blob = f["caption_bytes"].tobytes()
-    ends, counts = f["caption_ends"], f["caption_counts"]
-    starts = np.concatenate([[0], ends[:-1]])
-    flat = [blob[s:e].decode("utf-8") for s, e in zip(starts, ends)]
-    bounds = np.concatenate([[0], np.cumsum(counts)])
-    captions = [flat[bounds[i]:bounds[i + 1]] for i in range(len(counts))]
-    return PairSet(image_set_from(f), captions, str(f["name"]))
+    return PairSet(image_set_from(f), text_lists_from(f, "caption"), str(f["name"]))

@@ -10,7 +10,7 @@ method's family.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -300,8 +300,7 @@ def _to_shape(images: ImageSet, size: int, channels: int) -> ImageSet:
     images = resize_set(images, size)
     if images.channels == channels:
         return images
-    return ImageSet(np.repeat(images.images, 3, axis=-1), images.labels, images.class_names, images.name,
-                    list(images.skipped), images.keys)
+    return replace(images, images=np.repeat(images.images, 3, axis=-1), skipped=list(images.skipped))
 
 
 def _with_probe_labels(pairs: PairSet) -> PairSet:

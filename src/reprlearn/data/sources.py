@@ -36,21 +36,17 @@ import pickle
 import re
 import tarfile
 import zlib
-from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
 
 import numpy as np
 
 from ..errors import fail
 from .cache import cached, content_key
 from .domains import cifar10_shifted, digits_m, is_domain_source, patch_shard
-from .decode import (BadItem, Collector, IMAGE_EXTENSIONS, as_pixels, decode_image, parse_label,
-                     storage_size)
+from .decode import BadItem, Collector, IMAGE_EXTENSIONS, as_pixels, decode_image, storage_size
 from .imageset import ImageSet, stratified_split
-
-# a shard sample's image member, by extension (16-bit PNG, TIFF and .npy members decode at full depth)
-IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "npy")
+from .samples import READER_VERSION, decode_shards, file_sample, read_sample
 
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -141,7 +137,7 @@ def resize_set(images: ImageSet, image_size: int | None) -> ImageSet:
     x = x.clamp(0, images.max_value).permute(0, 2, 3, 1)
     dtype = images.images.dtype
     resized = np.ascontiguousarray(x.numpy()) if dtype == np.float32 else x.round().numpy().astype(dtype)
-    return ImageSet(resized, images.labels, images.class_names, images.name, list(images.skipped), images.keys)
+    return replace(images, images=resized, skipped=list(images.skipped))
 
 
 def fit_to(images: ImageSet, image_size: int, channels: int, where: str) -> ImageSet:
@@ -151,8 +147,7 @@ def fit_to(images: ImageSet, image_size: int, channels: int, where: str) -> Imag
     if images.channels == channels:
         return images
     if (images.channels, channels) == (1, 3):
-        return ImageSet(np.repeat(images.images, 3, axis=-1), images.labels, images.class_names, images.name,
-                        list(images.skipped), images.keys)
+        return replace(images, images=np.repeat(images.images, 3, axis=-1), skipped=list(images.skipped))
     raise fail(f"{where} has {images.channels}-channel images but the run was trained on {channels}-channel ones; "
                f"give {channels}-channel images, or use a run trained on these")
 
@@ -228,12 +223,14 @@ def load_folder(folder: Path, image_size: int | None, skip_bad: bool) -> ImageSe
     def decode() -> ImageSet:
         out = Collector(str(folder), skip_bad)
         for path, label in files:
-            try:
-                image = decode_image(path.read_bytes(), str(path), image_size)
+            relative = str(path.relative_to(folder))
+            try:  # the reader the stream reads a folder's files with (data/samples.py)
+                sample = read_sample(file_sample(str(folder), relative, label), ("image", "label"), str(path),
+                                     image_size=image_size)
             except BadItem as e:
                 out.bad(str(e))
                 continue
-            out.add(str(path.relative_to(folder)), image, label, where=str(path))
+            out.add(relative, sample["image"], sample["label"], where=str(path))
         images, labels = out.arrays()
         return ImageSet(images, labels, classes or None, str(folder), out.skipped, out.keys)
 
@@ -300,74 +297,21 @@ def load_image_table(spec: str, image_size: int | None, skip_bad: bool) -> Image
 # ---------------------------------------------------------------- WebDataset shards
 
 
-def load_shards(paths: list[Path], image_size: int | None, skip_bad: bool, name: str) -> ImageSet:
+def load_shards(paths: list[Path], image_size: int | None, skip_bad: bool, name: str,
+                fields: tuple[str, ...] = ()) -> ImageSet:
+    """Shards in memory: every sample's image, label and key, read by data/samples.py's one reader;
+    other registered ``fields`` (data/samples.py FIELDS) asked for become the set's columns."""
     # the names are in the key too: an image's key is SHARD_FILE_NAME/KEY
-    key = content_key("shards", [(p.name, file_digest(p)) for p in paths], image_size, skip_bad)
+    key = content_key("shards", READER_VERSION, [(p.name, file_digest(p)) for p in paths], image_size, skip_bad,
+                      *([list(fields)] if fields else []))
 
     def decode() -> ImageSet:
-        out = Collector(name, skip_bad)
-        for part in decode_shards(paths, image_size, skip_bad):
-            for k, img, label, _ in part["items"]:
-                out.add(k, img, label)
-            out.skipped.extend(part["skipped"])
+        out = decode_shards(paths, ("image", "label", *fields), image_size, skip_bad, name)
         images, labels = out.arrays()
-        return ImageSet(images, labels, class_names_beside(paths[0].parent), name, out.skipped, out.keys)
+        return ImageSet(images, labels, class_names_beside(paths[0].parent), name, out.skipped, out.keys,
+                        out.fields())
 
     return cached(key, decode)
-
-
-def decode_shards(paths: list[Path], image_size: int | None, skip_bad: bool,
-                  read_extra: Callable[[dict, str], Any] | None = None) -> list[dict]:
-    """Decode every shard, one process per shard: a list of {"items", "skipped"} per shard.
-
-    Each item is (key, image, label, extra), ``key`` SHARD_FILE_NAME/KEY (e.g. ``train-000003.tar/000123``),
-    ``extra`` what ``read_extra(sample, where)``
-    returns (e.g. captions; a module-level function, so it pickles) or None. A bad item
-    stops with one line, or is skipped and counted with ``skip_bad``.
-    """
-    jobs = [(str(p), image_size, skip_bad, read_extra) for p in paths]
-    if len(jobs) > 1:  # decoding is CPU-bound Pillow work: one process per shard
-        with ProcessPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as pool:
-            parts = list(pool.map(_decode_shard, jobs))
-    else:
-        parts = [_decode_shard(jobs[0])]
-    for part in parts:
-        if isinstance(part, str):  # an error message from the worker
-            raise fail(part)
-    return parts
-
-
-def _decode_shard(job: tuple) -> dict | str:
-    """Decode one shard; returns items and skips, or an error message (picklable)."""
-    import webdataset as wds
-
-    path, image_size, skip_bad, read_extra = job
-    items, skipped = [], []
-
-    def bad(message: str) -> None:
-        if not skip_bad:
-            raise BadItem(message)
-        skipped.append(message)
-
-    try:
-        try:
-            for sample in wds.WebDataset(path, shardshuffle=False, empty_check=False):
-                where = f"{path}:{sample['__key__']}"
-                data = next((sample[k] for k in IMAGE_MEMBERS if k in sample), None)
-                try:
-                    if data is None:
-                        raise BadItem(f"{where} has no image member (.jpg/.png)")
-                    extra = read_extra(sample, where) if read_extra is not None else None
-                    label = parse_label(sample["cls"], where) if "cls" in sample else None
-                    key = f"{Path(path).name}/{sample['__key__']}"
-                    items.append((key, decode_image(data, where, image_size), label, extra))
-                except BadItem as e:
-                    bad(str(e))
-        except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError) as e:
-            bad(f"shard {path} is corrupt or cut short after {len(items)} images ({type(e).__name__})")
-    except BadItem as e:
-        return f"{e}; fix or remove it, or pass --skip-bad to skip unreadable items"
-    return {"items": items, "skipped": skipped}
 
 
 def file_digest(path: Path) -> str:

@@ -39,11 +39,11 @@ import numpy as np
 import torch
 
 from ..errors import ReprlearnError, fail
-from .decode import IMAGE_EXTENSIONS, NPY_MAGIC, TIFF_MAGIC, BadItem, decode_image, parse_label, side_for_sizes
+from .decode import IMAGE_EXTENSIONS, NPY_MAGIC, TIFF_MAGIC, BadItem, decode_image, side_for_sizes
 from .imageset import ImageSet
-from .pairs import shard_captions
+from .samples import (FIELDS, IMAGE_MEMBERS, carries_captions, file_sample, has_field, image_bytes, read_sample,
+                      shard_samples)
 
-IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "npy")
 FOLDER_PART = 1000  # files of a folder per streamed part (the unit of shard-order shuffling)
 PROBE = 256  # samples read before training to learn the storage size and channels
 
@@ -73,6 +73,7 @@ class ShardStream:
     name: str
     skip_bad: bool = False
     skipped: list[str] = field(default_factory=list)  # set by training from what the workers reported
+    extra_fields: tuple[str, ...] = ()  # other registered fields (data/samples.py) its batches carry by name
     _head: ImageSet | None = field(default=None, repr=False)
 
     @property
@@ -84,6 +85,11 @@ class ShardStream:
 
     def __len__(self) -> int:
         return sum(p.count for p in self.parts)
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The named fields each sample is read with (data/samples.py): a batch carries them all."""
+        return ("image", "label", *(("captions",) if self.has_captions else ()), *self.extra_fields)
 
     @property
     def labels(self):  # the probes ask; a stream's labels are only known by reading it
@@ -101,10 +107,16 @@ class ShardStream:
 # ---------------------------------------------------------------- opening a source
 
 
-def open_stream(paths: list[Path], image_size: int | None, skip_bad: bool, name: str) -> ShardStream:
-    """A stream over shard files, or over one image folder (sub-folders are classes)."""
+def open_stream(paths: list[Path], image_size: int | None, skip_bad: bool, name: str,
+                extra_fields: tuple[str, ...] = ()) -> ShardStream:
+    """A stream over shard files, or over one image folder (sub-folders are classes); its batches
+    carry the image, label and captions (when it has them) and any registered ``extra_fields``."""
     from .sources import SHARD_SUFFIXES, class_names_beside
 
+    unknown = [f for f in extra_fields if f not in FIELDS or f in ("image", "label", "captions")]
+    if unknown:
+        raise fail(f"{name}: {unknown[0]!r} is not an extra sample field; registered fields are {', '.join(FIELDS)} "
+                   "(image, label and captions are carried already)")
     if len(paths) == 1 and paths[0].is_dir() and not any(p.name.endswith(SHARD_SUFFIXES)
                                                          for p in paths[0].iterdir()):
         parts, classes = _folder_parts(paths[0])
@@ -118,9 +130,9 @@ def open_stream(paths: list[Path], image_size: int | None, skip_bad: bool, name:
         raise fail(f"{name} holds no images; point --data at shards with KEY.jpg|png members or an image folder")
     first = list(itertools.islice(_raw_samples(parts, 0, min(PROBE, sum(p.count for p in parts))), PROBE))
     size, channels = _probe_shape(first, image_size, name)
-    return ShardStream(parts, size, channels, has_labels="cls" in first[0],
-                       has_captions=_caption_key(first[0]) is not None, class_names=classes, name=name,
-                       skip_bad=skip_bad)
+    return ShardStream(parts, size, channels, has_labels=has_field(first[0], "label"),
+                       has_captions=carries_captions(first[0]), class_names=classes, name=name,
+                       skip_bad=skip_bad, extra_fields=tuple(extra_fields))
 
 
 def _folder_parts(folder: Path) -> tuple[list[Part], list[str] | None]:
@@ -182,10 +194,6 @@ def _count_shard(path: Path) -> int:
     return len(keys)
 
 
-def _caption_key(sample: dict) -> str | None:
-    return next((k for k in ("txt", "json") if k in sample), None)
-
-
 def _probe_shape(samples: list[dict], image_size: int | None, name: str) -> tuple[int, int]:
     """(storage side, channels) from the first samples: their one size, else the median shorter side
     capped at 224 (said in one line); RGB when any of them is colour."""
@@ -195,7 +203,7 @@ def _probe_shape(samples: list[dict], image_size: int | None, name: str) -> tupl
 
     sizes, colour = [], False
     for s in samples:
-        data = _image_bytes(s)
+        data = image_bytes(s)
         try:
             with Image.open(io.BytesIO(data)) as img:
                 sizes.append(img.size)
@@ -215,26 +223,25 @@ def _probe_shape(samples: list[dict], image_size: int | None, name: str) -> tupl
     return image_size, 3 if colour else 1
 
 
-def _image_bytes(sample: dict) -> bytes | None:
-    return next((sample[k] for k in IMAGE_MEMBERS if k in sample), None)
-
-
 def read_head(stream: ShardStream, n: int) -> ImageSet:
     """The first ``n`` samples in stored order, decoded (statistics, the collapse watch, the kNN monitor)."""
-    images, labels = [], []
-    for sample in itertools.islice(_raw_samples(stream.parts, 0, len(stream)), n * 2):
-        item = _decode(sample, stream)
-        if item is None:
-            continue
-        images.append(item[0])
-        labels.append(item[1])
-        if len(images) == n:
+    samples = []
+    for raw in itertools.islice(_raw_samples(stream.parts, 0, len(stream)), n * 2):
+        if (sample := _decode(raw, stream)) is not None:
+            samples.append(sample)
+        if len(samples) == n:
             break
-    if not images:
+    if not samples:
         raise fail(f"{stream.name}: none of its first samples could be decoded; check the data")
+    return _image_set(samples, stream, stream.name + f"[first {len(samples)}]")
+
+
+def _image_set(samples: list[dict], stream: ShardStream, name: str, skipped: list[str] | None = None) -> ImageSet:
+    """Decoded samples as an in-memory set: the image, label and key columns."""
+    labels = [s["label"] for s in samples]
     has = stream.has_labels and all(label is not None for label in labels)
-    return ImageSet(np.stack(images), np.asarray(labels, np.int64) if has else None, stream.class_names,
-                    stream.name + f"[first {len(images)}]")
+    return ImageSet(np.stack([s["image"] for s in samples]), np.asarray(labels, np.int64) if has else None,
+                    stream.class_names, name, list(skipped or []), [s["key"] for s in samples])
 
 
 # ---------------------------------------------------------------- reading samples
@@ -260,56 +267,45 @@ def _raw_samples(parts: list[Part], start: int, stop: int) -> Iterator[dict]:
 def _part_samples(part: Part) -> Iterator[dict]:
     if part.files is not None:
         for rel, label in part.files:
-            path = os.path.join(part.path, rel)
-            ext = os.path.splitext(rel)[1].lower().lstrip(".")
-            try:
-                with open(path, "rb") as f:
-                    data = f.read()
-            except OSError:
-                data = b""
-            sample = {"__key__": rel, "__url__": part.path, ext: data}
-            if label is not None:
-                sample["cls"] = str(label).encode()
-            yield sample
+            yield file_sample(part.path, rel, label)
         return
-    from webdataset.tariterators import tarfile_samples
-
     try:
-        # webdataset's tar reader (grouping members by key), without its splitting by worker:
-        # the ranges are split here
-        for sample in tarfile_samples(iter([{"url": part.path}])):
-            if _image_bytes(sample) is not None:  # what the count counted
+        for sample in shard_samples(part.path):  # the ranges are split here, not by webdataset
+            if image_bytes(sample) is not None:  # what the count counted
                 yield sample
     except (tarfile.TarError, EOFError, OSError, ValueError) as e:
         raise fail(f"shard {part.path} is corrupt or cut short ({type(e).__name__}); fix or remove it") from None
 
 
-def _decode(sample: dict, stream: ShardStream, bad: list | None = None) -> tuple | None:
-    """(image (H, W, C) uint8 at the storage size and channels, label or None, captions or None), or
-    None for an unreadable sample when ``skip_bad`` (its reason appended to ``bad``)."""
-    where = f"{sample.get('__url__', stream.name)}:{sample['__key__']}"
+def _decode(raw: dict, stream: ShardStream, bad: list | None = None) -> dict | None:
+    """A raw sample's fields by data/samples.py's one reader (key, image as (H, W, C) uint8 at the
+    storage size and channels, label, captions when the stream has them), or None for an unreadable
+    sample when ``skip_bad`` (its reason appended to ``bad``)."""
+    where = f"{raw.get('__url__', stream.name)}:{raw['__key__']}"
     try:
-        data = _image_bytes(sample)
-        if data is None:
-            raise BadItem(f"{where} has no image member (.jpg/.png)")
-        image = decode_image(data, where, stream.image_size)
-        if image.dtype != np.uint8 or image.shape[2] not in (1, 3):  # never cut to 8 bits or to RGB here
-            raise fail(f"{where} is a {image.dtype} image of {image.shape[2]} channel(s); the streaming loader "
-                       "carries 8-bit grey or RGB only: pass --loader memory to keep its depth and bands")
-        if image.shape[2] != stream.channels:  # grey in a colour stream is replicated; colour in a grey one is luma
-            image = np.repeat(image, 3, axis=2) if stream.channels == 3 else \
-                np.round(image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))[..., None].astype(np.uint8)
-        label = parse_label(sample["cls"], where) if "cls" in sample else None
-        if stream.has_labels and label is None:
-            raise BadItem(f"{where} has no label (.cls) while other samples do")
-        captions = shard_captions(sample, where) if stream.has_captions else None
-        return image, label, captions
+        sample = read_sample(raw, stream.fields, where, require=("label",) if stream.has_labels else (),
+                             image_size=stream.image_size)
+        sample["image"] = _stream_pixels(sample["image"], stream, where)
+        return sample
     except BadItem as e:
         if not stream.skip_bad:
             raise fail(f"{e}; fix or remove it, or pass --skip-bad to skip unreadable items") from None
         if bad is not None:
             bad.append(str(e))
         return None
+
+
+def _stream_pixels(image: np.ndarray, stream: ShardStream, where: str) -> np.ndarray:
+    """A decoded image at the stream's channels, as 8-bit grey or RGB (anything else refused)."""
+    if image.dtype != np.uint8 or image.shape[2] not in (1, 3):  # never cut to 8 bits or to RGB here
+        raise fail(f"{where} is a {image.dtype} image of {image.shape[2]} channel(s); the streaming loader "
+                   "carries 8-bit grey or RGB only: pass --loader memory to keep its depth and bands")
+    if image.shape[2] == stream.channels:
+        return image
+    if stream.channels == 3:  # grey in a colour stream is replicated
+        return np.repeat(image, 3, axis=2)
+    luma = np.array([0.299, 0.587, 0.114], np.float32)  # colour in a grey stream is its luma
+    return np.round(image.astype(np.float32) @ luma)[..., None].astype(np.uint8)
 
 
 def stream_captions(stream: ShardStream, n: int) -> Iterator[str]:
@@ -320,9 +316,9 @@ def stream_captions(stream: ShardStream, n: int) -> Iterator[str]:
 
 def stream_caption_lists(stream: ShardStream, n: int) -> Iterator[list[str]]:
     """Each of the first ``n`` samples' captions as one list (images not decoded; unreadable samples skipped)."""
-    for sample in _raw_samples(stream.parts, 0, min(n, len(stream))):
+    for raw in _raw_samples(stream.parts, 0, min(n, len(stream))):
         try:
-            yield shard_captions(sample, sample["__key__"])
+            yield read_sample(raw, ("captions",), raw["__key__"])["captions"]
         except BadItem:
             continue
 
@@ -420,6 +416,7 @@ class StreamDataset(torch.utils.data.IterableDataset):
     def _collate(self, chunk: list[dict]) -> dict[str, Any]:
         bad: list[str] = []
         items = [(s["__key__"], d) for s in chunk if (d := _decode(s, self.stream, bad)) is not None]
+        # "keys" are the samples' names in their part (KEY, or a folder file's path under it), as before
         if not items:
             raise fail(f"{self.stream.name}: a whole batch of {len(chunk)} samples was unreadable "
                        f"(first: {bad[0] if bad else '?'}); check the data")
@@ -427,13 +424,15 @@ class StreamDataset(torch.utils.data.IterableDataset):
             # a skipped sample's place is taken by another of its batch, so that every rank
             # keeps the same number of full batches (no rank waits at the end of the epoch)
             items += [items[i % len(items)] for i in range(len(chunk) - len(items))]
-        images = np.stack([d[0] for _, d in items])
+        images = np.stack([d["image"] for _, d in items])
         batch: dict[str, Any] = {"images": torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
                                  "keys": [k for k, _ in items], "skipped": bad}
         if self.stream.has_labels:
-            batch["labels"] = torch.tensor([d[1] for _, d in items], dtype=torch.long)
+            batch["labels"] = torch.tensor([d["label"] for _, d in items], dtype=torch.long)
         if self.stream.has_captions:
-            batch["captions"] = [d[2] for _, d in items]
+            batch["captions"] = [d["captions"] for _, d in items]
+        for name in self.stream.extra_fields:
+            batch[name] = [d[name] for _, d in items]
         return batch
 
 
@@ -505,12 +504,9 @@ def read_subset(stream: ShardStream, n: int, seed: int) -> ImageSet:
     """``n`` samples of ``stream`` drawn uniformly without replacement (seeded), decoded: the probes'
     training subset (``--eval-max-train``). Every part is read, only the chosen samples decoded."""
     chosen = set(np.random.default_rng(seed).choice(len(stream), n, replace=False).tolist())
-    images, labels, bad = [], [], []
-    for i, sample in enumerate(_raw_samples(stream.parts, 0, len(stream))):
-        if i in chosen and (item := _decode(sample, stream, bad)) is not None:
-            images.append(item[0])
-            labels.append(item[1])
+    samples, bad = [], []
+    for i, raw in enumerate(_raw_samples(stream.parts, 0, len(stream))):
+        if i in chosen and (sample := _decode(raw, stream, bad)) is not None:
+            samples.append(sample)
     stream.skipped += bad
-    has = stream.has_labels and all(label is not None for label in labels)
-    return ImageSet(np.stack(images), np.asarray(labels, np.int64) if has else None, stream.class_names,
-                    f"{stream.name}[{len(images)} of {len(stream)}]", list(bad))
+    return _image_set(samples, stream, f"{stream.name}[{len(samples)} of {len(stream)}]", bad)
