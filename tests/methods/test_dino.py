@@ -2,6 +2,7 @@
 
 import math
 
+import lightning as L
 import pytest
 import torch
 
@@ -142,9 +143,15 @@ def record_training(monkeypatch, tmp_path, method_class, module, loss_names, **o
         spe.append(self.steps_per_epoch)
         return real_after(self, step, total_steps)
 
+    class ForgetTheWarmUp(L.Callback):  # the plan's timed warm-up steps a copy of the method before training
+        def on_train_start(self, trainer, pl_module):
+            for recorded in (*temps.values(), weights, spe):
+                recorded.clear()
+
     monkeypatch.setattr(method_class, "before_optimizer_step", before)
     monkeypatch.setattr(method_class, "after_optimizer_step", after)
-    reprlearn.train(module.__name__.rsplit(".", 1)[1], out=tmp_path / "r", eval=False, progress=False, **options)
+    reprlearn.train(module.__name__.rsplit(".", 1)[1], out=tmp_path / "r", eval=False, progress=False,
+                    callbacks=[ForgetTheWarmUp()], **options)
     return temps, weights, spe[0]
 
 
