@@ -15,7 +15,9 @@ ways (``--binarize``):
     dequantised, x = (x_uint8 + u)/256, u ~ U[0, 1), so the encoder never sees the
     17 (digits) or 256 (CIFAR) exact levels; the likelihood is of the level itself.
     Evaluation uses the exact discrete likelihood of the uint8 values, x = x_uint8/255
-    with no dequantisation noise.
+    with no dequantisation noise. The log-scale is floored at −7 − ln 2, PixelCNN++'s −7
+    on [−1, 1] (Salimans et al. 2017) carried to [0, 1]: an interior bin can then hold
+    up to 0.973 of the mass (−7 on [0, 1] would cap it at 0.790, 0.34 bits per pixel).
   binarised data: Bernoulli(sigmoid(f_θ(z))) on x ∈ {0, 1}, thresholded at 0.5
     (``static``) or drawn x ~ Bernoulli(x_uint8/255) each time an image is seen
     (``dynamic``, as in the IWAE paper). The density is evaluated on one fixed
