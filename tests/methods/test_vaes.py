@@ -163,12 +163,9 @@ class Flat(torch.nn.Module):
 class ToImage(torch.nn.Module):
     """A linear map z -> (N, channels, 2, 2): the location (and log-scale) of each of the 4 pixels."""
 
-    def __init__(self, n_in, channels, weight, bias):
+    def __init__(self, channels, weight, bias):
         super().__init__()
-        self.channels, self.linear = channels, torch.nn.Linear(n_in, channels * D_X).double()
-        with torch.no_grad():
-            self.linear.weight.copy_(weight)
-            self.linear.bias.copy_(bias)
+        self.channels, self.linear = channels, head(weight, bias)
 
     def forward(self, z):
         return self.linear(z).view(len(z), self.channels, 2, 2)
@@ -231,13 +228,13 @@ def exact_model(name, likelihood, info, seed=0):
         m.up = torch.nn.ModuleList([torch.nn.Identity()])
         m.up_head = torch.nn.ModuleList([gaussian_head(factor_w / a, (factor_b - c) / a, ((v + factor_var) / a ** 2).log(), g)])
     if gaussian:
-        m.decoder = ToImage(latent, 1, w, b)
+        m.decoder = ToImage(1, w, b)
         m.log_likelihood = lambda x, loc: gaussian_log_prob(x, loc, torch.tensor(math.log(sigma)))
         x = torch.randn(3, 1, 2, 2, generator=g, dtype=torch.float64)
         marginal = torch.distributions.MultivariateNormal(w @ mean_z1 + b, w @ var_z1 @ w.T + sigma ** 2 * torch.eye(D_X))
         return m, x, -marginal.log_prob(x.flatten(1))
     log_scale = torch.full((D_X,), -2.5, dtype=torch.float64)
-    m.decoder = ToImage(1, 2, torch.cat([w, torch.zeros_like(w)]), torch.cat([b, log_scale]))
+    m.decoder = ToImage(2, torch.cat([w, torch.zeros_like(w)]), torch.cat([b, log_scale]))
     x = torch.tensor([[100, 140, 120, 125], [90, 160, 128, 100], [110, 125, 131, 140]], dtype=torch.float64)
     x = x.view(3, 1, 2, 2) / 255
     # quadrature: p(x) = ∫ N(z; E z_1, Var z_1) P(x | z) dz on a fine grid ±12 standard deviations wide
