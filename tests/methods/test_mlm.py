@@ -159,7 +159,8 @@ def mlm_run(tmp_path_factory):
 
 
 def test_short_mlm_run_beats_majority_token_and_random_init_probe(mlm_run):
-    """Learning: masked-token accuracy well above the majority token's, perplexity below the unigram
+    """Learning: masked-token accuracy well above the majority token's, pseudo-perplexity (and the
+    perplexity at the replaced positions) below the unigram
     model's, and the pooled features' kNN probe for the object count a caption names above the
     random-init encoder's (the linear probe with all labels reaches ~1.0 on both)."""
     from reprlearn.evaluate.text import text_metrics
@@ -170,24 +171,29 @@ def test_short_mlm_run_beats_majority_token_and_random_init_probe(mlm_run):
     r = text_metrics(method, untrained_encoder(method, cfg, info), train, test, "cpu", max_train=2000)
     probe = r["text_probe"]["count"]
     print(f"mlm: masked-token accuracy {r['masked_token_accuracy']:.3f} vs majority {r['majority_token_accuracy']:.3f}; "
-          f"perplexity {r['perplexity']:.2f} vs unigram {r['unigram_perplexity']:.2f}; count probe kNN "
+          f"pseudo-perplexity {r['pseudo_perplexity']:.2f} vs unigram {r['unigram_perplexity']:.2f}, at the replaced "
+          f"positions {r['replaced_perplexity']:.2f} vs {r['replaced_unigram_perplexity']:.2f}; count probe kNN "
           f"{probe['mlm_knn']:.3f} vs random init {probe['random_init_knn']:.3f}, linear {probe['mlm']:.3f} vs "
           f"{probe['random_init']:.3f}, 5 labels per class {probe['mlm_few']:.3f} vs {probe['random_init_few']:.3f}")
     assert r["masked_token_accuracy"] > r["majority_token_accuracy"] + 0.3
-    assert r["perplexity"] < 0.5 * r["unigram_perplexity"]
+    assert r["pseudo_perplexity"] < 0.5 * r["unigram_perplexity"]
+    assert r["replaced_perplexity"] < 0.5 * r["replaced_unigram_perplexity"]
     assert probe["mlm_knn"] > probe["random_init_knn"] + 0.02 and probe["mlm"] >= probe["random_init"]
 
 
 def test_eval_json_keys(mlm_run):
     result = reprlearn.evaluate_run(mlm_run, labels_per_class=2)
     on_disk = json.loads((mlm_run / "eval.json").read_text())
-    for key in ("masked_token_accuracy", "majority_token_accuracy", "perplexity", "unigram_perplexity", "text_probe",
-                "sibling_retrieval"):
+    for key in ("masked_token_accuracy", "majority_token_accuracy", "pseudo_perplexity", "perplexity",
+                "unigram_perplexity", "replaced_perplexity", "replaced_unigram_perplexity", "replaced_positions",
+                "text_probe", "sibling_retrieval"):
         assert key in on_disk and key in result
     assert set(on_disk["text_probe"]) == {"count", "shape", "colour", "first_colour"}
     assert {"mlm", "random_init", "majority", "mlm_few", "random_init_few", "mlm_knn",
             "random_init_knn"} <= set(on_disk["text_probe"]["count"])
     assert 0 < on_disk["majority_token_accuracy"] < on_disk["masked_token_accuracy"] <= 1
+    assert on_disk["perplexity"] == on_disk["pseudo_perplexity"]  # the earlier key still reads the same
+    assert 0 < on_disk["replaced_positions"] < on_disk["masked_positions"]
 
 
 def test_sibling_recall_hand_computed():
@@ -264,3 +270,33 @@ def test_exporting_a_text_run_is_one_line(mlm_run, tmp_path, capsys):
     assert main(["export", str(mlm_run), "--format", "safetensors", "--out", str(tmp_path / "t.safetensors")]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and "text-only run" in err[0]
+
+
+class _FixedMLM(torch.nn.Module):
+    """Two texts of four tokens over a vocabulary of 4; a corruption fixed by hand and logits that give
+    the true token probability 1/2 at replaced positions and 0.9 where the token was left."""
+
+    def corrupt(self, tokens, generator):
+        chosen = torch.tensor([[True, True, False, False], [False, True, True, False]])
+        corrupted = tokens.clone()
+        corrupted[0, 0], corrupted[1, 2] = 3, 3  # <|mask|> = 3; [0, 1] chosen and left; [1, 1] random but equal
+        return corrupted, chosen
+
+    def token_logits(self, corrupted):
+        p = torch.full((2, 4, 4), 0.1 / 3)
+        p[..., 0], p[..., 1:] = 0.9, 0.1 / 3  # token 0 everywhere is the original of the unchanged ones
+        p[0, 0] = torch.tensor([0.5, 0.5, 0.0, 0.0]) + 1e-12
+        p[1, 2] = torch.tensor([0.5, 0.5, 0.0, 0.0]) + 1e-12
+        return p.log()
+
+
+def test_pseudo_and_replaced_perplexity_hand_computed():
+    from reprlearn.evaluate.text import _chosen_predictions, _perplexity
+
+    tokens = torch.tensor([[1, 0, 2, 2], [2, 0, 1, 2]])
+    targets, logp, pred, replaced = _chosen_predictions(_FixedMLM(), tokens, torch.Generator(), "cpu")
+    assert targets.tolist() == [1, 0, 0, 1] and replaced.tolist() == [True, False, False, True]
+    # all chosen: exp(−(2 ln ½ + 2 ln 0.9)/4) = 1/√(0.45); replaced only: exp(−ln ½) = 2
+    assert _perplexity(logp) == pytest.approx(1 / math.sqrt(0.45), rel=1e-6)
+    assert _perplexity(logp[replaced]) == pytest.approx(2.0, rel=1e-6)
+    assert _perplexity(logp[:0]) is None

@@ -1,11 +1,14 @@
 """The VAE family (vae, cvae, hvae): the density helpers against torch.distributions and
-Monte Carlo, the IWAE bound against the ELBO, the data each likelihood sees (dequantised
+Monte Carlo, the IWAE bound against the ELBO and against exact likelihoods (a linear-Gaussian
+model, a scalar latent integrated by quadrature; vae and hvae), the log-scale floor's cap on
+a bin's mass, the data each likelihood sees (dequantised
 8-bit or binarised) and the refusals, the Ladder-VAE posterior (prior when d_i says
 nothing; closed-form KL per group against Monte Carlo), conditional sampling,
 reproducible reparameterisation, and a 1-epoch run of each method."""
 
 import math
 
+import mpmath
 import pytest
 import torch
 from torch.distributions import Bernoulli, Normal, kl_divergence
@@ -15,6 +18,7 @@ from fakedata import assert_loss_went_down
 from reprlearn.api import build_method, data_info, resolve_config
 from reprlearn.data.run_data import load_run_data
 from reprlearn.errors import ReprlearnError
+from reprlearn.evaluate.generative import density
 from reprlearn.losses import bernoulli_log_prob, gaussian_kl, gaussian_kl_between, gaussian_log_prob, pixel_levels
 from reprlearn.methods.hvae import precision_weighted
 
@@ -142,6 +146,150 @@ def test_hvae_iwae_at_least_elbo_and_tightens_with_k(digits, groups):
     assert iw[5] < iw[1] + 0.2 and iw[50] < iw[5] + 0.2 and iw[50] < nelbo - 0.1
 
 
+# ---------------------------------------------------------------- bounds against exact likelihoods
+# Small models whose log p(x) is known exactly, built from the project's vae and hvae with their
+# networks swapped for linear maps: the project's nelbo / iwae code (sampling, tiling, log-weights,
+# log K, chunks) is what runs. Burda et al. 2016: E[−ELBO] ≥ E[−IWAE_K] ≥ E[−IWAE_K'] ≥ −log p(x) for
+# K ≤ K', and −IWAE_K → −log p(x) as K grows.
+
+D_X = 4  # a 1 x 2 x 2 image
+
+
+class Flat(torch.nn.Module):
+    def forward(self, x):
+        return x.flatten(1)
+
+
+class ToImage(torch.nn.Module):
+    """A linear map z -> (N, channels, 2, 2): the location (and log-scale) of each of the 4 pixels."""
+
+    def __init__(self, channels, weight, bias):
+        super().__init__()
+        self.channels, self.linear = channels, head(weight, bias)
+
+    def forward(self, z):
+        return self.linear(z).view(len(z), self.channels, 2, 2)
+
+
+def head(weight, bias):
+    """A float64 Linear with these weights: x -> (μ, log σ²) of a Gaussian."""
+    layer = torch.nn.Linear(weight.shape[1], weight.shape[0]).double()
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        layer.bias.copy_(bias)
+    return layer
+
+
+def gaussian_head(mean_w, mean_b, logvar, g, shift=0.3):
+    """x -> (μ = mean_w x + mean_b, log σ² = logvar) with random errors of about ``shift`` σ in μ (for unit
+    inputs) and ``shift`` in log σ²: a valid Gaussian encoder near the posterior but not at it, so the
+    bounds differ and IWAE still converges within a few thousand samples."""
+    noise = lambda t: shift * torch.randn(t.shape, generator=g, dtype=torch.float64)  # noqa: E731
+    sd = (0.5 * logvar).exp()
+    weight = torch.cat([mean_w + sd[:, None] * noise(mean_w) / mean_w.shape[1] ** 0.5,
+                        torch.zeros(len(logvar), mean_w.shape[1], dtype=torch.float64)])
+    return head(weight, torch.cat([mean_b + sd * noise(mean_b), logvar + noise(logvar)]))
+
+
+def exact_model(name, likelihood, info, seed=0):
+    """(method, images x (3, 1, 2, 2), exact −log p(x) (3,)) for
+
+    vae:  z ~ N(0, I) (two units with the Gaussian likelihood, one with the discretised)
+    hvae: z_2 ~ N(0, 1), z_1 | z_2 ~ N(a z_2 + c, v), so z_1 ~ N(c, a² + v) (two scalar groups)
+    likelihood "gaussian": p(x|z_1) = N(W z_1 + b, σ² I) in R⁴, p(x) = N(W E z_1 + b, W Cov(z_1) Wᵀ + σ² I);
+    likelihood "discretized": the project's discretised logistic over 8-bit pixels (its log-scale floor
+    included), location W z_1 + b, log-scale −2.5; p(x) = ∫ p(z_1) P(x|z_1) dz_1 by quadrature.
+    The encoders are Gaussian and linear in x, set near the posterior of a linear-Gaussian model
+    (the exact one for likelihood "gaussian", up to vae's diagonal) and then moved off it at random."""
+    g = gen(seed)
+    latent = 2 if (name, likelihood) == ("vae", "gaussian") else 1
+    options = {"latent_dim": latent} if name == "vae" else {"latent_dim": 1, "top_dim": 1, "groups": 2}
+    m = make(name, info, likelihood="discretized-logistic", **options).double().eval()
+    gaussian = likelihood == "gaussian"
+    w = torch.randn(D_X, latent, generator=g, dtype=torch.float64) * (0.8 if gaussian else 0.1)
+    b = torch.randn(D_X, generator=g, dtype=torch.float64) * (0.5 if gaussian else 0.05) + (0 if gaussian else 0.5)
+    sigma = 0.4 if gaussian else math.exp(-2.5) * math.pi / math.sqrt(3)  # the logistic's standard deviation
+    # the likelihood as a factor of z: precision P = WᵀW/σ², P⁻¹Wᵀ(x − b)/σ² its mean
+    precision = w.T @ w / sigma ** 2
+    m.encoder = Flat()
+    mean_z1, var_z1 = torch.zeros(latent, dtype=torch.float64), torch.eye(latent, dtype=torch.float64)
+    if name == "vae":  # q ≈ N(0, I) × the factor
+        cov = torch.linalg.inv(torch.eye(latent, dtype=torch.float64) + precision)
+        m.to_code = gaussian_head(cov @ w.T / sigma ** 2, -cov @ w.T @ b / sigma ** 2, torch.diag(cov).log(), g)
+    else:  # d_1 = the factor; d_2 = ∫ p(z_1 | z_2) d_1(z_1) dz_1 as a function of z_2
+        v = 0.3
+        a, c = 1.3, 0.4
+        m.down = torch.nn.ModuleList([head(torch.tensor([[a], [0.0]], dtype=torch.float64),
+                                           torch.tensor([c, math.log(v)], dtype=torch.float64))])
+        mean_z1, var_z1 = torch.tensor([c], dtype=torch.float64), torch.tensor([[a * a + v]], dtype=torch.float64)
+        factor_w, factor_b = torch.linalg.solve(precision, w.T) / sigma ** 2, -torch.linalg.solve(precision, w.T @ b) / sigma ** 2
+        factor_var = 1 / precision[0]
+        m.to_code = gaussian_head(factor_w, factor_b, factor_var.log(), g)
+        m.up = torch.nn.ModuleList([torch.nn.Identity()])
+        m.up_head = torch.nn.ModuleList([gaussian_head(factor_w / a, (factor_b - c) / a, ((v + factor_var) / a ** 2).log(), g)])
+    if gaussian:
+        m.decoder = ToImage(1, w, b)
+        m.log_likelihood = lambda x, loc: gaussian_log_prob(x, loc, torch.tensor(math.log(sigma)))
+        x = torch.randn(3, 1, 2, 2, generator=g, dtype=torch.float64)
+        marginal = torch.distributions.MultivariateNormal(w @ mean_z1 + b, w @ var_z1 @ w.T + sigma ** 2 * torch.eye(D_X))
+        return m, x, -marginal.log_prob(x.flatten(1))
+    log_scale = torch.full((D_X,), -2.5, dtype=torch.float64)
+    m.decoder = ToImage(2, torch.cat([w, torch.zeros_like(w)]), torch.cat([b, log_scale]))
+    x = torch.tensor([[100, 140, 120, 125], [90, 160, 128, 100], [110, 125, 131, 140]], dtype=torch.float64)
+    x = x.view(3, 1, 2, 2) / 255
+    # quadrature: p(x) = ∫ N(z; E z_1, Var z_1) P(x | z) dz on a fine grid ±12 standard deviations wide
+    sd = var_z1.item() ** 0.5
+    z = mean_z1.item() + sd * torch.linspace(-12, 12, 24001, dtype=torch.float64)
+    log_prior = Normal(mean_z1.item(), sd).log_prob(z)
+    params = m.decoder(z[:, None])
+    log_joint = torch.stack([log_prior + m.log_likelihood(xi.expand(len(z), 1, 2, 2), params) for xi in x])
+    dz = (z[1] - z[0]).item()
+    return m, x, -(torch.logsumexp(log_joint, dim=1) + math.log(dz))
+
+
+EXACT_MODELS = [("vae", "gaussian"), ("vae", "discretized"), ("hvae", "gaussian"), ("hvae", "discretized")]
+
+
+def replicated(bound, x, reps):
+    """``bound`` on ``reps`` copies of each image: (mean (P,), standard error (P,))."""
+    values = bound(x.repeat(reps, 1, 1, 1)).view(reps, len(x))
+    return values.mean(0), values.std(0) / math.sqrt(reps)
+
+
+def test_linear_gaussian_vae_nelbo_is_the_closed_form_elbo(digits):
+    """E_q[−log N(x; Wz + b, σ²I)] = −log N(x; Wμ + b, σ²I) + tr(W diag(s²) Wᵀ) / 2σ², plus KL(q ‖ p)."""
+    m, x, _ = exact_model("vae", "gaussian", digits[2])
+    mu, logvar = m.to_code(x.flatten(1)).chunk(2, dim=1)
+    w, b, sigma = m.decoder.linear.weight, m.decoder.linear.bias, 0.4
+    fit = Normal(mu @ w.T + b, sigma).log_prob(x.flatten(1)).sum(1)
+    trace = (logvar.exp() * w.pow(2).sum(0)).sum(1) / (2 * sigma ** 2)
+    kl = kl_divergence(Normal(mu, (0.5 * logvar).exp()), Normal(0.0, 1.0)).sum(1)
+    want = -fit + trace + kl
+    mean, se = replicated(lambda xs: m.nelbo(xs, generator=gen(5)), x, 20_000)
+    assert ((mean - want).abs() < 4 * se).all(), (mean, want, se)
+
+
+@pytest.mark.parametrize("name,likelihood", EXACT_MODELS)
+def test_bounds_bracket_the_exact_likelihood_and_iwae_converges_to_it(digits, name, likelihood):
+    m, x, exact = exact_model(name, likelihood, digits[2])
+    nelbo, nelbo_se = replicated(lambda xs: m.nelbo(xs, generator=gen(1)), x, 4000)
+    assert (nelbo - exact > 0.05).all(), "the encoder should be off the posterior enough for the bounds to differ"
+    previous, previous_se = nelbo, nelbo_se
+    for k, reps in ((1, 4000), (10, 1000), (100, 300), (5000, 40)):
+        iw, se = replicated(lambda xs: m.iwae(xs, k, generator=gen(k)), x, reps)
+        print(f"{name}/{likelihood} K={k}: −IWAE {iw.tolist()} ± {se.tolist()}, exact {exact.tolist()}")
+        margin = 4 * (se ** 2 + previous_se ** 2).sqrt()
+        assert (iw <= previous + margin).all()  # −ELBO ≥ −IWAE_1 ≥ −IWAE_10 ≥ ... (in expectation)
+        assert (iw >= exact - 4 * se).all()  # every one an upper bound on −log p(x)
+        previous, previous_se = iw, se
+    # K = 5,000: within Monte Carlo error of the exact value (its bias, Var(w)/2K p², is far smaller here)
+    assert ((previous - exact).abs() < 4 * previous_se + 1e-3).all(), (previous, exact, previous_se)
+    # and through the evaluation's density(), which reports the mean over the images
+    d = density(m, x.repeat(10, 1, 1, 1), None, 5000)
+    se = (previous_se.pow(2) * 40 / 10).sum().sqrt() / len(x)  # of the mean over 10 draws of each image
+    assert d["iwae_nats"] == pytest.approx(exact.mean().item(), abs=4 * se.item() + 1e-3)
+
+
 def test_free_bits_floor_each_group_kl_in_the_training_loss(digits):
     images, _, info = digits
     views = None
@@ -218,6 +366,24 @@ def test_bernoulli_on_grey_levels_is_refused_naming_binarize(digits):
     assert torch.isfinite(m.nelbo((images[:32].float() / 255 > 0.5).float())).all()
     with pytest.raises(ReprlearnError, match="--likelihood bernoulli"):
         make("vae", info, binarize="dynamic", likelihood="discretized-gaussian")
+
+
+@pytest.mark.parametrize("name", VAES)
+def test_log_scale_floor_lets_an_interior_bin_hold_almost_all_the_mass(digits, name):
+    """The floor is PixelCNN++'s −7 on [−1, 1] carried to pixels in [0, 1] (−7 − ln 2): a pixel whose
+    decoder asks for any smaller scale gets at most P(k) = σ(½w/s) − σ(−½w/s) at s = e^(−7 − ln 2),
+    w = 1/256, centred in its bin: 0.973 (−7 on this scale would cap it at 0.790)."""
+    m = make(name, digits[2])
+    k = torch.tensor([17.0, 100.0, 254.0])  # interior levels; the edge bins 0 and 255 are open
+    x = (k / 255).view(3, 1, 1, 1)
+    centre = ((k + 0.5) / 256).view(3, 1, 1, 1)
+    params = torch.cat([centre, torch.full_like(centre, -20.0)], dim=1)  # far below any floor
+    p = m.log_likelihood(x, params).double().exp()
+    with mpmath.workdps(30):
+        half = 1 / (2 * 256 * mpmath.exp(-7 - mpmath.log(2)))
+        cap = float(1 / (1 + mpmath.exp(-half)) - 1 / (1 + mpmath.exp(half)))
+    assert cap == pytest.approx(0.9728, abs=1e-4)
+    torch.testing.assert_close(p, torch.full_like(p, cap), rtol=1e-5, atol=0)
 
 
 def test_discretised_likelihood_is_computed_in_float32_from_half_precision_params(digits):

@@ -1,11 +1,19 @@
 """Evaluation of a text method (``ModelsText``, e.g. mlm) on held-out text.
 
-- Masked-token accuracy and perplexity: the held-out texts corrupted once as in training
+- Masked-token accuracy and pseudo-perplexity: the held-out texts corrupted once as in training
   (the method's own ``corrupt``, seeded by the run's seed), the original token predicted at
-  each chosen position; perplexity = exp(mean cross-entropy over the chosen positions).
+  each chosen position; ``pseudo_perplexity`` = exp(mean cross-entropy over all the chosen
+  positions), the 10% left as they were included: there the input shows the answer, so this is no
+  language model's perplexity (nor Salazar et al. 2020's pseudo-perplexity, which masks every
+  token in turn). On scenes the two agree (2.006 and 2.005): the model gains nothing from the
+  unchanged tokens.
+  ``replaced_perplexity`` is the same over the positions whose token was changed only
+  (``<|mask|>`` or a different random token), where the model must guess from context.
+  ``perplexity``, the key of earlier eval.json files, still holds the pseudo-perplexity.
 - Their baselines on the same positions: the majority token (the training texts' most frequent
   token, predicted everywhere) and the unigram model (training token frequencies, add-one
-  smoothed over the vocabulary); both use no context at all.
+  smoothed over the vocabulary; ``unigram_perplexity`` on all chosen positions,
+  ``replaced_unigram_perplexity`` on the replaced ones); both use no context at all.
 - Sibling retrieval (texts of the same item: scenes' 3 captions of an image, Flickr8k's 5): how
   often a held-out text's nearest other text by pooled embedding describes the same item (R@1),
   for the trained and the random-init encoder, beside chance. It needs no labels.
@@ -31,17 +39,24 @@ KNN_K = 20  # neighbours of the text probe's kNN (cosine, temperature-weighted v
 
 @torch.no_grad()
 def _chosen_predictions(method, tokens: torch.Tensor, generator: torch.Generator, device):
-    """(targets, log-probabilities of the targets, argmax predictions) at every chosen position."""
-    targets, logp, pred = [], [], []
+    """(targets, log-probabilities of the targets, argmax predictions, replaced) at every chosen position;
+    ``replaced`` marks the positions whose token the corruption changed."""
+    targets, logp, pred, replaced = [], [], [], []
     for start in range(0, len(tokens), BATCH):
         batch = tokens[start:start + BATCH].to(device)
         corrupted, chosen = method.corrupt(batch, generator)
         logits = method.token_logits(corrupted)[chosen].float()
         t = batch[chosen]
         targets.append(t.cpu())
+        replaced.append((corrupted[chosen] != t).cpu())
         logp.append(F.log_softmax(logits, -1).gather(1, t[:, None])[:, 0].cpu())
         pred.append(logits.argmax(-1).cpu())
-    return torch.cat(targets), torch.cat(logp), torch.cat(pred)
+    return torch.cat(targets), torch.cat(logp), torch.cat(pred), torch.cat(replaced)
+
+
+def _perplexity(log_probs: torch.Tensor) -> float | None:
+    """exp(−mean log p) over the given positions; None when there are none."""
+    return math.exp(float(-log_probs.double().mean())) if len(log_probs) else None
 
 
 def token_counts(tokens: torch.Tensor, vocab_size: int, specials: list[int]) -> torch.Tensor:
@@ -97,7 +112,7 @@ def text_metrics(method, random_encoder, train, test, device, seed: int = 0, max
     train_tokens, test_tokens = method.tokenize(train.texts), method.tokenize(test.texts)
     g = torch.Generator(device=device)
     g.manual_seed(seed)
-    targets, logp, pred = _chosen_predictions(method, test_tokens, g, device)
+    targets, logp, pred, replaced = _chosen_predictions(method, test_tokens, g, device)
     counts = token_counts(train_tokens, vocab, [text["pad_id"], text["sot_id"], text["eot_id"]])
     majority = int(counts.argmax())
     unigram = (counts + 1) / (counts.sum() + vocab)
@@ -105,8 +120,12 @@ def text_metrics(method, random_encoder, train, test, device, seed: int = 0, max
         "method": "mlm", "test_texts": len(test), "train_texts": len(train), "masked_positions": len(targets),
         "masked_token_accuracy": float((pred == targets).double().mean()),
         "majority_token_accuracy": float((targets == majority).double().mean()),
-        "perplexity": math.exp(float(-logp.double().mean())),
-        "unigram_perplexity": math.exp(float(-unigram[targets].log().mean())),
+        "pseudo_perplexity": _perplexity(logp),
+        "perplexity": _perplexity(logp),  # the pseudo-perplexity under its earlier name
+        "unigram_perplexity": _perplexity(unigram[targets].log()),
+        "replaced_positions": int(replaced.sum()),
+        "replaced_perplexity": _perplexity(logp[replaced]),
+        "replaced_unigram_perplexity": _perplexity(unigram[targets[replaced]].log()),
         "majority_token": method.tokenizer.decode([majority]),
     }
     probes = {}
@@ -139,7 +158,11 @@ def text_metrics(method, random_encoder, train, test, device, seed: int = 0, max
 def format_text_table(result: dict) -> str:
     lines = [f"masked-token accuracy {result['masked_token_accuracy']:.4f}  (majority token "
              f"{result['majority_token_accuracy']:.4f}, {result['masked_positions']} positions)",
-             f"perplexity            {result['perplexity']:.2f}  (unigram {result['unigram_perplexity']:.2f})"]
+             f"pseudo-perplexity     {result.get('pseudo_perplexity', result['perplexity']):.2f}  "
+             f"(unigram {result['unigram_perplexity']:.2f}; all chosen positions, 10% of them unchanged)"]
+    if result.get("replaced_perplexity") is not None:  # eval.json files before it have none
+        lines.append(f"perplexity, replaced  {result['replaced_perplexity']:.2f}  (unigram "
+                     f"{result['replaced_unigram_perplexity']:.2f}; {result['replaced_positions']} positions)")
     sib = result.get("sibling_retrieval")
     if sib:
         lines.append(f"sibling R@1           {sib['mlm']:.4f}  (random init {sib['random_init']:.4f}, chance {sib['chance']:.4f})")

@@ -17,8 +17,9 @@ by 1000/T for other T, as Nichol & Dhariwal 2021, and clipped at 0.999 for T < 5
 Dhariwal 2021). σ_t² (``--variance``): ``small`` β̃_t or
 ``large`` β_t (Ho et al. found both sample alike); L_0 always uses σ_1² = β_1.
 
-The data space. The diffusion runs on the encoder's normalised pixels, x_0 = (c − m)/s per channel,
-with c = (k + ½)/256 the centre of 8-bit level k's bin, so the evaluated encoder (normalisation + this
+The data space. The diffusion runs on the encoder's normalised pixels, x_0 = (c − m)/s per channel
+(the dataset's mean m and std s, where Ho et al. 2020 map pixels to [−1, 1]: the same noise schedule
+then meets data of another spread, so the figures are not of Ho et al.'s setting), with c = (k + ½)/256 the centre of 8-bit level k's bin, so the evaluated encoder (normalisation + this
 U-Net) is the network that denoises. p_θ(x_0 | x_1) is N(μ_θ, β_1) mapped back to the [0, 1] scale
 (location s μ + m, scale s √β_1) and discretised over the 256 levels
 (losses.discretized_gaussian_log_prob), as in Ho et al.; the KL terms do not depend on the affine map,
@@ -29,7 +30,8 @@ one t per stratum of 2..T, at most ``--bound-steps`` K strata, log-spaced (``bou
 terms fall roughly as 1/t, so on T = 1000 and K = 50: 45 strata, the first 9 single steps), t
 uniform in its stratum [lo, hi) and weighted by its size hi − lo, one x_t ~ q(x_t | x_0) each: an
 unbiased estimate of the sum; K = 0 or K ≥ T − 1 takes every t once (Ho et al.'s estimate: one
-x_t per term). Cost: at most K + 1 U-Net passes per image. There is no importance-weighted bound
+x_t per term). By default, then, the reported bound is this stratified estimate (45 strata on
+T = 1000), not a sum over every t. Cost: at most K + 1 U-Net passes per image. There is no importance-weighted bound
 (it needs K whole chains of T steps per image):
 ``importance_weighted = False``, and bits/dim is of this bound.
 
@@ -217,7 +219,7 @@ class DDPM(Method, Reconstructs, Samples, HasDensity):
         k = self.config.bound_steps
         strata = len(bound_strata(self.config.timesteps, k))
         every = k == 0 or k >= self.config.timesteps - 1
-        steps = "all T − 1 terms" if every else f"{strata} log-spaced strata, one t each"
+        steps = "all T − 1 terms" if every else f"estimated from {strata} log-spaced strata, one t each"
         return {"data": "8-bit", "likelihood": "discretized-gaussian decoder",
                 "bound": f"variational: L_T + sum of L_t over t ({steps}) + L_0, T = {self.config.timesteps}"}
 

@@ -13,6 +13,10 @@ with the output embedding tied to the input embedding E, as BERT. ``self.encoder
 transformer pooled by the mean of its non-padding states: what the text probe scores, what
 ``reprlearn search`` indexes, and what ``clip --text-init RUN`` starts CLIP's text tower from.
 
+Evaluation (:mod:`reprlearn.evaluate.text`): masked-token accuracy and pseudo-perplexity over every
+chosen position (the 10% left unchanged included, where the input shows the answer), and the
+perplexity over the replaced positions only, each beside a context-free baseline.
+
 Deviations from BERT: no next-sentence prediction (one caption per sample); positions are chosen
 independently per token (a binomial count per text, not exactly 15%); random replacements are drawn
 from every id but padding (BERT: the whole vocabulary); SOT/EOT are never chosen.
