@@ -19,6 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import fail
 from .pixels import full_scale
+from .imageset import unit_range_problem
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".npy")
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
@@ -137,12 +138,9 @@ def as_pixels(array: np.ndarray, where: str) -> np.ndarray:
                           "to uint16, or to float32 in [0, 1]")
         return array.astype(np.uint16)
     if np.issubdtype(array.dtype, np.floating):
-        if not np.isfinite(array).all():
-            raise BadItem(f"{where} holds NaN or infinite values; replace them (e.g. np.nan_to_num) first")
-        low, high = float(array.min()), float(array.max())
-        if low < 0.0 or high > 1.0:
-            raise BadItem(f"{where} is {array.dtype} in [{low:.4g}, {high:.4g}]; float images must lie in [0, 1]: "
-                          "scale them first, e.g. per channel (x - min) / (max - min)")
+        problem = unit_range_problem(array)
+        if problem:
+            raise BadItem(f"{where} ({array.dtype}) {problem}")
         return array.astype(np.float32)
     raise BadItem(f"{where} has pixel type {array.dtype}; store uint8, uint16 or float32 in [0, 1]")
 

@@ -115,14 +115,23 @@ def take(column, index):
     return [column[i] for i in np.arange(len(column))[index]]  # lists of lists stay lists
 
 
-def check_unit_range(images: np.ndarray, name: str) -> None:
-    """Float images must be finite and in [0, 1]: anything else is refused, never clipped."""
+def unit_range_problem(images: np.ndarray) -> str | None:
+    """What is wrong with float images that must be finite and in [0, 1] (None: nothing); such data is
+    refused, never clipped."""
     if not np.isfinite(images).all():
-        raise fail(f"{name}: float images hold NaN or infinite values; replace them (e.g. np.nan_to_num) first")
+        return "holds NaN or infinite values; replace them (e.g. np.nan_to_num) first"
     low, high = float(images.min()), float(images.max())
     if low < 0.0 or high > 1.0:
-        raise fail(f"{name}: float images span [{low:.4g}, {high:.4g}] but must lie in [0, 1]; scale them first, "
-                   "e.g. per channel (x - min) / (max - min)")
+        return (f"spans [{low:.4g}, {high:.4g}] but float images must lie in [0, 1]; scale them first, "
+                "e.g. per channel (x - min) / (max - min)")
+    return None
+
+
+def check_unit_range(images: np.ndarray, name: str) -> None:
+    """Float images must be finite and in [0, 1]: a one-line error otherwise."""
+    problem = unit_range_problem(images)
+    if problem:
+        raise fail(f"{name}: float images {problem}")
 
 
 def stratified_split(labels: np.ndarray | None, n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
