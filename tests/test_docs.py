@@ -267,3 +267,15 @@ def test_the_project_speaks_of_itself_only():
             if SELF_REFERENCE.search(line):
                 hits.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()[:120]}")
     assert not hits, "words about how the project was built, not about the project:\n" + "\n".join(hits)
+
+
+def test_the_api_reference_lists_every_public_function():
+    """Each public function of reprlearn.api (a top-level def without a leading underscore) is a member of
+    the generated API page, so a new function cannot go undocumented."""
+    import ast
+
+    tree = ast.parse((ROOT / "src" / "reprlearn" / "api.py").read_text())
+    public = {node.name for node in tree.body if isinstance(node, ast.FunctionDef) and not node.name.startswith("_")}
+    page = (ROOT / "docs" / "api.md").read_text()
+    listed = set(re.findall(r"^\s+- (\w+)$", page.split("::: reprlearn.api", 1)[1].split(":::", 1)[0], re.M))
+    assert public and public <= listed, f"public API functions missing from docs/api.md: {sorted(public - listed)}"

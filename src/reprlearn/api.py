@@ -118,7 +118,7 @@ def embed(run_or_encoder: str | Path | torch.nn.Module, source: str | ImageSet, 
         if device:
             encoder = encoder.to(device)
         return text_features(encoder, encoder.tokenize(load_texts(source)[0].texts), next(encoder.parameters()).device)
-    return _embed_images(encoder, run_images(encoder, source, image_size, skip_bad), batch_size, device)
+    return _embed_images(encoder, _run_images(encoder, source, image_size, skip_bad), batch_size, device)
 
 
 def _encoder(run_or_encoder: str | Path | torch.nn.Module, method_file: str | Path | None = None) -> torch.nn.Module:
@@ -133,7 +133,7 @@ def _embed_images(encoder: torch.nn.Module, images: ImageSet, batch_size: int, d
     return extract(encoder, images.tensor(), batch_size)
 
 
-def trained_shape(encoder: torch.nn.Module) -> tuple[int, int] | None:
+def _trained_shape(encoder: torch.nn.Module) -> tuple[int, int] | None:
     """(image side, channels) an encoder was trained on: a run's DataInfo, or an export's metadata;
     None for a module that records neither."""
     info = getattr(encoder, "data_info", None)
@@ -143,12 +143,12 @@ def trained_shape(encoder: torch.nn.Module) -> tuple[int, int] | None:
     return (int(meta["image_size"]), int(meta["in_channels"])) if meta else None
 
 
-def run_images(encoder: torch.nn.Module, source: str | ImageSet, image_size: int | None = None,
+def _run_images(encoder: torch.nn.Module, source: str | ImageSet, image_size: int | None = None,
                skip_bad: bool = False) -> ImageSet:
     """``source``'s images as the encoder's run stored its own: at its image size and channel count."""
     from .data.sources import fit_to, resize_set
 
-    shape = trained_shape(encoder)
+    shape = _trained_shape(encoder)
     if shape and image_size is not None and image_size != shape[0]:
         raise fail(f"--image-size {image_size} differs from the run's {shape[0]} px; the run's features are only "
                    f"right at its own size: leave --image-size out (or pass {shape[0]})")
@@ -177,11 +177,11 @@ def write_embeddings(run_or_encoder: str | Path | torch.nn.Module, source: str, 
     from .export import write_features
 
     encoder = _encoder(run_or_encoder, method_file)
-    images = run_images(encoder, source, image_size, skip_bad)
+    images = _run_images(encoder, source, image_size, skip_bad)
     if images.skipped:
         print(f"skipped {len(images.skipped)} unreadable items (first: {images.skipped[0]})")
     features = _embed_images(encoder, images, 1024, None)
-    shape = trained_shape(encoder)
+    shape = _trained_shape(encoder)
     meta = {"run": None if isinstance(run_or_encoder, torch.nn.Module) else str(run_or_encoder), "source": source,
             "image_size": shape[0] if shape else images.image_size, "skip_bad": skip_bad}
     return features, write_features(features, out, images.labels, images.keys, meta)
