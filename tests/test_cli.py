@@ -271,3 +271,17 @@ def test_reprlearn_methods_stays_the_api_function_after_the_subpackage_is_import
             "assert reprlearn.methods() == METHODS.names(), reprlearn.methods")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-500:]
+
+
+def test_the_python_api_trains_the_method_a_config_file_names(tmp_path):
+    """``reprlearn.train(config=FILE)`` with no method trains the file's ``method:`` (as the CLI does),
+    and resuming without a method continues the run's own method."""
+    import reprlearn
+    from reprlearn.config import load_yaml
+
+    config = tmp_path / "c.yaml"
+    config.write_text("method: byol\nepochs: 1\nbatch_size: 128\nmax_steps: 2\n")
+    run = reprlearn.train(config=str(config), out=tmp_path / "run", eval=False, progress=False)
+    assert load_yaml(run / "config.yaml")["method"] == "byol"
+    reprlearn.train(out=run, resume=True, max_steps=3, eval=False, progress=False)
+    assert load_yaml(run / "config.yaml")["method"] == "byol"

@@ -25,12 +25,13 @@ def methods() -> list[str]:
     return METHODS.names()
 
 
-def train(method: str | type = DEFAULT_METHOD, *, out: str | Path | None = None, config: str | None = None,
+def train(method: str | type | None = None, *, out: str | Path | None = None, config: str | None = None,
           resume: bool = False, callbacks: list | None = None, **options: Any) -> Path:
     """Train ``method`` and return its run directory.
 
     ``method`` is a registered name, a user's ``FILE.py:ClassName``, or a :class:`Method`
-    subclass itself (defined at the top level of a file the run can import again).
+    subclass itself (defined at the top level of a file the run can import again); None: the
+    resumed run's, else the ``method`` key of ``config``, else simclr.
     ``options`` are run options (``data``, ``epochs``, ``batch_size`` ...) or the
     method's own (``temperature`` ...), as in ``reprlearn train --help``;
     ``callbacks`` are extra Lightning callbacks.
@@ -46,7 +47,8 @@ def train(method: str | type = DEFAULT_METHOD, *, out: str | Path | None = None,
     resolved = None if resume else resolve_config(method, options, config)
     if resolved:
         check_available(resolved[0])  # a requested tracker that is not installed: refused before the run
-    run_dir = Path(out) if out else new_run_dir(short_name(method or DEFAULT_METHOD))
+    named = method or (resolved[0].method if resolved else DEFAULT_METHOD)
+    run_dir = Path(out) if out else new_run_dir(short_name(named))
     ckpt = run_dir / "checkpoints" / CHECKPOINT
     with RunLock(run_dir):
         base = None

@@ -32,10 +32,12 @@ def resolve_config(method: str, overrides: dict[str, Any], config_file: str | No
     Keys that are not run options are the method's options (e.g. ``temperature``).
     ``method`` is a registered name or a user's ``FILE.py:ClassName`` (see methods/lookup.py).
     """
-    name = method or (base or {}).get("method") or DEFAULT_METHOD
+    file_layer = load_yaml(config_file) if config_file else {}
+    # no method named: the saved run's, else the config file's `method:`, else the default
+    name = method or (base or {}).get("method") or file_layer.get("method") or DEFAULT_METHOD
     method_cls = method_class(name, method_file)
     defaults = {} if base else method_cls.run_defaults  # a saved run already holds its values
-    layers = [defaults, base or {}, load_yaml(config_file) if config_file else {}, overrides]
+    layers = [defaults, base or {}, file_layer, overrides]
     return merge_config(name, method_cls.Config, layers)
 
 
