@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import fail
 from .imageset import ImageSet, stratified_split
 from .pairset import PairSet
-from .sources import load_source
+from .sources import fit_to, load_source
 from .stream import ShardStream
 
 MEMORY_SHARE = 0.25  # auto keeps a set in memory when its decoded size is at most this share of what is free
@@ -288,19 +288,9 @@ def _load_target(cfg, data: RunData) -> None:
               f"target {target.name} {target.image_size}x{target.image_size}x{target.channels}")
     grey = " (grey replicated to RGB)" if channels == 3 and min(data.train.channels, target.channels) == 1 else ""
     data.train, data.eval, target, target_eval = (
-        None if s is None else _to_shape(s, size, channels) for s in (data.train, data.eval, target, target_eval))
+        None if s is None else fit_to(s, size, channels, s.name) for s in (data.train, data.eval, target, target_eval))
     data.target, data.target_eval = target, target_eval
     data.shapes = f"{before}: both as {size}x{size}x{channels}{grey}"
-
-
-def _to_shape(images: ImageSet, size: int, channels: int) -> ImageSet:
-    """``images`` at ``size`` px with ``channels`` channels (grey -> RGB by replication)."""
-    from .sources import resize_set
-
-    images = resize_set(images, size)
-    if images.channels == channels:
-        return images
-    return replace(images, images=np.repeat(images.images, 3, axis=-1), skipped=list(images.skipped))
 
 
 def _with_probe_labels(pairs: PairSet) -> PairSet:
