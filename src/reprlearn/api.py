@@ -155,8 +155,10 @@ def _run_images(encoder: torch.nn.Module, source: str | ImageSet, image_size: in
         raise fail(f"--image-size {image_size} differs from the run's {shape[0]} px; the run's features are only "
                    f"right at its own size: leave --image-size out (or pass {shape[0]})")
     size = shape[0] if shape else image_size
-    images = load_source(source, size, skip_bad) if isinstance(source, str) else resize_set(source, size)
-    return fit_to(images, *shape, source if isinstance(source, str) else images.name) if shape else images
+    images = load_source(source, size, skip_bad) if isinstance(source, str) else source
+    if not shape:
+        return resize_set(images, size)
+    return fit_to(images, *shape, source if isinstance(source, str) else images.name)  # resizes an ImageSet too
 
 
 def export(run_dir: str | Path, format: str, out: str | Path, method_file: str | Path | None = None) -> list[Path]:
