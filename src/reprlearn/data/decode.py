@@ -116,9 +116,15 @@ def read_npy(data: bytes, where: str) -> np.ndarray:
     if array.ndim == 2:
         return as_pixels(array[..., None], where)
     if array.ndim == 3:
-        return as_pixels(np.moveaxis(array, 0, -1) if array.shape[0] < array.shape[-1] else array, where)
+        return as_pixels(np.moveaxis(array, 0, -1) if _channels_first(array.shape) else array, where)
     raise BadItem(f"{where} holds an array of shape {array.shape}; save one image per file, "
                   "(H, W), (H, W, C) or (C, H, W)")
+
+
+def _channels_first(shape: tuple) -> bool:
+    """The .npy axis rule: of a 3-D image the smaller of the first and last axes holds the channels
+    (a tie: the last), so (13, 64, 64) and (64, 64, 13) are both 13 bands."""
+    return shape[0] < shape[-1]
 
 
 def as_pixels(array: np.ndarray, where: str) -> np.ndarray:
@@ -216,7 +222,7 @@ def _tiff_size(path) -> tuple[int, int]:
 def _npy_size(path) -> tuple[int, int]:
     """(width, height) of the image in a .npy file, from its header (the axis rule of :func:`read_npy`)."""
     shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
-    if len(shape) == 3 and shape[0] < shape[-1]:  # (C, H, W)
+    if len(shape) == 3 and _channels_first(shape):  # (C, H, W)
         shape = shape[1:]
     if len(shape) < 2:
         raise ValueError(f"shape {shape}")
