@@ -215,9 +215,9 @@ def test_fit_to_replicates_grey_for_a_colour_run_and_refuses_the_reverse():
 
 
 def test_a_stored_vector_comes_back_from_both_index_kinds():
-    from reprlearn.search import build_index, query_index, stored_vector, unit
+    from reprlearn.search import build_index, query_index, stored_vector, unit_rows
 
-    x = unit(np.random.default_rng(1).standard_normal((400, 8)))
+    x = unit_rows(np.random.default_rng(1).standard_normal((400, 8)))
     for index in (build_index(x), build_index(x, exact_limit=0, nprobe=4)):
         np.testing.assert_allclose(stored_vector(index, 123), x[123], atol=1e-6)
         assert query_index(index, stored_vector(index, 123)[None], 1)[1][0, 0] == 123

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .curate.filters import unit_rows
 from .errors import fail
 from .files import atomic_write
 
@@ -101,12 +102,6 @@ def saved_index(path: Path, vectors):
     return index
 
 
-def unit(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to length 1 (an all-zero row stays zero), so inner products are cosines."""
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 # ---------------------------------------------------------------- what a run's index holds
 
 
@@ -134,7 +129,7 @@ def embed_images(space: Space, images: torch.Tensor) -> np.ndarray:
     """uint8 (N, C, H, W) -> unit vectors (N, D)."""
     from .evaluate import extract
 
-    return unit(extract(space.module, images, 512))
+    return unit_rows(extract(space.module, images, 512))
 
 
 # ---------------------------------------------------------------- what to search
@@ -251,7 +246,7 @@ def file_index(space: Space, info, run_dir: Path, spec: str) -> Indexed:
     st = Path(spec).stat()
     key = index_key(run_dir, str(Path(spec).resolve()), "file", st.st_size, st.st_mtime_ns)
     path = run_dir / "search" / f"{key}.faiss"
-    index = saved_index(path, lambda: unit(features))
+    index = saved_index(path, lambda: unit_rows(features))
     return Indexed(index, keys, FileImages(keys, meta.get("source"), info.image_size, bool(meta.get("skip_bad"))))
 
 
@@ -310,7 +305,7 @@ def search(method, info, run_dir: str | Path, index_source: str, queries: list[s
         indexed = source_index(space, info, run_dir, index_source, pairs, skip_bad)
     vectors = []
     if queries:
-        vectors.append(unit(space.embed_texts(queries).cpu().numpy()))
+        vectors.append(unit_rows(space.embed_texts(queries).cpu().numpy()))
     if query_batch is not None:
         vectors.append(embed_images(space, query_batch))
     if query_keys:

@@ -82,7 +82,7 @@ def kmeans_centroids(embeddings: np.ndarray, k: int, seed: int = 0, niter: int =
     """(k, D) unit centroids of FAISS spherical k-means on unit embeddings."""
     import faiss
 
-    x = _unit(embeddings)
+    x = unit_rows(embeddings)
     if len(x) < k:
         raise fail(f"image-based: {len(x)} pairs pass the caption pre-filter, fewer than clusters={k}; "
                    "give fewer clusters (image-based:clusters=K)")
@@ -90,7 +90,7 @@ def kmeans_centroids(embeddings: np.ndarray, k: int, seed: int = 0, niter: int =
     km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, spherical=True, verbose=False, nredo=nredo,
                       min_points_per_centroid=1)
     km.train(x)
-    return _unit(km.centroids)
+    return unit_rows(km.centroids)
 
 
 def nearest_centroid(embeddings: np.ndarray, centroids: np.ndarray) -> np.ndarray:
@@ -99,7 +99,7 @@ def nearest_centroid(embeddings: np.ndarray, centroids: np.ndarray) -> np.ndarra
 
     index = faiss.IndexFlatIP(centroids.shape[1])
     index.add(np.ascontiguousarray(centroids, np.float32))
-    _, nearest = index.search(_unit(embeddings), 1)
+    _, nearest = index.search(unit_rows(embeddings), 1)
     return nearest[:, 0]
 
 
@@ -118,7 +118,7 @@ def dedup(embeddings: np.ndarray, cos: float) -> np.ndarray:
 
     if not -1 <= cos <= 1:
         raise fail(f"dedup:cos={cos} is not a cosine in [-1, 1]; e.g. dedup:cos=0.95")
-    x = _unit(embeddings)
+    x = unit_rows(embeddings)
     keep = np.ones(len(x), bool)
     if len(x) == 0:
         return keep
@@ -134,7 +134,9 @@ def dedup(embeddings: np.ndarray, cos: float) -> np.ndarray:
     return keep
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows as contiguous float32 scaled to length 1 (an all-zero row stays zero), so inner products are
+    cosines (also what reprlearn.search indexes)."""
     x = np.ascontiguousarray(x, np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
